@@ -1,0 +1,69 @@
+"""obs-backup: standard tar backups of a data directory, with a SHA-256 manifest.
+
+Everything a caller needs is importable from here; ``__all__`` is the public surface.
+"""
+
+from .catalog import BackupInfo, clean_leftovers, list_backups
+from .checksum import calculate_checksum, verify_checksum
+from .config import BackupConfig, BackupResult
+from .core import create_backup, restore_backup
+from .errors import (
+    ArchiveError,
+    BackupError,
+    ConfigError,
+    ManifestError,
+    RestoreConflictError,
+    SourceError,
+    StorageError,
+    UnsafeArchiveError,
+    VerificationError,
+)
+from .manifest import ArchiveInfo, BackupManifest, ManifestEntry, create_manifest, load_manifest
+from .plan import BackupPlan, RestoreEntry, RestorePlan, execute_plan, plan_backup, plan_restore
+from .storage import BackupStorage, LocalStorage
+from .verify import Mismatch, VerifyReport, verify_backup
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # Core
+    "BackupConfig",
+    "BackupResult",
+    "create_backup",
+    "restore_backup",
+    "verify_backup",
+    "VerifyReport",
+    "Mismatch",
+    # Plan / execute
+    "BackupPlan",
+    "RestorePlan",
+    "RestoreEntry",
+    "plan_backup",
+    "plan_restore",
+    "execute_plan",
+    # Manifest
+    "ArchiveInfo",
+    "BackupManifest",
+    "ManifestEntry",
+    "create_manifest",
+    "load_manifest",
+    # Checksum
+    "calculate_checksum",
+    "verify_checksum",
+    # Backup directory
+    "BackupInfo",
+    "list_backups",
+    "clean_leftovers",
+    "BackupStorage",
+    "LocalStorage",
+    # Errors
+    "BackupError",
+    "ConfigError",
+    "SourceError",
+    "StorageError",
+    "ArchiveError",
+    "UnsafeArchiveError",
+    "ManifestError",
+    "VerificationError",
+    "RestoreConflictError",
+]

@@ -1,0 +1,158 @@
+"""Compression formats: names, archive suffixes, and stream wrappers.
+
+Readers pick the format from the archive's first bytes, not from its name, so a
+renamed archive or one made by another tool still opens.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, cast
+
+import zstandard
+
+from .errors import ArchiveError, ConfigError
+
+__all__ = [
+    "COMPRESSIONS",
+    "DECOMPRESSION_ERRORS",
+    "Compression",
+    "archive_suffix",
+    "check_level",
+    "detect_compression",
+    "normalize_compression",
+    "open_compressor",
+    "open_decompressor",
+    "sniff_file",
+    "split_archive_name",
+]
+
+
+@dataclass(frozen=True)
+class Compression:
+    """One supported format: its config name, archive suffix and level range."""
+
+    name: str
+    suffix: str
+    default_level: int
+    min_level: int
+    max_level: int
+    magic: bytes
+
+
+COMPRESSIONS: dict[str, Compression] = {
+    "": Compression("", ".tar", 0, 0, 0, b""),
+    "gz": Compression("gz", ".tar.gz", 6, 1, 9, b"\x1f\x8b"),
+    "bz2": Compression("bz2", ".tar.bz2", 9, 1, 9, b"BZh"),
+    "xz": Compression("xz", ".tar.xz", 6, 0, 9, b"\xfd7zXZ\x00"),
+    "zst": Compression("zst", ".tar.zst", 3, 1, 22, b"\x28\xb5\x2f\xfd"),
+}
+
+# Other spellings users and other tools use for the same formats.
+_ALIASES = {"none": "", "tar": "", "gzip": "gz", "tgz": "gz", "bzip2": "bz2", "zstd": "zst"}
+_EXTRA_SUFFIXES = {".tgz": "gz", ".tar.zstd": "zst", ".tbz2": "bz2", ".txz": "xz"}
+
+# What a damaged compressed stream can raise while being read.
+DECOMPRESSION_ERRORS: tuple[type[BaseException], ...] = (
+    EOFError,
+    zlib.error,
+    gzip.BadGzipFile,
+    lzma.LZMAError,
+    zstandard.ZstdError,
+)
+
+
+def normalize_compression(value: str | None) -> str:
+    """Given a compression name (or None), return its canonical key; raise ConfigError if unknown."""
+    key = (value or "").strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in COMPRESSIONS:
+        choices = ", ".join(repr(name) for name in COMPRESSIONS if name) + ", '' (none)"
+        raise ConfigError(f"unknown compression {value!r}; choose one of {choices}")
+    return key
+
+
+def check_level(compression: str, level: int | None) -> int:
+    """Given a canonical compression and a level (None for its default), return the level to use."""
+    spec = COMPRESSIONS[compression]
+    if level is None:
+        return spec.default_level
+    if not spec.name:
+        return 0
+    if not spec.min_level <= level <= spec.max_level:
+        raise ConfigError(
+            f"compression level {level} is out of range for {compression!r} "
+            f"({spec.min_level}-{spec.max_level})"
+        )
+    return level
+
+
+def archive_suffix(compression: str) -> str:
+    """Given a canonical compression key, return the archive suffix (``.tar.gz`` ...)."""
+    return COMPRESSIONS[compression].suffix
+
+
+def split_archive_name(name: str) -> tuple[str, str] | None:
+    """Given a file name, return ``(stem, compression)`` if it names a tar archive, else None."""
+    candidates = [(spec.suffix, spec.name) for spec in COMPRESSIONS.values()]
+    candidates += list(_EXTRA_SUFFIXES.items())
+    # Longest suffix first, so the most specific spelling wins.
+    for suffix, compression in sorted(candidates, key=lambda item: -len(item[0])):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], compression
+    return None
+
+
+def open_compressor(raw: BinaryIO, compression: str, level: int) -> BinaryIO:
+    """Given a writable binary stream, return a stream that compresses into it.
+
+    Closing the returned stream finishes the compressed data but leaves ``raw`` open.
+    """
+    if compression == "":
+        return raw
+    if compression == "gz":
+        # filename="" and mtime=0 keep the gzip header free of temp names and clocks.
+        return cast(BinaryIO, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=level, mtime=0))
+    if compression == "bz2":
+        return cast(BinaryIO, bz2.BZ2File(raw, "wb", compresslevel=level))
+    if compression == "xz":
+        return cast(BinaryIO, lzma.LZMAFile(raw, "wb", preset=level))
+    if compression == "zst":
+        compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=-1)
+        return cast(BinaryIO, compressor.stream_writer(raw, closefd=False))
+    raise ConfigError(f"unknown compression {compression!r}")
+
+
+def detect_compression(head: bytes) -> str:
+    """Given the first bytes of an archive, return its compression key ('' if uncompressed)."""
+    for spec in COMPRESSIONS.values():
+        if spec.magic and head.startswith(spec.magic):
+            return spec.name
+    return ""
+
+
+def open_decompressor(raw: BinaryIO, compression: str) -> BinaryIO:
+    """Given a readable stream and its compression key, return a stream of the tar bytes."""
+    if compression == "":
+        return raw
+    if compression == "gz":
+        return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
+    if compression == "bz2":
+        return cast(BinaryIO, bz2.BZ2File(raw, "rb"))
+    if compression == "xz":
+        return cast(BinaryIO, lzma.LZMAFile(raw, "rb"))
+    if compression == "zst":
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
+        return cast(BinaryIO, reader)
+    raise ArchiveError(f"unknown compression {compression!r}")
+
+
+def sniff_file(path: Path) -> str:
+    """Given an archive path, return its compression key from its first bytes."""
+    with open(path, "rb") as handle:
+        return detect_compression(handle.read(8))

@@ -1,0 +1,79 @@
+"""The library's main operations: create, restore and verify backups.
+
+Each is a plan followed by its execution (see ``backup.plan``). Operational failures
+(an unreadable file, a full disk, a damaged archive) come back as a result with
+``success=False`` and a one-line ``error`` naming the path; they are not raised.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .config import BackupConfig, BackupResult
+from .errors import BackupError
+from .plan import utc_now, execute_plan, plan_backup, plan_restore
+from .tarwriter import ProgressCallback
+from .verify import VerifyReport, verify_backup
+
+__all__ = ["BackupConfig", "BackupResult", "create_backup", "restore_backup", "verify_backup", "VerifyReport"]
+
+
+def create_backup(
+    config: BackupConfig,
+    files: Iterable[str | os.PathLike[str]] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    now: Callable[[], datetime] = utc_now,
+) -> BackupResult:
+    """Given a configuration (and optionally the files to include), write one backup.
+
+    Return the result: the archive and manifest paths and the manifest on success, or
+    ``success=False`` and a one-line ``error``.
+    """
+    started = time.monotonic()
+    try:
+        plan = plan_backup(config, files, metadata, now=now)
+    except BackupError as exc:
+        return BackupResult(success=False, error=str(exc), duration_seconds=time.monotonic() - started)
+    return execute_plan(plan, progress)
+
+
+def restore_backup(
+    archive_path: Path,
+    restore_dir: Path,
+    verify_checksums: bool = True,
+    *,
+    overwrite: bool = False,
+    paths: Sequence[str] | None = None,
+    allow_external_links: bool = False,
+    progress: ProgressCallback | None = None,
+) -> BackupResult:
+    """Given an archive and a target directory, restore the archive into it.
+
+    With ``verify_checksums`` every restored file is checked against the manifest
+    before anything is moved into ``restore_dir``. Existing entries are replaced only
+    with ``overwrite``. ``paths`` restores only those paths (and what is under them).
+    Symlinks pointing outside the target are refused unless ``allow_external_links``.
+    Return the result; on failure ``restore_dir`` is unchanged.
+    """
+    started = time.monotonic()
+    try:
+        plan = plan_restore(
+            archive_path,
+            restore_dir,
+            paths=paths,
+            overwrite=overwrite,
+            verify_checksums=verify_checksums,
+            allow_external_links=allow_external_links,
+        )
+    except BackupError as exc:
+        return BackupResult(
+            success=False, backup_path=Path(restore_dir), error=str(exc), duration_seconds=time.monotonic() - started
+        )
+    return execute_plan(plan, progress)

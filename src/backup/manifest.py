@@ -1,0 +1,268 @@
+"""The JSON manifest that lists every entry of a backup with its checksum.
+
+A manifest is a sidecar ``<backup_id>.manifest.json`` beside its archive. Version 2
+(written now) adds entry types, modes, link targets, the checksum algorithm and the
+archive's own name, size and digest to the seed's shape; a manifest without a
+``version`` field is read as version 1, the seed's shape, and still loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .checksum import DEFAULT_ALGORITHM, calculate_checksum
+from .durable import atomic_write_bytes
+from .errors import ManifestError
+from .scan import scan_source
+
+__all__ = [
+    "MANIFEST_SUFFIX",
+    "MANIFEST_VERSION",
+    "ArchiveInfo",
+    "BackupManifest",
+    "ManifestEntry",
+    "create_manifest",
+    "load_manifest",
+]
+
+MANIFEST_FORMAT = "obs-backup-manifest"
+MANIFEST_VERSION = 2
+MANIFEST_SUFFIX = ".manifest.json"
+SUPPORTED_VERSIONS = frozenset({1, 2})
+ENTRY_TYPES = frozenset({"file", "dir", "symlink"})
+
+
+def iso_from_timestamp(timestamp: float) -> str:
+    """Given a POSIX timestamp, return it as ISO 8601 in UTC with its offset."""
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
+
+
+@dataclass
+class ManifestEntry:
+    """One archived entry: a regular file, a directory or a symlink.
+
+    ``checksum`` is the hex digest of the file's archived bytes (empty for directories
+    and symlinks); ``modified`` is ISO 8601 with offset; ``mode`` holds permission
+    bits; ``warning`` says what went wrong while the entry was read, if anything.
+    """
+
+    path: str
+    size: int
+    checksum: str
+    modified: str
+    type: str = "file"
+    mode: int | None = None
+    link_target: str | None = None
+    warning: str | None = None
+
+    @classmethod
+    def from_file(
+        cls, file_path: Path, base_path: Path | None = None, algorithm: str = DEFAULT_ALGORITHM
+    ) -> ManifestEntry:
+        """Given a path (and the directory it is relative to), return its entry.
+
+        Symlinks are described, not followed. Raise SourceError if a file is unreadable.
+        """
+        info = os.lstat(file_path)
+        relative = Path(file_path).relative_to(base_path).as_posix() if base_path else str(file_path)
+        mode = stat.S_IMODE(info.st_mode)
+        modified = iso_from_timestamp(info.st_mtime)
+        if stat.S_ISLNK(info.st_mode):
+            return cls(relative, 0, "", modified, "symlink", mode, os.readlink(file_path))
+        if stat.S_ISDIR(info.st_mode):
+            return cls(relative, 0, "", modified, "dir", mode)
+        return cls(relative, info.st_size, calculate_checksum(file_path, algorithm), modified, "file", mode)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ManifestEntry:
+        """Given one decoded entry, return it; raise ManifestError if malformed.
+
+        Keys this version does not know are ignored, so newer writers stay readable.
+        """
+        if not isinstance(data, dict):
+            raise ManifestError(f"manifest entry is not an object: {data!r:.80}")
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        for key, kind in (("path", str), ("size", int), ("checksum", str), ("modified", str)):
+            if not isinstance(values.get(key), kind) or isinstance(values.get(key), bool):
+                raise ManifestError(f"manifest entry {data.get('path')!r:.80}: field {key!r} missing or not {kind.__name__}")
+        entry = cls(**values)
+        if entry.type not in ENTRY_TYPES:
+            raise ManifestError(f"manifest entry {entry.path!r}: unknown type {entry.type!r}")
+        return entry
+
+
+@dataclass
+class ArchiveInfo:
+    """The archive a manifest describes: its file name, size and digest."""
+
+    name: str
+    size: int
+    checksum: str
+    compression: str
+
+
+@dataclass
+class BackupManifest:
+    """Everything known about one backup.
+
+    ``files`` lists every entry (directories and symlinks too); ``file_count`` and
+    ``total_size`` count regular files only. ``created_at`` is ISO 8601 with offset.
+    """
+
+    backup_id: str
+    created_at: str
+    source_dir: str
+    files: list[ManifestEntry] = field(default_factory=list)
+    total_size: int = 0
+    file_count: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+    version: int = MANIFEST_VERSION
+    checksum_algorithm: str = DEFAULT_ALGORITHM
+    archive: ArchiveInfo | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        regular = [entry for entry in self.files if entry.type == "file"]
+        if not self.total_size:
+            self.total_size = sum(entry.size for entry in regular)
+        if not self.file_count:
+            self.file_count = len(regular)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the manifest as plain data ready for JSON."""
+        data = asdict(self)
+        data["format"] = MANIFEST_FORMAT
+        return data
+
+    def to_json(self, pretty: bool = True) -> str:
+        """Return the manifest serialised as JSON text."""
+        return json.dumps(self.to_dict(), indent=2 if pretty else None, ensure_ascii=False)
+
+    def save(self, path: Path) -> None:
+        """Write the manifest to ``path`` atomically, mode 0600; raise OSError on failure."""
+        atomic_write_bytes(path, self.to_json().encode("utf-8"))
+
+    def entry_map(self) -> dict[str, ManifestEntry]:
+        """Return the entries keyed by path."""
+        return {entry.path: entry for entry in self.files}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> BackupManifest:
+        """Given decoded JSON, return the manifest; raise ManifestError if it is not one."""
+        if not isinstance(data, dict):
+            raise ManifestError("manifest is not a JSON object")
+        version = data.get("version", 1)
+        if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
+            raise ManifestError(
+                f"unsupported manifest version {version!r} (this obs-backup reads versions "
+                f"{', '.join(map(str, sorted(SUPPORTED_VERSIONS)))})"
+            )
+        for key in ("backup_id", "created_at", "source_dir"):
+            if not isinstance(data.get(key), str):
+                raise ManifestError(f"manifest field {key!r} is missing or not a string")
+        raw_files = data.get("files", [])
+        if not isinstance(raw_files, list):
+            raise ManifestError("manifest field 'files' is not a list")
+        archive = data.get("archive")
+        archive_info = None
+        if archive is not None:
+            try:
+                archive_info = ArchiveInfo(
+                    name=str(archive["name"]),
+                    size=int(archive["size"]),
+                    checksum=str(archive["checksum"]),
+                    compression=str(archive.get("compression", "")),
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ManifestError(f"manifest field 'archive' is malformed: {exc}") from exc
+        metadata = data.get("metadata", {})
+        warnings = data.get("warnings", [])
+        if not isinstance(metadata, dict) or not isinstance(warnings, list):
+            raise ManifestError("manifest fields 'metadata' or 'warnings' have the wrong type")
+        return cls(
+            backup_id=data["backup_id"],
+            created_at=data["created_at"],
+            source_dir=data["source_dir"],
+            files=[ManifestEntry.from_dict(item) for item in raw_files],
+            total_size=_int_field(data, "total_size"),
+            file_count=_int_field(data, "file_count"),
+            metadata=metadata,
+            version=version,
+            checksum_algorithm=str(data.get("checksum_algorithm", DEFAULT_ALGORITHM)),
+            archive=archive_info,
+            warnings=[str(item) for item in warnings],
+        )
+
+    @classmethod
+    def from_json(cls, json_str: str) -> BackupManifest:
+        """Given JSON text, return the manifest; raise ManifestError if invalid."""
+        try:
+            data = json.loads(json_str)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"manifest is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        return cls.from_dict(data)
+
+
+def _int_field(data: dict[str, Any], key: str) -> int:
+    value = data.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ManifestError(f"manifest field {key!r} is not a non-negative integer")
+    return value
+
+
+def create_manifest(
+    backup_id: str,
+    source_dir: Path,
+    files: list[Path] | None = None,
+    metadata: dict[str, Any] | None = None,
+    algorithm: str = DEFAULT_ALGORITHM,
+) -> BackupManifest:
+    """Given a source directory (and optionally some of its files), return a manifest of it.
+
+    This reads and hashes the files on its own; ``create_backup`` does not use it, as it
+    hashes the very bytes it archives. Symlinks are described, not followed.
+    Raise SourceError if a file cannot be read.
+    """
+    source = Path(source_dir)
+    scan = scan_source(source, files=files)
+    entries = [
+        ManifestEntry(
+            path=item.path,
+            size=item.size,
+            checksum=calculate_checksum(item.abspath, algorithm) if item.kind == "file" else "",
+            modified=iso_from_timestamp(item.mtime),
+            type=item.kind,
+            mode=item.mode,
+            link_target=item.link_target,
+        )
+        for item in scan.entries
+    ]
+    return BackupManifest(
+        backup_id=backup_id,
+        created_at=datetime.now().astimezone().isoformat(),
+        source_dir=str(source),
+        files=entries,
+        metadata=dict(metadata or {}),
+        checksum_algorithm=algorithm,
+    )
+
+
+def load_manifest(path: Path) -> BackupManifest:
+    """Given a manifest file, return the manifest; raise ManifestError naming the file if bad."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path}: manifest not found", path) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read manifest: {exc}", path) from exc
+    try:
+        return BackupManifest.from_json(text)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}", path) from exc

@@ -1,0 +1,280 @@
+"""Plan, then execute.
+
+``plan_backup`` and ``plan_restore`` decide what would be read, written and left out,
+and why, without writing anything: the frozen plan they return is what ``--dry-run``
+prints, what the tests inspect, and what ``execute_plan`` carries out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .catalog import format_backup_id, manifest_path_for
+from .compression import archive_suffix
+from .config import BackupConfig, BackupResult
+from .create import execute_backup
+from .errors import ArchiveError, ConfigError, ManifestError, UnsafeArchiveError
+from .manifest import MANIFEST_SUFFIX, BackupManifest, load_manifest
+from .restore import execute_restore
+from .safety import MemberChecker, is_selected, normalize_member_name
+from .scan import Exclusion, SourceEntry, scan_source
+from .tarreader import ArchiveReader
+from .tarwriter import ProgressCallback
+
+__all__ = [
+    "BackupPlan",
+    "RestoreEntry",
+    "RestorePlan",
+    "execute_plan",
+    "plan_backup",
+    "plan_restore",
+]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class BackupPlan:
+    """What a backup would do: the entries to archive, what is left out and why, and where
+    the archive and manifest would go. ``backup_id`` is the id it will claim; a second
+    backup in the same second gets ``<id>-2`` when executed."""
+
+    config: BackupConfig
+    backup_id: str
+    created_at: datetime
+    archive_path: Path
+    manifest_path: Path | None
+    entries: tuple[SourceEntry, ...]
+    excluded: tuple[Exclusion, ...]
+    problems: tuple[str, ...]
+    metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of regular-file data the backup would read."""
+        return sum(entry.size for entry in self.entries if entry.kind == "file")
+
+    @property
+    def file_count(self) -> int:
+        """Number of regular files the backup would read."""
+        return sum(1 for entry in self.entries if entry.kind == "file")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the plan as JSON-ready data."""
+        return {
+            "action": "create",
+            "backup_id": self.backup_id,
+            "source_dir": str(self.config.source_dir),
+            "archive_path": str(self.archive_path),
+            "manifest_path": None if self.manifest_path is None else str(self.manifest_path),
+            "compression": self.config.compression,
+            "file_count": self.file_count,
+            "entry_count": len(self.entries),
+            "total_bytes": self.total_bytes,
+            "entries": [{"path": e.path, "type": e.kind, "size": e.size} for e in self.entries],
+            "excluded": [{"path": x.path, "reason": x.reason} for x in self.excluded],
+            "problems": list(self.problems),
+        }
+
+
+def plan_backup(
+    config: BackupConfig,
+    files: Iterable[str | os.PathLike[str]] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    now: Callable[[], datetime] = utc_now,
+) -> BackupPlan:
+    """Given a configuration (and optionally the files to back up), return the backup plan.
+
+    Reads the source tree's metadata but no file contents, and writes nothing.
+    Raise ConfigError for invalid settings, SourceError for an unreadable source or a
+    file outside it.
+    """
+    config = config.validated()
+    moment = now()
+    if moment.tzinfo is None:
+        raise ConfigError("now() must return an aware datetime")
+    scan = scan_source(
+        config.source_dir,
+        files=files,
+        exclude=config.exclude,
+        skip_dir=config.backup_dir,
+        on_error=config.on_read_error,
+    )
+    backup_id = format_backup_id(config.prefix, moment)
+    backup_dir = Path(config.backup_dir)
+    return BackupPlan(
+        config=config,
+        backup_id=backup_id,
+        created_at=moment.astimezone(),
+        archive_path=backup_dir / (backup_id + archive_suffix(config.compression)),
+        manifest_path=backup_dir / (backup_id + MANIFEST_SUFFIX) if config.include_manifest else None,
+        entries=scan.entries,
+        excluded=scan.excluded,
+        problems=scan.problems,
+        metadata=MappingProxyType(dict(metadata or {})),
+    )
+
+
+@dataclass(frozen=True)
+class RestoreEntry:
+    """One entry a restore would write."""
+
+    path: str
+    kind: str
+    size: int
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """What a restore would do: the entries it would write, those that already exist in
+    the target (``conflicts``), and how it would check them."""
+
+    archive_path: Path
+    restore_dir: Path
+    manifest_path: Path | None
+    manifest: BackupManifest | None
+    entries: tuple[RestoreEntry, ...]
+    conflicts: tuple[str, ...]
+    paths: tuple[str, ...] | None
+    overwrite: bool
+    verify_checksums: bool
+    allow_external_links: bool = False
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of file data the restore would write."""
+        return sum(entry.size for entry in self.entries)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the plan as JSON-ready data."""
+        return {
+            "action": "restore",
+            "archive_path": str(self.archive_path),
+            "restore_dir": str(self.restore_dir),
+            "manifest_path": None if self.manifest_path is None else str(self.manifest_path),
+            "verify_checksums": self.verify_checksums and self.manifest is not None,
+            "overwrite": self.overwrite,
+            "entry_count": len(self.entries),
+            "total_bytes": self.total_bytes,
+            "entries": [{"path": e.path, "type": e.kind, "size": e.size} for e in self.entries],
+            "conflicts": list(self.conflicts),
+            "warnings": list(self.warnings),
+        }
+
+
+def plan_restore(
+    archive_path: Path,
+    restore_dir: Path,
+    *,
+    paths: Sequence[str] | None = None,
+    overwrite: bool = False,
+    verify_checksums: bool = True,
+    allow_external_links: bool = False,
+) -> RestorePlan:
+    """Given an archive and a target directory, return the restore plan; write nothing.
+
+    The entries come from the manifest when there is one, otherwise from one pass over
+    the archive. ``paths`` restricts the restore to those paths and what is under them.
+    Raise ArchiveError if the archive is missing or unreadable, ManifestError if its
+    manifest is damaged while verification is on, ConfigError for a path not in the backup.
+    """
+    archive_path = Path(archive_path)
+    restore_dir = Path(restore_dir)
+    if not archive_path.is_file():
+        raise ArchiveError(f"{archive_path}: archive not found", archive_path)
+    selection = _normalize_selection(paths)
+    manifest_path: Path | None = manifest_path_for(archive_path)
+    manifest = None
+    warnings: list[str] = []
+    if manifest_path is not None and manifest_path.exists():
+        try:
+            manifest = load_manifest(manifest_path)
+        except ManifestError as exc:
+            if verify_checksums:
+                raise
+            warnings.append(f"{exc}; restoring without it")
+            manifest_path = None
+    else:
+        manifest_path = None
+    if manifest is not None:
+        entries = [RestoreEntry(e.path, e.type, e.size) for e in manifest.files]
+    else:
+        entries = _list_archive(archive_path, allow_external_links)
+    chosen = tuple(entry for entry in entries if is_selected(entry.path, selection))
+    for path in selection or ():
+        if path and not any(is_selected(entry.path, (path,)) for entry in chosen):
+            raise ConfigError(f"{path}: not in the backup {archive_path.name}", path)
+    return RestorePlan(
+        archive_path=archive_path,
+        restore_dir=restore_dir,
+        manifest_path=manifest_path,
+        manifest=manifest,
+        entries=chosen,
+        conflicts=tuple(_conflicts(restore_dir, chosen)),
+        paths=selection,
+        overwrite=overwrite,
+        verify_checksums=verify_checksums,
+        allow_external_links=allow_external_links,
+        warnings=tuple(warnings),
+    )
+
+
+def _normalize_selection(paths: Sequence[str] | None) -> tuple[str, ...] | None:
+    if paths is None:
+        return None
+    selection = []
+    for path in paths:
+        try:
+            selection.append(normalize_member_name(str(path).replace(os.sep, "/")))
+        except UnsafeArchiveError as exc:
+            raise ConfigError(f"{path}: cannot restore this path: it is absolute or has '..'", path) from exc
+    return None if "" in selection else tuple(selection)
+
+
+def _list_archive(archive_path: Path, allow_external_links: bool) -> list[RestoreEntry]:
+    checker = MemberChecker(str(archive_path), allow_external_links)
+    entries = []
+    with ArchiveReader(archive_path) as reader:
+        for member in reader.members():
+            safe = checker.check(member)
+            if safe is not None:
+                kind = "file" if safe.kind == "hardlink" else safe.kind
+                entries.append(RestoreEntry(safe.name, kind, safe.size))
+        checker.recheck_links()
+    return entries
+
+
+def _conflicts(restore_dir: Path, entries: Sequence[RestoreEntry]) -> list[str]:
+    if not restore_dir.is_dir():
+        return []
+    conflicts = []
+    for entry in entries:
+        target = os.path.join(restore_dir, entry.path)
+        if not os.path.lexists(target):
+            continue
+        if entry.kind == "dir" and os.path.isdir(target) and not os.path.islink(target):
+            continue
+        conflicts.append(entry.path)
+    return conflicts
+
+
+def execute_plan(
+    plan: BackupPlan | RestorePlan, progress: ProgressCallback | None = None
+) -> BackupResult:
+    """Given a backup or restore plan, carry it out and return the result.
+
+    Operational failures come back as ``success=False`` with a one-line ``error``.
+    """
+    if isinstance(plan, BackupPlan):
+        return execute_backup(plan, progress)
+    return execute_restore(plan, progress)

@@ -1,0 +1,149 @@
+"""Reading an archive once, front to back, whatever its compression.
+
+The raw file bytes are hashed as they are read, so a restore or a verify learns the
+archive's own checksum in the same pass that extracts or checks its members. Every
+error a damaged stream can raise comes out as ArchiveError naming the archive.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from .checksum import CHUNK_SIZE, DEFAULT_ALGORITHM, new_hasher
+from .compression import DECOMPRESSION_ERRORS, open_decompressor, sniff_file
+from .errors import ArchiveError
+
+__all__ = ["ArchiveReader"]
+
+_READ_ERRORS = (tarfile.TarError, *DECOMPRESSION_ERRORS, OSError, ValueError)
+
+
+class _HashingSource:
+    """A read-only stream that hashes and counts what is read from ``raw``."""
+
+    def __init__(self, raw: BinaryIO, algorithm: str) -> None:
+        self.raw = raw
+        self.hasher = new_hasher(algorithm)
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.hasher.update(data)
+        self.size += len(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        count = self.raw.readinto(buffer)  # type: ignore[attr-defined]
+        self.hasher.update(memoryview(buffer)[:count])
+        self.size += count
+        return int(count)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """The reader closes ``raw`` itself."""
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+
+class ArchiveReader:
+    """A tar archive opened for one sequential pass.
+
+    Use as a context manager; iterate :meth:`members`, read a file member's data with
+    :meth:`chunks` before moving on, then call :meth:`finish` to drain the stream and
+    learn the archive's size and checksum.
+    """
+
+    def __init__(self, path: Path, algorithm: str = DEFAULT_ALGORITHM) -> None:
+        self.path = Path(path)
+        try:
+            self.compression = sniff_file(self.path)
+            self._raw: BinaryIO = open(self.path, "rb")
+        except FileNotFoundError as exc:
+            raise ArchiveError(f"{self.path}: archive not found", self.path) from exc
+        except IsADirectoryError as exc:
+            raise ArchiveError(f"{self.path}: is a directory, not an archive", self.path) from exc
+        except OSError as exc:
+            raise ArchiveError(f"{self.path}: cannot read archive: {exc.strerror or exc}", self.path) from exc
+        self._source = _HashingSource(self._raw, algorithm)
+        self._stream = open_decompressor(self._source, self.compression)  # type: ignore[arg-type]
+        try:
+            self._tar = tarfile.open(fileobj=self._stream, mode="r|", bufsize=CHUNK_SIZE)
+        except _READ_ERRORS as exc:
+            self.close()
+            raise self._error(exc) from exc
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the file."""
+        self._raw.close()
+
+    def _error(self, exc: BaseException) -> ArchiveError:
+        if isinstance(exc, ArchiveError):
+            return exc
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, EOFError) or "unexpected end" in text or "truncated" in text:
+            return ArchiveError(f"{self.path}: archive is truncated ({text})", self.path)
+        if isinstance(exc, OSError) and not isinstance(exc, tarfile.TarError) and exc.strerror:
+            return ArchiveError(f"{self.path}: cannot read archive: {exc.strerror}", self.path)
+        return ArchiveError(f"{self.path}: not a valid tar archive ({text})", self.path)
+
+    def members(self) -> Iterator[tarfile.TarInfo]:
+        """Yield each member in archive order; raise ArchiveError if the stream is damaged."""
+        while True:
+            try:
+                member = self._tar.next()
+            except _READ_ERRORS as exc:
+                raise self._error(exc) from exc
+            if member is None:
+                return
+            # Stream mode keeps every member it has seen; drop them to keep memory flat.
+            self._tar.members = []
+            yield member
+
+    def chunks(self, member: tarfile.TarInfo) -> Iterator[memoryview]:
+        """Yield a file member's data in chunks; raise ArchiveError if it is cut short."""
+        try:
+            handle = self._tar.extractfile(member)
+            if handle is None:
+                return
+            buffer = bytearray(CHUNK_SIZE)
+            view = memoryview(buffer)
+            remaining = member.size
+            while remaining:
+                count = handle.readinto(view[: min(CHUNK_SIZE, remaining)])
+                if not count:
+                    raise ArchiveError(f"{self.path}: archive is truncated inside {member.name!r}", self.path)
+                remaining -= count
+                yield view[:count]
+        except _READ_ERRORS as exc:
+            raise self._error(exc) from exc
+
+    def finish(self) -> tuple[int, str]:
+        """Read to the end of the file; return the archive's size and hex checksum.
+
+        Reading the compressed stream to its end is what checks its trailing CRC.
+        Raise ArchiveError if the rest of the stream is damaged.
+        """
+        try:
+            while self._stream.read(CHUNK_SIZE):
+                pass
+            while self._source.read(CHUNK_SIZE):
+                pass
+        except _READ_ERRORS as exc:
+            raise self._error(exc) from exc
+        return self._source.size, self._source.hasher.hexdigest()

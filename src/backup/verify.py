@@ -1,0 +1,197 @@
+"""Checking an archive against its manifest without writing anything.
+
+The whole archive is read once; every problem found is reported (the check does not
+stop at the first one): files missing from the archive, members the manifest does
+not list, files whose bytes, size, type or link target differ, unsafe members, and an
+archive whose own size or checksum differs from what the manifest recorded.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .catalog import manifest_path_for
+from .checksum import DEFAULT_ALGORITHM, new_hasher
+from .errors import ArchiveError, ManifestError, UnsafeArchiveError
+from .manifest import BackupManifest, ManifestEntry, load_manifest
+from .safety import MemberChecker, SafeMember
+from .tarreader import ArchiveReader
+from .tarwriter import ProgressCallback
+
+__all__ = ["Mismatch", "VerifyReport", "compare_entry", "verify_backup"]
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One entry whose archived content differs from the manifest."""
+
+    path: str
+    problem: str
+
+
+@dataclass
+class VerifyReport:
+    """What a verification found. ``ok`` is true only if nothing at all was wrong."""
+
+    archive_path: Path
+    manifest_path: Path | None
+    checked_entries: int = 0
+    checked_bytes: int = 0
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    mismatched: list[Mismatch] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    duration_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.mismatched or self.problems)
+
+    def summary(self) -> str:
+        """Return one line describing the outcome."""
+        if self.ok:
+            return f"{self.archive_path}: OK, {self.checked_entries} entries, {self.checked_bytes} bytes verified"
+        counts = []
+        for label, items in (
+            ("missing", self.missing),
+            ("extra", self.extra),
+            ("mismatched", self.mismatched),
+            ("other problems", self.problems),
+        ):
+            if items:
+                counts.append(f"{len(items)} {label}")
+        return f"{self.archive_path}: FAILED, " + ", ".join(counts)
+
+    def lines(self) -> list[str]:
+        """Return one line per problem, every one of them."""
+        out = [f"missing from archive: {path}" for path in self.missing]
+        out += [f"not in manifest: {path}" for path in self.extra]
+        out += [f"mismatch: {m.path}: {m.problem}" for m in self.mismatched]
+        out += self.problems
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        """Return the report as JSON-ready data."""
+        return {
+            "archive_path": str(self.archive_path),
+            "manifest_path": None if self.manifest_path is None else str(self.manifest_path),
+            "ok": self.ok,
+            "checked_entries": self.checked_entries,
+            "checked_bytes": self.checked_bytes,
+            "missing": self.missing,
+            "extra": self.extra,
+            "mismatched": [{"path": m.path, "problem": m.problem} for m in self.mismatched],
+            "problems": self.problems,
+            "duration_seconds": round(self.duration_seconds, 3),
+        }
+
+
+def compare_entry(member: SafeMember, expected: ManifestEntry, checksum: str | None) -> str | None:
+    """Given an extracted or read member, its manifest entry and its data checksum, return
+    what differs, or None if they agree."""
+    kind = "file" if member.kind == "hardlink" else member.kind
+    if kind != expected.type:
+        return f"archive has a {kind}, manifest says {expected.type}"
+    if kind == "symlink" and member.link_target != expected.link_target:
+        return f"link target {member.link_target!r}, manifest says {expected.link_target!r}"
+    if kind == "file":
+        if member.kind == "file" and member.size != expected.size:
+            return f"size {member.size}, manifest says {expected.size}"
+        if checksum is not None and not hmac.compare_digest(checksum, expected.checksum.lower()):
+            return f"checksum {checksum}, manifest says {expected.checksum}"
+    return None
+
+
+def verify_backup(
+    archive_path: Path,
+    manifest_path: Path | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+) -> VerifyReport:
+    """Given an archive (and optionally its manifest's path), return what a full check found.
+
+    Never raises for a bad archive or manifest: each problem is in the report.
+    """
+    started = time.monotonic()
+    archive_path = Path(archive_path)
+    manifest_path = Path(manifest_path) if manifest_path else manifest_path_for(archive_path)
+    report = VerifyReport(archive_path, manifest_path)
+    manifest: BackupManifest | None = None
+    try:
+        manifest = load_manifest(manifest_path)
+    except ManifestError as exc:
+        report.manifest_path = None if not manifest_path.exists() else manifest_path
+        if report.manifest_path is None:
+            report.problems.append(f"{archive_path}: no manifest ({manifest_path.name} not found); checksums cannot be verified")
+        else:
+            report.problems.append(str(exc))
+    algorithm = manifest.checksum_algorithm if manifest else DEFAULT_ALGORITHM
+    expected = manifest.entry_map() if manifest else {}
+    seen: set[str] = set()
+    try:
+        _check_members(archive_path, algorithm, expected, seen, report, progress, manifest)
+    except ArchiveError as exc:
+        report.problems.append(str(exc))
+    if manifest is not None:
+        report.missing.extend(path for path in expected if path not in seen)
+    report.duration_seconds = time.monotonic() - started
+    return report
+
+
+def _check_members(
+    archive_path: Path,
+    algorithm: str,
+    expected: dict[str, ManifestEntry],
+    seen: set[str],
+    report: VerifyReport,
+    progress: ProgressCallback | None,
+    manifest: BackupManifest | None,
+) -> None:
+    checker = MemberChecker(str(archive_path))
+    digests: dict[str, str] = {}
+    with ArchiveReader(archive_path, algorithm) as reader:
+        for member in reader.members():
+            try:
+                safe = checker.check(member)
+            except UnsafeArchiveError as exc:
+                report.problems.append(str(exc))
+                continue
+            if safe is None:
+                continue
+            checksum = None
+            if safe.kind == "file":
+                hasher = new_hasher(algorithm)
+                for chunk in reader.chunks(member):
+                    hasher.update(chunk)
+                checksum = digests[safe.name] = hasher.hexdigest()
+                report.checked_bytes += safe.size
+            elif safe.kind == "hardlink" and safe.link_target is not None:
+                checksum = digests.get(safe.link_target)
+            report.checked_entries += 1
+            seen.add(safe.name)
+            if progress is not None:
+                progress(report.checked_entries, report.checked_bytes)
+            if manifest is None:
+                continue
+            entry = expected.get(safe.name)
+            if entry is None:
+                report.extra.append(safe.name)
+                continue
+            problem = compare_entry(safe, entry, checksum)
+            if problem:
+                report.mismatched.append(Mismatch(safe.name, problem))
+        try:
+            checker.recheck_links()
+        except UnsafeArchiveError as exc:
+            report.problems.append(str(exc))
+        size, digest = reader.finish()
+    if manifest is not None and manifest.archive is not None:
+        info = manifest.archive
+        if info.size != size:
+            report.problems.append(f"{archive_path}: archive is {size} bytes, manifest says {info.size}")
+        elif not hmac.compare_digest(digest, info.checksum.lower()):
+            report.problems.append(f"{archive_path}: archive checksum {digest}, manifest says {info.checksum}")
+

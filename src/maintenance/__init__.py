@@ -1,0 +1,1 @@
+"""Legacy package kept for old imports; see ``maintenance.backup``."""
