@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .compression import split_archive_name
@@ -33,7 +33,7 @@ _ID = re.compile(r"^(?P<prefix>.+)_(?P<stamp>\d{8}_\d{6})(?:-(?P<seq>\d+))?$")
 
 def format_backup_id(prefix: str, moment: datetime, sequence: int = 1) -> str:
     """Given a prefix and an aware moment, return the backup id (``-N`` added for N > 1)."""
-    stamp = moment.astimezone(timezone.utc).strftime("%Y%m%d_%H%M%S")
+    stamp = moment.astimezone(UTC).strftime("%Y%m%d_%H%M%S")
     return f"{prefix}_{stamp}" if sequence == 1 else f"{prefix}_{stamp}-{sequence}"
 
 
@@ -43,7 +43,7 @@ def parse_backup_id(backup_id: str) -> tuple[str, datetime, int] | None:
     if not match:
         return None
     try:
-        moment = datetime.strptime(match["stamp"], "%Y%m%d_%H%M%S").replace(tzinfo=timezone.utc)
+        moment = datetime.strptime(match["stamp"], "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
     except ValueError:
         return None
     return match["prefix"], moment, int(match["seq"] or 1)
@@ -109,7 +109,7 @@ def list_backups(backup_dir: Path, prefix: str | None = None) -> list[BackupInfo
         if parsed is None and manifest_name not in present:
             continue
         backups.append(_describe(storage.path(name), backup_id, compression, parsed, manifest_name in present))
-    return sorted(backups, key=lambda b: (b.created_at or datetime.min.replace(tzinfo=timezone.utc), b.backup_id))
+    return sorted(backups, key=lambda b: (b.created_at or datetime.min.replace(tzinfo=UTC), b.backup_id))
 
 
 def _describe(

@@ -16,7 +16,7 @@ from typing import Any
 
 from .config import BackupConfig, BackupResult
 from .errors import BackupError
-from .plan import utc_now, execute_plan, plan_backup, plan_restore
+from .plan import execute_plan, plan_backup, plan_restore, utc_now
 from .tarwriter import ProgressCallback
 from .verify import VerifyReport, verify_backup
 

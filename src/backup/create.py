@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from .catalog import clean_leftovers, format_backup_id
 from .compression import archive_suffix, open_compressor
@@ -53,7 +53,7 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
         backup_id, archive = _claim(storage, plan)
         archive_name = backup_id + archive_suffix(config.compression)
         sink = HashingSink(archive.stream, config.checksum_algorithm)
-        compressor = open_compressor(sink, config.compression, config.compression_level or 0)  # type: ignore[arg-type]
+        compressor = open_compressor(cast(BinaryIO, sink), config.compression, config.compression_level or 0)
         outcome = write_entries(
             compressor,
             plan.entries,
@@ -61,8 +61,7 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
             on_read_error=config.on_read_error,
             progress=progress,
         )
-        if compressor is not sink:
-            compressor.close()
+        compressor.close()  # finishes the compressed stream; the sink's close leaves the file open
         manifest = BackupManifest(
             backup_id=backup_id,
             created_at=plan.created_at.isoformat(),

@@ -12,7 +12,7 @@ import json
 import os
 import stat
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ ENTRY_TYPES = frozenset({"file", "dir", "symlink"})
 
 def iso_from_timestamp(timestamp: float) -> str:
     """Given a POSIX timestamp, return it as ISO 8601 in UTC with its offset."""
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
 
 
 @dataclass

@@ -19,7 +19,7 @@ from .errors import ArchiveError
 
 __all__ = ["ArchiveReader"]
 
-_READ_ERRORS = (tarfile.TarError, *DECOMPRESSION_ERRORS, OSError, ValueError)
+_READ_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, *DECOMPRESSION_ERRORS, OSError, ValueError)
 
 
 class _HashingSource:
@@ -73,6 +73,7 @@ class ArchiveReader:
         except OSError as exc:
             raise ArchiveError(f"{self.path}: cannot read archive: {exc.strerror or exc}", self.path) from exc
         self._source = _HashingSource(self._raw, algorithm)
+        self._members_read = 0
         self._stream = open_decompressor(self._source, self.compression)  # type: ignore[arg-type]
         try:
             self._tar = tarfile.open(fileobj=self._stream, mode="r|", bufsize=CHUNK_SIZE)
@@ -96,6 +97,8 @@ class ArchiveReader:
         if isinstance(exc, ArchiveError):
             return exc
         text = str(exc) or type(exc).__name__
+        if self._members_read == 0 and not isinstance(exc, OSError | EOFError):
+            return ArchiveError(f"{self.path}: not a valid tar archive ({text})", self.path)
         if isinstance(exc, EOFError) or "unexpected end" in text or "truncated" in text:
             return ArchiveError(f"{self.path}: archive is truncated ({text})", self.path)
         if isinstance(exc, OSError) and not isinstance(exc, tarfile.TarError) and exc.strerror:
@@ -112,7 +115,8 @@ class ArchiveReader:
             if member is None:
                 return
             # Stream mode keeps every member it has seen; drop them to keep memory flat.
-            self._tar.members = []
+            self._tar.members = []  # type: ignore[attr-defined]
+            self._members_read += 1
             yield member
 
     def chunks(self, member: tarfile.TarInfo) -> Iterator[memoryview]:
@@ -125,7 +129,7 @@ class ArchiveReader:
             view = memoryview(buffer)
             remaining = member.size
             while remaining:
-                count = handle.readinto(view[: min(CHUNK_SIZE, remaining)])
+                count = handle.readinto(view[: min(CHUNK_SIZE, remaining)])  # type: ignore[attr-defined]
                 if not count:
                     raise ArchiveError(f"{self.path}: archive is truncated inside {member.name!r}", self.path)
                 remaining -= count

@@ -96,7 +96,7 @@ class _TarStream:
             self.write(_ZEROS[: RECORD - remainder])
 
 
-def _header(entry: SourceEntry, kind: int, size: int = 0, mode: int | None = None, mtime: float | None = None) -> bytes:
+def _header(entry: SourceEntry, kind: bytes, size: int = 0, mode: int | None = None, mtime: float | None = None) -> bytes:
     info = tarfile.TarInfo(entry.path)
     info.type = kind
     info.size = size
@@ -168,13 +168,13 @@ def _write_file(
             message = f"{entry.abspath}: disappeared before it could be read"
         else:
             message = f"{entry.abspath}: cannot be opened: {exc.strerror or exc}"
-        return _skip_or_fail(message, entry, on_read_error, outcome)
+        _skip_or_fail(message, entry, on_read_error, outcome)
+        return None
     try:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
-            return _skip_or_fail(
-                f"{entry.abspath}: is no longer a regular file", entry, on_read_error, outcome
-            )
+            _skip_or_fail(f"{entry.abspath}: is no longer a regular file", entry, on_read_error, outcome)
+            return None
         size = before.st_size
         tar.write(_header(entry, tarfile.REGTYPE, size, stat.S_IMODE(before.st_mode), before.st_mtime))
         hasher = new_hasher(algorithm)
@@ -247,4 +247,3 @@ def _skip_or_fail(
         raise SourceError(message, entry.abspath)
     outcome.skipped.append(entry.abspath)
     outcome.warnings.append(message + "; skipped")
-    return None

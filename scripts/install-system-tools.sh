@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install the command-line tools the tests and benchmarks compare against:
+# GNU tar, zstd and pigz. Does nothing when they are already there.
+set -euo pipefail
+
+missing=()
+tar --version 2>/dev/null | grep -q "GNU tar" || missing+=(tar)
+command -v zstd >/dev/null 2>&1 || missing+=(zstd)
+command -v pigz >/dev/null 2>&1 || missing+=(pigz)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-system-tools: missing ${missing[*]} and no apt-get; install them by hand" >&2
+    exit 1
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "install-system-tools: installing ${missing[*]}" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
