@@ -11,6 +11,7 @@ from .errors import (
     ArchiveError,
     BackupError,
     ConfigError,
+    LockError,
     ManifestError,
     RestoreConflictError,
     SourceError,
@@ -20,6 +21,11 @@ from .errors import (
 )
 from .manifest import ArchiveInfo, BackupManifest, ManifestEntry, create_manifest, load_manifest
 from .plan import BackupPlan, RestoreEntry, RestorePlan, execute_plan, plan_backup, plan_restore
+from .lock import backup_dir_lock
+from .monitor import RunRecord, load_state, record_run
+from .prune import PruneResult, execute_prune, plan_prune
+from .retention import RetentionDecision, RetentionPlan, RetentionPolicy, apply_policy, parse_duration
+from .scheduler import BackupScheduler, RunOutcome, SchedulerConfig
 from .storage import BackupStorage, LocalStorage
 from .verify import Mismatch, VerifyReport, verify_backup
 
@@ -56,6 +62,24 @@ __all__ = [
     "clean_leftovers",
     "BackupStorage",
     "LocalStorage",
+    # Scheduler
+    "BackupScheduler",
+    "SchedulerConfig",
+    "RunOutcome",
+    # Retention
+    "RetentionPolicy",
+    "RetentionPlan",
+    "RetentionDecision",
+    "apply_policy",
+    "parse_duration",
+    "plan_prune",
+    "execute_prune",
+    "PruneResult",
+    # Locking and monitoring
+    "backup_dir_lock",
+    "RunRecord",
+    "record_run",
+    "load_state",
     # Errors
     "BackupError",
     "ConfigError",
@@ -66,4 +90,5 @@ __all__ = [
     "ManifestError",
     "VerificationError",
     "RestoreConflictError",
+    "LockError",
 ]

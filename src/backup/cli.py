@@ -7,18 +7,29 @@ mismatch, 2 usage error. Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any, TextIO
+
+from shared.time_helpers import UnknownTimeZoneError, load_zone
 
 from . import __version__
 from .catalog import list_backups
 from .config import BackupConfig, BackupResult
-from .errors import BackupError, ConfigError
+from .errors import BackupError, ConfigError, StorageError
+from .lock import backup_dir_lock
 from .plan import BackupPlan, RestorePlan, execute_plan, plan_backup, plan_restore
+from .prune import execute_prune, plan_prune
+from .retention import RetentionPolicy, parse_duration
+from .scheduler import BackupScheduler, SchedulerConfig
+from .settings import load_settings
 from .tarwriter import ProgressCallback
 from .verify import verify_backup
 
@@ -40,6 +51,49 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
+S = argparse.SUPPRESS
+
+# Built-in defaults, applied after the command line and the --config file.
+_DEFAULTS: dict[str, Any] = {
+    "compression": "gz",
+    "level": None,
+    "prefix": None,
+    "exclude": [],
+    "skip_unreadable": False,
+    "no_manifest": False,
+    "list": False,
+    "overwrite": False,
+    "no_verify": False,
+    "paths": None,
+    "allow_external_links": False,
+    "json": False,
+    "quiet": False,
+    "dry_run": False,
+    "at": "03:00",
+    "tz": "Asia/Seoul",
+    "retention_days": 7,
+    "keep_within": None,
+    "keep_last": 0,
+    "keep_hourly": 0,
+    "keep_daily": 0,
+    "keep_weekly": 0,
+    "keep_monthly": 0,
+    "keep_yearly": 0,
+    "metrics_file": None,
+    "lock_timeout": 60.0,
+    "catch_up": True,
+}
+_PREFIX_DEFAULT = {"create": "backup", "schedule": "scheduled_backup"}
+_POSITIONALS = {
+    "create": ("source", "backup_dir"),
+    "restore": ("archive", "target"),
+    "verify": ("archive",),
+    "list": ("backup_dir",),
+    "schedule": ("source", "backup_dir"),
+    "prune": ("backup_dir",),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for every sub-command."""
     parser = _Parser(
@@ -48,71 +102,164 @@ def build_parser() -> argparse.ArgumentParser:
         "verify and restore such archives safely.",
     )
     parser.add_argument("--version", action="version", version=f"obs-backup {__version__}")
+    parser.add_argument("--config", type=Path, metavar="FILE.toml", help="read settings from a TOML file; flags win")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
     create = commands.add_parser("create", help="back up a directory", description="Back up SOURCE into BACKUP_DIR.")
-    create.add_argument("source", metavar="SOURCE", type=Path, help="directory to back up")
-    create.add_argument("backup_dir", metavar="BACKUP_DIR", type=Path, help="directory that holds the backups")
-    create.add_argument(
-        "--compression", choices=["gz", "bz2", "xz", "zst", "none"], default="gz", help="archive compression (default: gz)"
-    )
-    create.add_argument("--level", type=int, default=None, help="compression level (default: the format's own)")
-    create.add_argument("--prefix", default="backup", help="backup id prefix (default: backup)")
-    create.add_argument(
-        "--exclude", action="append", default=[], metavar="PATTERN", help="gitignore-style pattern to leave out (repeatable)"
-    )
-    create.add_argument(
-        "--skip-unreadable", action="store_true", help="skip files that cannot be read (recorded as warnings) instead of failing"
-    )
-    create.add_argument("--no-manifest", action="store_true", help="write the archive only, without its manifest")
-    create.add_argument("--list", action="store_true", help="with --dry-run, list every entry that would be archived")
+    _source_and_dir(create)
+    _archive_options(create)
+    create.add_argument("--no-manifest", action="store_true", default=S, help="write the archive only")
+    create.add_argument("--list", action="store_true", default=S, help="with --dry-run, list every entry")
+    _lock_option(create)
     _common(create, dry_run=True)
 
     restore = commands.add_parser("restore", help="restore an archive", description="Restore ARCHIVE into TARGET.")
-    restore.add_argument("archive", metavar="ARCHIVE", type=Path, help="archive to restore")
-    restore.add_argument("target", metavar="TARGET", type=Path, help="directory to restore into (created if missing)")
-    restore.add_argument("--overwrite", action="store_true", help="replace entries that already exist in TARGET")
-    restore.add_argument("--no-verify", action="store_true", help="do not check restored files against the manifest")
+    restore.add_argument("archive", metavar="ARCHIVE", type=Path, nargs="?", default=None, help="archive to restore")
     restore.add_argument(
-        "--path", action="append", dest="paths", metavar="PATH", help="restore only this path (repeatable)"
+        "target", metavar="TARGET", type=Path, nargs="?", default=None, help="directory to restore into (created if missing)"
     )
+    restore.add_argument("--overwrite", action="store_true", default=S, help="replace entries that already exist")
+    restore.add_argument("--no-verify", action="store_true", default=S, help="do not check files against the manifest")
+    restore.add_argument("--path", action="append", dest="paths", metavar="PATH", default=S, help="only this path (repeatable)")
     restore.add_argument(
-        "--allow-external-links", action="store_true", help="restore symlinks that point outside TARGET"
+        "--allow-external-links", action="store_true", default=S, help="restore symlinks that point outside TARGET"
     )
     _common(restore, dry_run=True)
 
     verify = commands.add_parser(
-        "verify", help="check an archive against its manifest", description="Check ARCHIVE against its manifest; write nothing."
+        "verify", help="check an archive against its manifest", description="Check ARCHIVE against its manifest."
     )
-    verify.add_argument("archive", metavar="ARCHIVE", type=Path, help="archive to check")
+    verify.add_argument("archive", metavar="ARCHIVE", type=Path, nargs="?", default=None, help="archive to check")
     _common(verify, dry_run=False)
 
-    listing = commands.add_parser("list", help="list complete backups", description="List the complete backups in BACKUP_DIR.")
-    listing.add_argument("backup_dir", metavar="BACKUP_DIR", type=Path, help="directory that holds the backups")
-    listing.add_argument("--prefix", default=None, help="only backups with this prefix")
+    listing = commands.add_parser("list", help="list complete backups", description="List the backups in BACKUP_DIR.")
+    listing.add_argument("backup_dir", metavar="BACKUP_DIR", type=Path, nargs="?", default=None, help="backup directory")
+    listing.add_argument("--prefix", default=S, help="only backups with this prefix")
     _common(listing, dry_run=False)
+
+    schedule = commands.add_parser(
+        "schedule",
+        help="back up every day and apply retention (runs in the foreground)",
+        description="Back up SOURCE into BACKUP_DIR every day at --at in --tz, then remove old backups, "
+        "until SIGINT or SIGTERM.",
+    )
+    _source_and_dir(schedule)
+    _archive_options(schedule)
+    schedule.add_argument("--at", default=S, metavar="HH:MM", help="wall-clock time of the daily run (default 03:00)")
+    schedule.add_argument("--tz", default=S, metavar="ZONE", help="IANA time zone (default Asia/Seoul)")
+    schedule.add_argument("--retention-days", type=int, default=S, metavar="N", help="keep N days (default 7)")
+    _policy_options(schedule, within=False)
+    schedule.add_argument("--metrics-file", type=Path, default=S, metavar="PATH", help="Prometheus textfile to write")
+    schedule.add_argument("--no-catch-up", dest="catch_up", action="store_false", default=S,
+                          help="do not run at start when the last scheduled run was missed")
+    _lock_option(schedule)
+    _common(schedule, dry_run=False)
+
+    prune = commands.add_parser(
+        "prune", help="remove old backups by a retention policy", description="Remove old backups from BACKUP_DIR."
+    )
+    prune.add_argument("backup_dir", metavar="BACKUP_DIR", type=Path, nargs="?", default=None, help="backup directory")
+    prune.add_argument("--prefix", default=S, help="only backups with this prefix (default: each prefix separately)")
+    prune.add_argument("--tz", default=S, metavar="ZONE", help="zone that days, weeks... are counted in")
+    _policy_options(prune, within=True)
+    _lock_option(prune)
+    _common(prune, dry_run=True)
     return parser
 
 
+def _source_and_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SOURCE", type=Path, nargs="?", default=None, help="directory to back up")
+    parser.add_argument(
+        "backup_dir", metavar="BACKUP_DIR", type=Path, nargs="?", default=None, help="directory that holds the backups"
+    )
+
+
+def _archive_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compression", choices=["gz", "bz2", "xz", "zst", "none"], default=S, help="compression (default: gz)"
+    )
+    parser.add_argument("--level", type=int, default=S, help="compression level (default: the format's own)")
+    parser.add_argument("--prefix", default=S, help="backup id prefix")
+    parser.add_argument(
+        "--exclude", action="append", default=S, metavar="PATTERN", help="gitignore-style pattern to leave out (repeatable)"
+    )
+    parser.add_argument(
+        "--skip-unreadable", action="store_true", default=S, help="skip unreadable files (recorded) instead of failing"
+    )
+
+
+def _policy_options(parser: argparse.ArgumentParser, *, within: bool) -> None:
+    if within:
+        parser.add_argument("--keep-within", default=S, metavar="DURATION", help="keep backups within e.g. 7d of the newest")
+    for period in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        parser.add_argument(f"--keep-{period}", type=int, default=S, metavar="N", help=f"keep-{period} count")
+
+
+def _lock_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lock-timeout", type=float, default=S, metavar="SECONDS", help="wait this long for another run (default 60)"
+    )
+
+
 def _common(parser: argparse.ArgumentParser, *, dry_run: bool) -> None:
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument("--json", action="store_true", default=S, help="print machine-readable JSON on stdout")
+    parser.add_argument("-q", "--quiet", action="store_true", default=S, help="print nothing but errors")
     if dry_run:
-        parser.add_argument("--dry-run", action="store_true", help="print what would be done and change nothing")
+        parser.add_argument("--dry-run", action="store_true", default=S, help="print what would be done; change nothing")
+
+
+def _option_names(parser: argparse.ArgumentParser) -> dict[str, set[str]]:
+    names: dict[str, set[str]] = {}
+    for action in parser._actions:  # argparse has no public way to walk sub-parsers
+        if isinstance(action, argparse._SubParsersAction):
+            for command, sub in action.choices.items():
+                names[command] = {a.dest for a in sub._actions if a.dest not in ("help",)}
+    return names
+
+
+def _resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Fill every option not given on the command line from --config, then defaults."""
+    names = _option_names(parser)
+    known = names[args.command]
+    from_file: dict[str, Any] = {}
+    if args.config is not None:
+        from_file = load_settings(args.config, args.command, known, set().union(*names.values()))
+    for name in known:
+        if getattr(args, name, None) is not None or (hasattr(args, name) and name not in _POSITIONALS[args.command]):
+            continue
+        if name in from_file:
+            value = from_file[name]
+            if name in ("source", "backup_dir", "archive", "target", "metrics_file") and value is not None:
+                # Relative paths in a config file are relative to the file, not to the
+                # directory a service manager happens to start in.
+                value = args.config.parent / Path(value)
+            setattr(args, name, value)
+        elif name == "prefix":
+            setattr(args, name, _PREFIX_DEFAULT.get(args.command))
+        else:
+            setattr(args, name, _DEFAULTS.get(name))
+    for name in _POSITIONALS[args.command]:
+        if getattr(args, name, None) is None:
+            raise _UsageError(f"{args.command}: {name.upper()} is required (on the command line or in --config)")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = _resolve(parser, parser.parse_args(argv))
     except _UsageError as exc:
+        print(f"obs-backup: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as exc:
         print(f"obs-backup: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     handler: Callable[[argparse.Namespace], int] = _COMMANDS[args.command]
     try:
         return handler(args)
-    except ConfigError as exc:
+    except (ConfigError, UnknownTimeZoneError) as exc:
         print(f"obs-backup: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BackupError as exc:
@@ -128,23 +275,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def _cmd_create(args: argparse.Namespace) -> int:
-    config = BackupConfig(
+def _backup_config(args: argparse.Namespace) -> BackupConfig:
+    exclude = args.exclude if isinstance(args.exclude, list) else [args.exclude]
+    return BackupConfig(
         source_dir=args.source,
         backup_dir=args.backup_dir,
         prefix=args.prefix,
-        compression="" if args.compression == "none" else args.compression,
-        include_manifest=not args.no_manifest,
-        exclude=tuple(args.exclude),
+        compression="" if args.compression in ("none", "") else args.compression,
+        include_manifest=not getattr(args, "no_manifest", False),
+        exclude=tuple(exclude),
         compression_level=args.level,
         on_read_error="skip" if args.skip_unreadable else "fail",
     )
-    plan = plan_backup(config)
+
+
+def _cmd_create(args: argparse.Namespace) -> int:
+    config = _backup_config(args)
     if args.dry_run:
-        _print_backup_plan(plan, args)
+        _print_backup_plan(plan_backup(config), args)
         return EXIT_OK
-    with _progress(args, "backing up", len(plan.entries), plan.total_bytes) as progress:
-        result = execute_plan(plan, progress)
+    with backup_dir_lock(args.backup_dir, args.lock_timeout):
+        plan = plan_backup(config)
+        with _progress(args, "backing up", len(plan.entries), plan.total_bytes) as progress:
+            result = execute_plan(plan, progress)
     return _report(result, args, "backup")
 
 
@@ -198,11 +351,109 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _policy(args: argparse.Namespace) -> RetentionPolicy | None:
+    within = getattr(args, "keep_within", None)
+    counts = {f"keep_{p}": int(getattr(args, f"keep_{p}") or 0) for p in ("last", "hourly", "daily", "weekly", "monthly", "yearly")}
+    if within is None and not any(counts.values()):
+        return None
+    return RetentionPolicy(keep_within=None if within is None else parse_duration(str(within)), **counts)
+
+
+def _parse_at(text: str) -> dt_time:
+    try:
+        hour, minute = (int(part) for part in str(text).split(":"))
+        return dt_time(hour, minute)
+    except ValueError:
+        raise ConfigError(f"invalid --at {text!r}: use HH:MM, e.g. 03:00") from None
+
+
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    backup = _backup_config(args).validated()
+    config = SchedulerConfig(
+        source_dir=backup.source_dir,
+        backup_dir=backup.backup_dir,
+        schedule_time=_parse_at(args.at),
+        retention_days=int(args.retention_days),
+        tz_name=str(args.tz),
+        prefix=backup.prefix,
+        compression=backup.compression,
+        compression_level=backup.compression_level,
+        exclude=backup.exclude,
+        policy=_policy(args),
+        catch_up=bool(args.catch_up),
+        metrics_file=args.metrics_file,
+        lock_timeout=float(args.lock_timeout),
+        on_read_error=backup.on_read_error,
+    )
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+    def done(result: BackupResult) -> None:
+        if args.json:
+            print(json.dumps(_result_dict(result), ensure_ascii=False), flush=True)
+
+    scheduler = BackupScheduler(config, on_complete=done)
+    print(
+        f"obs-backup: scheduling {config.source_dir} -> {config.backup_dir} daily at "
+        f"{config.schedule_time:%H:%M} {config.tz_name}; {config.retention_policy().describe()}",
+        file=sys.stderr,
+    )
+    asyncio.run(_serve(scheduler))
+    return EXIT_OK
+
+
+async def _serve(scheduler: BackupScheduler) -> None:
+    """Run the scheduler until SIGINT or SIGTERM; a second signal stops at once."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await scheduler.start()
+    await stop.wait()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(signum)
+    print("obs-backup: stopping (a backup in progress is allowed to finish)", file=sys.stderr)
+    await scheduler.stop()
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    policy = _policy(args)
+    if policy is None:
+        raise ConfigError("prune needs a policy: --keep-within or one of --keep-last/-hourly/-daily/-weekly/-monthly/-yearly")
+    zone = load_zone(str(args.tz))
+    if not Path(args.backup_dir).is_dir():
+        raise StorageError(f"{args.backup_dir}: backup directory does not exist", args.backup_dir)
+    if args.dry_run:
+        result = execute_prune(args.backup_dir, plan_prune(args.backup_dir, policy, zone, args.prefix), dry_run=True)
+    else:
+        with backup_dir_lock(args.backup_dir, args.lock_timeout):
+            result = execute_prune(args.backup_dir, plan_prune(args.backup_dir, policy, zone, args.prefix))
+    if args.json:
+        _print_json(result.to_dict())
+    elif not args.quiet:
+        label = f"{DRY_RUN} " if args.dry_run else ""
+        for decision in result.plan.keep:
+            print(f"{label}keep   {decision.backup.backup_id}: {', '.join(decision.reasons)}")
+        for decision in result.plan.remove:
+            verb = "would remove" if args.dry_run else "remove"
+            print(f"{label}{verb} {decision.backup.backup_id}")
+        for name in result.leftovers:
+            print(f"removed leftover {name}")
+    for error in result.errors:
+        print(f"obs-backup: error: {error}", file=sys.stderr)
+    return EXIT_OK if result.success else EXIT_FAILED
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "create": _cmd_create,
     "restore": _cmd_restore,
     "verify": _cmd_verify,
     "list": _cmd_list,
+    "schedule": _cmd_schedule,
+    "prune": _cmd_prune,
 }
 
 

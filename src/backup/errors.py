@@ -10,7 +10,8 @@ The tree::
     │   └── UnsafeArchiveError      a member would write outside the target, or is a device
     ├── ManifestError               a manifest is missing, not JSON, or of an unknown version
     ├── VerificationError           restored or archived bytes disagree with the manifest
-    └── RestoreConflictError        restore would replace existing files without ``overwrite``
+    ├── RestoreConflictError        restore would replace existing files without ``overwrite``
+    └── LockError                   another process holds the backup directory's lock
 
 Each carries the ``path`` it concerns (an archive, a source file, a member name) so
 that callers can act on it without parsing the message.
@@ -24,6 +25,7 @@ __all__ = [
     "ArchiveError",
     "BackupError",
     "ConfigError",
+    "LockError",
     "ManifestError",
     "RestoreConflictError",
     "SourceError",
@@ -71,3 +73,11 @@ class VerificationError(BackupError):
 
 class RestoreConflictError(BackupError):
     """Restoring would replace existing files and ``overwrite`` was not given."""
+
+
+class LockError(BackupError):
+    """Another process holds the backup directory's lock and did not let go in time."""
+
+    def __init__(self, message: str, path: str | Path | None = None, holder_pid: int | None = None) -> None:
+        super().__init__(message, path)
+        self.holder_pid = holder_pid

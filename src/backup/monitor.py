@@ -1,0 +1,113 @@
+"""Recording each run's outcome: a state file in the backup directory, and Prometheus
+metrics for node_exporter's textfile collector.
+
+``.obs-backup-state.json`` keeps the last run and the last successful run. The metrics
+file is rewritten atomically (temp file, then rename) after every run, so the
+collector never reads half a file. Both writes are best effort from the caller's point
+of view: a run that succeeded is not turned into a failure because monitoring could
+not be written (the caller logs it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .durable import atomic_write_bytes
+
+__all__ = ["STATE_NAME", "RunRecord", "load_state", "record_run", "render_metrics"]
+
+STATE_NAME = ".obs-backup-state.json"
+METRICS_MODE = 0o644  # the collector usually runs as another user
+
+
+@dataclass
+class RunRecord:
+    """The outcome of one scheduled (or manual) run."""
+
+    started_at: datetime
+    finished_at: datetime
+    success: bool
+    prefix: str
+    backup_id: str | None = None
+    archive_path: str | None = None
+    archive_size: int = 0
+    file_count: int = 0
+    error: str | None = None
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def duration_seconds(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record as JSON-ready data."""
+        data = asdict(self)
+        data["started_at"] = self.started_at.isoformat()
+        data["finished_at"] = self.finished_at.isoformat()
+        data["duration_seconds"] = round(self.duration_seconds, 3)
+        return data
+
+
+def load_state(backup_dir: Path) -> dict[str, Any]:
+    """Given a backup directory, return its recorded state ({} if none or unreadable)."""
+    try:
+        data = json.loads((Path(backup_dir) / STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def record_run(backup_dir: Path, record: RunRecord, metrics_file: Path | None = None) -> dict[str, Any]:
+    """Given a run's record, update the state file (and the metrics file); return the state.
+
+    State is kept per prefix, so two schedules sharing a directory do not overwrite
+    each other's history. Raise OSError if a file cannot be written.
+    """
+    state = load_state(backup_dir)
+    entry = state.setdefault(record.prefix, {})
+    entry["last_run"] = record.to_dict()
+    if record.success:
+        entry["last_success"] = record.to_dict()
+    atomic_write_bytes(Path(backup_dir) / STATE_NAME, json.dumps(state, indent=2).encode("utf-8"))
+    if metrics_file is not None:
+        atomic_write_bytes(metrics_file, render_metrics(record, entry).encode("utf-8"), mode=METRICS_MODE)
+    return state
+
+
+def render_metrics(record: RunRecord, entry: dict[str, Any]) -> str:
+    """Given the latest run and the prefix's state, return Prometheus text-format metrics."""
+    labels = f'{{prefix="{_escape(record.prefix)}"}}'
+    last_success = entry.get("last_success") or {}
+    success_time = _timestamp(last_success.get("finished_at"))
+    rows = [
+        ("obs_backup_last_success_timestamp_seconds", "Unix time the last successful backup finished.", success_time),
+        ("obs_backup_last_run_timestamp_seconds", "Unix time the last run finished.", record.finished_at.timestamp()),
+        ("obs_backup_last_run_duration_seconds", "Duration of the last run.", record.duration_seconds),
+        ("obs_backup_last_run_success", "1 if the last run succeeded, else 0.", 1.0 if record.success else 0.0),
+        ("obs_backup_last_archive_size_bytes", "Archive size of the last successful backup.",
+         float(last_success.get("archive_size", 0))),
+        ("obs_backup_last_files", "Files in the last successful backup.", float(last_success.get("file_count", 0))),
+    ]
+    lines = []
+    for name, help_text, value in rows:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} gauge")
+        lines.append(f"{name}{labels} {round(value, 6)!r}")
+    return "\n".join(lines) + "\n"
+
+
+def _timestamp(value: object) -> float:
+    if not isinstance(value, str):
+        return 0.0
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,94 @@
+"""Removing old backups: plan with the pure retention policy, then delete what it says.
+
+Each prefix is its own group: a policy applied to ``backup`` never removes a
+``scheduled_backup``. An archive and its manifest go together, archive first, so a
+crash between the two leaves only a manifest without its archive, which the next run
+recognises as a leftover and removes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from pathlib import Path
+
+from .catalog import clean_leftovers, list_backups
+from .retention import RetentionDecision, RetentionPlan, RetentionPolicy, apply_policy
+
+__all__ = ["PruneResult", "execute_prune", "plan_prune"]
+
+
+@dataclass
+class PruneResult:
+    """What a prune did (or, in a dry run, would do)."""
+
+    plan: RetentionPlan
+    dry_run: bool
+    removed: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def success(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, object]:
+        """Return the result as JSON-ready data."""
+        return {
+            "dry_run": self.dry_run,
+            "success": self.success,
+            **self.plan.to_dict(),
+            "removed": self.removed,
+            "leftovers_removed": self.leftovers,
+            "errors": self.errors,
+        }
+
+
+def plan_prune(backup_dir: Path, policy: RetentionPolicy, zone: tzinfo, prefix: str | None = None) -> RetentionPlan:
+    """Given a backup directory and a policy, return what to keep and remove; touch nothing.
+
+    With ``prefix`` only that prefix's backups are considered; without, the policy is
+    applied to each prefix separately. Raise ConfigError if the policy keeps nothing.
+    """
+    backups = list_backups(backup_dir)
+    prefixes = [prefix] if prefix is not None else sorted({b.prefix for b in backups if b.prefix is not None})
+    keep: list[RetentionDecision] = []
+    remove: list[RetentionDecision] = []
+    for group in prefixes:
+        plan = apply_policy(backups, policy, zone, prefix=group)
+        keep += plan.keep
+        remove += plan.remove
+    if not prefixes:
+        apply_policy([], policy, zone)  # still refuses an empty policy
+    chosen = set(prefixes)
+    return RetentionPlan(
+        policy=policy,
+        keep=tuple(keep),
+        remove=tuple(remove),
+        ignored=tuple(b for b in backups if b.prefix not in chosen),
+    )
+
+
+def execute_prune(backup_dir: Path, plan: RetentionPlan, dry_run: bool = False) -> PruneResult:
+    """Given a retention plan, remove the backups it marks (nothing in a dry run).
+
+    Also removes leftovers of interrupted runs. Never raises for a file that cannot be
+    removed: each such failure is in ``errors``.
+    """
+    result = PruneResult(plan=plan, dry_run=dry_run)
+    if dry_run:
+        return result
+    result.leftovers = clean_leftovers(backup_dir)
+    for decision in plan.remove:
+        backup = decision.backup
+        try:
+            backup.archive_path.unlink()
+            if backup.manifest_path is not None:
+                backup.manifest_path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            result.errors.append(f"{exc.filename or backup.archive_path}: cannot remove: {exc.strerror or exc}")
+            continue
+        result.removed.append(backup.backup_id)
+    return result

@@ -1,0 +1,205 @@
+"""Which backups to keep: a pure decision, with the reason for each.
+
+``apply_policy`` touches no file. Its semantics follow restic's ``forget`` policy:
+
+* Backups are walked newest to oldest.
+* ``keep_last=N`` keeps the N newest.
+* ``keep_within=D`` keeps every backup created within D of the *newest* backup (not of
+  now: if backups stop succeeding, the history they left does not expire).
+* ``keep_hourly/daily/weekly/monthly/yearly=N``: each of the N most recent periods that
+  has a backup keeps its newest backup. Periods are taken in the configured time zone;
+  weeks are ISO weeks (Monday to Sunday). If a rule still has count left when the walk
+  reaches the oldest backup, the oldest is kept too, which keeps the history longest.
+* One backup may be kept by several rules; all its reasons are listed.
+
+On top of that, for safety: the newest backup is always kept, whatever the policy; a
+policy that keeps nothing at all is refused; backups whose creation time is unknown
+are kept; only backups with the given prefix are considered.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
+
+from .catalog import BackupInfo
+from .errors import ConfigError
+
+__all__ = ["RetentionDecision", "RetentionPlan", "RetentionPolicy", "apply_policy", "parse_duration"]
+
+_DURATION = re.compile(r"^(?:(?P<w>\d+)w)?(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """Given a duration such as ``7d``, ``2w``, ``36h`` or ``1d12h``, return it; raise ConfigError."""
+    match = _DURATION.match(text.strip().lower())
+    if not text.strip() or not match or not any(match.groupdict().values()):
+        raise ConfigError(f"invalid duration {text!r}: use e.g. 7d, 2w, 36h or 1d12h")
+    parts = {key: int(value or 0) for key, value in match.groupdict().items()}
+    return timedelta(weeks=parts["w"], days=parts["d"], hours=parts["h"], minutes=parts["m"])
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How many backups to keep, by rule. Zero (or None) turns a rule off."""
+
+    keep_within: timedelta | None = None
+    keep_last: int = 0
+    keep_hourly: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_yearly: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+        if self.keep_within is not None and self.keep_within <= timedelta(0):
+            raise ConfigError("keep_within must be a positive duration")
+
+    @classmethod
+    def from_days(cls, retention_days: int) -> RetentionPolicy:
+        """Given the seed's ``retention_days``, return a policy keeping that many days of backups."""
+        if retention_days <= 0:
+            raise ConfigError(f"retention_days must be positive, not {retention_days}")
+        return cls(keep_within=timedelta(days=retention_days))
+
+    def is_empty(self) -> bool:
+        """Return whether this policy would keep nothing by itself."""
+        counts = (self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly, self.keep_monthly, self.keep_yearly)
+        return self.keep_within is None and not any(counts)
+
+    def describe(self) -> str:
+        """Return the policy as ``keep-within 7d, keep-daily 7``."""
+        parts = []
+        if self.keep_within is not None:
+            parts.append(f"keep-within {_format_duration(self.keep_within)}")
+        for name in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+            count = getattr(self, f"keep_{name}")
+            if count:
+                parts.append(f"keep-{name} {count}")
+        return ", ".join(parts) or "keep nothing"
+
+
+def _format_duration(value: timedelta) -> str:
+    hours = int(value.total_seconds() // 3600)
+    if hours % 24 == 0:
+        return f"{hours // 24}d"
+    return f"{hours}h"
+
+
+@dataclass(frozen=True)
+class RetentionDecision:
+    """One backup and why it is kept (``reasons`` empty means it is removed)."""
+
+    backup: BackupInfo
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def keep(self) -> bool:
+        return bool(self.reasons)
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    """The outcome of a policy: what to keep and what to remove, newest first."""
+
+    policy: RetentionPolicy
+    keep: tuple[RetentionDecision, ...] = ()
+    remove: tuple[RetentionDecision, ...] = ()
+    ignored: tuple[BackupInfo, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, object]:
+        """Return the plan as JSON-ready data."""
+
+        def row(decision: RetentionDecision) -> dict[str, object]:
+            created = decision.backup.created_at
+            return {
+                "backup_id": decision.backup.backup_id,
+                "created_at": None if created is None else created.isoformat(),
+                "archive_path": str(decision.backup.archive_path),
+                "reasons": list(decision.reasons),
+            }
+
+        return {
+            "policy": self.policy.describe(),
+            "keep": [row(d) for d in self.keep],
+            "remove": [row(d) for d in self.remove],
+        }
+
+
+_Bucket = Callable[[datetime], Hashable]
+_RULES: tuple[tuple[str, str, _Bucket], ...] = (
+    ("keep_hourly", "hourly", lambda t: (t.year, t.month, t.day, t.hour)),
+    ("keep_daily", "daily", lambda t: (t.year, t.month, t.day)),
+    ("keep_weekly", "weekly", lambda t: t.isocalendar()[:2]),
+    ("keep_monthly", "monthly", lambda t: (t.year, t.month)),
+    ("keep_yearly", "yearly", lambda t: t.year),
+)
+
+
+def apply_policy(
+    backups: Sequence[BackupInfo],
+    policy: RetentionPolicy,
+    zone: tzinfo,
+    prefix: str | None = None,
+) -> RetentionPlan:
+    """Given complete backups, a policy and the zone that periods are counted in,
+    return what to keep and what to remove, with reasons; touch nothing.
+
+    Backups with another prefix (when ``prefix`` is given) are neither kept nor removed:
+    they come back in ``ignored``. Raise ConfigError if the policy keeps nothing.
+    """
+    if policy.is_empty():
+        raise ConfigError("refusing a retention policy that keeps nothing; set keep_within or a keep_* count")
+    considered = [b for b in backups if prefix is None or b.prefix == prefix]
+    ignored = tuple(b for b in backups if prefix is not None and b.prefix != prefix)
+    dated = sorted((b for b in considered if b.created_at is not None), key=_newest_first_key)
+    undated = [b for b in considered if b.created_at is None]
+
+    counts = {attr: getattr(policy, attr) for attr, _, _ in _RULES}
+    last_bucket: dict[str, Hashable] = {}
+    newest_time = dated[0].created_at if dated else None
+    decisions = []
+    for index, backup in enumerate(dated):
+        moment = backup.created_at
+        assert moment is not None and newest_time is not None
+        reasons = []
+        if index == 0:
+            reasons.append("newest backup (always kept)")
+        if index < policy.keep_last:
+            reasons.append(f"last {policy.keep_last}")
+        if policy.keep_within is not None and moment >= newest_time - policy.keep_within:
+            reasons.append(f"within {_format_duration(policy.keep_within)} of the newest")
+        local = moment.astimezone(zone)
+        for attr, label, bucket_of in _RULES:
+            if counts[attr] <= 0:
+                continue
+            bucket = bucket_of(local)
+            # The oldest backup is kept while a rule has count left, even if it shares a
+            # period with a newer one: that keeps the longest history the counts allow.
+            if attr not in last_bucket or bucket != last_bucket[attr] or index == len(dated) - 1:
+                last_bucket[attr] = bucket
+                counts[attr] -= 1
+                reasons.append(f"{label} {getattr(policy, attr) - counts[attr]}/{getattr(policy, attr)}")
+        decisions.append(RetentionDecision(backup, tuple(reasons)))
+    decisions += [RetentionDecision(b, ("creation time unknown (never removed automatically)",)) for b in undated]
+    return RetentionPlan(
+        policy=policy,
+        keep=tuple(d for d in decisions if d.keep),
+        remove=tuple(d for d in decisions if not d.keep),
+        ignored=ignored,
+    )
+
+
+def _newest_first_key(backup: BackupInfo) -> tuple[float, str]:
+    assert backup.created_at is not None
+    return (-backup.created_at.timestamp(), _reverse(backup.backup_id))
+
+
+def _reverse(text: str) -> str:
+    # Sorting ids descending inside the same second: "-3" before "-2" before none.
+    return "".join(chr(0x10FFFF - ord(ch)) for ch in text)

@@ -1,0 +1,327 @@
+"""The in-process daily scheduler: back up at a wall-clock time in a time zone, then
+apply the retention policy.
+
+Time is injected (``now=``, ``sleep=``), so tests run a simulated month in
+milliseconds. The rules it keeps:
+
+* The next run is computed in the configured zone. A wall time that does not exist
+  that day (clocks spring forward over it) runs at the instant the clocks change; one
+  that occurs twice (clocks fall back) runs once, at its first occurrence.
+* Waiting is done in bounded slices against UTC instants, re-reading the clock each
+  time, so a clock change or a suspended machine neither shifts nor skips a run.
+* If the last complete backup predates the most recent scheduled time when the
+  scheduler starts, one backup runs at once (catch-up), once.
+* The backup runs in a worker thread; the event loop stays free. A failed backup
+  reaches ``on_error``; an exception raised by a callback is logged and ignored.
+* ``stop()`` lets a backup in progress finish, so it either completes or (if the
+  process is killed) leaves only leftovers that the next run removes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from shared.time_helpers import TimeAwareMixin
+
+from .catalog import list_backups
+from .config import BackupConfig, BackupResult, ReadErrorPolicy
+from .core import create_backup
+from .errors import BackupError
+from .lock import backup_dir_lock
+from .monitor import RunRecord, record_run
+from .prune import PruneResult, execute_prune, plan_prune
+from .retention import RetentionPolicy
+
+__all__ = ["BackupScheduler", "RunOutcome", "SchedulerConfig"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_SLEEP_SECONDS = 60.0
+
+
+@dataclass
+class SchedulerConfig:
+    """Configuration for the backup scheduler.
+
+    The first six fields are the seed's contract. ``policy`` replaces the plain
+    ``retention_days`` rule when given (``None`` keeps ``retention_days`` days).
+    ``lock_timeout`` is how long a run waits for another process using the same
+    backup directory.
+    """
+
+    source_dir: Path
+    backup_dir: Path
+    schedule_time: time = time(3, 0)
+    retention_days: int = 7
+    tz_name: str = "Asia/Seoul"
+    prefix: str = "scheduled_backup"
+    compression: str = "gz"
+    compression_level: int | None = None
+    exclude: Sequence[str] = ()
+    policy: RetentionPolicy | None = None
+    catch_up: bool = True
+    metrics_file: Path | None = None
+    lock_timeout: float = 600.0
+    on_read_error: ReadErrorPolicy = "fail"
+
+    def retention_policy(self) -> RetentionPolicy:
+        """Return the policy in force: ``policy`` if set, else ``retention_days`` days."""
+        return self.policy if self.policy is not None else RetentionPolicy.from_days(self.retention_days)
+
+
+@dataclass
+class RunOutcome:
+    """One run: the backup's result and, if it succeeded, what retention did."""
+
+    result: BackupResult
+    prune: PruneResult | None = None
+
+
+class _BackupIdAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        backup_id = self.extra.get("backup_id") if self.extra else None
+        kwargs.setdefault("extra", {})["backup_id"] = backup_id
+        return (f"[{backup_id}] {msg}" if backup_id else msg), kwargs
+
+
+class BackupScheduler(TimeAwareMixin):
+    """Runs a backup every day at ``schedule_time`` in ``tz_name``, then retention."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        on_complete: Callable[[BackupResult], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+        *,
+        now: Callable[[], datetime] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        max_sleep: float = _MAX_SLEEP_SECONDS,
+    ) -> None:
+        self.config = config
+        self._tz_name = config.tz_name
+        self._init_timezone()
+        config.retention_policy()  # refuse a bad policy now, not at 03:00
+        self._on_complete = on_complete
+        self._on_error = on_error
+        self._clock = now
+        self._sleep = sleep
+        self._max_sleep = max_sleep
+        self._running = False
+        self._stop_event: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        # The most recent outcomes, for callers and tests; bounded so a long-lived
+        # scheduler does not accumulate every manifest it ever wrote.
+        self.runs: deque[RunOutcome] = deque(maxlen=32)
+
+    # -- time -----------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        moment = self._clock() if self._clock is not None else datetime.now(timezone.utc)
+        if moment.tzinfo is None:
+            raise ValueError("the scheduler's clock must return aware datetimes")
+        return moment.astimezone(self._tz)
+
+    def occurrence_on(self, day: date) -> datetime:
+        """Given a local date, return the instant the scheduled wall time occurs that day.
+
+        A wall time skipped by a spring-forward change maps to the instant of the
+        change; one repeated by a fall-back change maps to its first occurrence.
+        """
+        wall = datetime.combine(day, self.config.schedule_time.replace(tzinfo=None))
+        first = wall.replace(tzinfo=self._tz, fold=0)
+        if first.astimezone(timezone.utc).astimezone(self._tz).replace(tzinfo=None) == wall:
+            return first
+        # In a gap: fold=1 reads the wall time with the later offset, fold=0 with the
+        # earlier one; the change happens between those two instants.
+        later = wall.replace(tzinfo=self._tz, fold=1)
+        low, high = sorted((int(later.timestamp()), int(first.timestamp())))
+        after = later.utcoffset()
+        while low < high:
+            middle = (low + high) // 2
+            if datetime.fromtimestamp(middle, self._tz).utcoffset() == after:
+                high = middle
+            else:
+                low = middle + 1
+        return datetime.fromtimestamp(low, self._tz)
+
+    def next_run_after(self, moment: datetime) -> datetime:
+        """Given an aware instant, return the first scheduled run strictly after it."""
+        start = moment.astimezone(self._tz).date() - timedelta(days=1)
+        for offset in range(4):
+            candidate = self.occurrence_on(start + timedelta(days=offset))
+            if _utc(candidate) > _utc(moment):
+                return candidate
+        raise AssertionError("no scheduled time within three days")  # pragma: no cover
+
+    def previous_run_at_or_before(self, moment: datetime) -> datetime:
+        """Given an aware instant, return the latest scheduled run at or before it."""
+        start = moment.astimezone(self._tz).date() + timedelta(days=1)
+        for offset in range(4):
+            candidate = self.occurrence_on(start - timedelta(days=offset))
+            if _utc(candidate) <= _utc(moment):
+                return candidate
+        raise AssertionError("no scheduled time within three days")  # pragma: no cover
+
+    # -- one run --------------------------------------------------------------
+
+    def run_once(self) -> RunOutcome:
+        """Back up now, then apply retention if the backup succeeded; record the outcome.
+
+        Blocks; holds the backup directory's lock throughout. Never raises for an
+        operational failure: it is in the outcome's result.
+        """
+        config = self.config
+        started = self._now()
+        prune = None
+        try:
+            with backup_dir_lock(config.backup_dir, config.lock_timeout):
+                result = create_backup(
+                    BackupConfig(
+                        source_dir=config.source_dir,
+                        backup_dir=config.backup_dir,
+                        prefix=config.prefix,
+                        compression=config.compression,
+                        compression_level=config.compression_level,
+                        exclude=tuple(config.exclude),
+                        on_read_error=config.on_read_error,
+                    ),
+                    metadata={"scheduler": "obs-backup", "tz": config.tz_name},
+                    now=self._now,
+                )
+                log = _BackupIdAdapter(logger, {"backup_id": result.backup_id})
+                if result.success:
+                    log.info("backup complete: %s (%d bytes)", result.backup_path, result.archive_size)
+                    for warning in result.warnings:
+                        log.warning("%s", warning)
+                    plan = plan_prune(config.backup_dir, config.retention_policy(), self._tz, prefix=config.prefix)
+                    prune = execute_prune(config.backup_dir, plan)
+                    for removed in prune.removed:
+                        log.info("retention removed %s", removed)
+                    for error in prune.errors:
+                        log.error("retention: %s", error)
+                else:
+                    log.error("backup failed: %s", result.error)
+        except BackupError as exc:
+            result = BackupResult(success=False, error=str(exc))
+            logger.error("backup not started: %s", exc)
+        outcome = RunOutcome(result, prune)
+        self._record(outcome, started)
+        return outcome
+
+    def _record(self, outcome: RunOutcome, started: datetime) -> None:
+        result = outcome.result
+        record = RunRecord(
+            started_at=started,
+            finished_at=self._now(),
+            success=result.success,
+            prefix=self.config.prefix,
+            backup_id=result.backup_id,
+            archive_path=None if result.backup_path is None else str(result.backup_path),
+            archive_size=result.archive_size,
+            file_count=result.manifest.file_count if result.manifest else 0,
+            error=result.error,
+            removed=list(outcome.prune.removed) if outcome.prune else [],
+        )
+        try:
+            record_run(self.config.backup_dir, record, self.config.metrics_file)
+        except OSError as exc:
+            logger.error("cannot record the run's outcome: %s: %s", exc.filename, exc.strerror or exc)
+
+    # -- the loop -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the scheduler loop as a background task on the running event loop."""
+        if self._task is not None and not self._task.done():
+            return
+        self._running = True
+        self._stop_event = asyncio.Event()
+        self._task = asyncio.create_task(self._run_loop(), name="obs-backup-scheduler")
+        logger.info("backup scheduler started; next run at %s", self.next_run_after(self._now()).isoformat())
+
+    async def stop(self) -> None:
+        """Stop the loop; a backup in progress is allowed to finish first."""
+        self._running = False
+        if self._stop_event is not None:
+            self._stop_event.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        logger.info("backup scheduler stopped")
+
+    async def wait(self) -> None:
+        """Wait until the loop ends (after ``stop()``)."""
+        if self._task is not None:
+            await self._task
+
+    async def _run_loop(self) -> None:
+        if self.config.catch_up and self._missed_a_run():
+            logger.info("the last scheduled backup was missed; running one now")
+            await self._run_and_report()
+        while self._running:
+            target = self.next_run_after(self._now())
+            logger.info("next backup at %s", target.isoformat())
+            if not await self._sleep_until(target):
+                break
+            await self._run_and_report()
+
+    def _missed_a_run(self) -> bool:
+        try:
+            backups = list_backups(self.config.backup_dir, prefix=self.config.prefix)
+        except BackupError as exc:
+            logger.error("cannot list backups for catch-up: %s", exc)
+            return False
+        times = [b.created_at for b in backups if b.created_at is not None]
+        if not times:
+            return True
+        return _utc(max(times, key=_utc)) < _utc(self.previous_run_at_or_before(self._now()))
+
+    async def _sleep_until(self, target: datetime) -> bool:
+        """Sleep in slices until ``target``; return False if stopped first."""
+        while self._running:
+            remaining = (_utc(target) - _utc(self._now())).total_seconds()
+            if remaining <= 0:
+                return True
+            await self._pause(min(remaining, self._max_sleep))
+        return False
+
+    async def _pause(self, seconds: float) -> None:
+        if self._sleep is not None:
+            await self._sleep(seconds)
+            return
+        assert self._stop_event is not None
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    async def _run_and_report(self) -> None:
+        try:
+            outcome = await asyncio.to_thread(self.run_once)
+        except Exception:  # a bug, not an operational failure: keep the schedule alive
+            logger.exception("scheduled backup crashed")
+            outcome = RunOutcome(BackupResult(success=False, error="scheduled backup crashed; see the log"))
+        self.runs.append(outcome)
+        result = outcome.result
+        if not result.success:
+            self._call(self._on_error, result.error or "backup failed")
+        self._call(self._on_complete, result)
+
+    @staticmethod
+    def _call(callback: Callable[[Any], None] | None, argument: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(argument)
+        except Exception:
+            logger.exception("a scheduler callback raised; the scheduler carries on")
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(timezone.utc)
