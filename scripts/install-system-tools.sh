@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install the command-line tools the tests and benchmarks compare against:
-# GNU tar, zstd and pigz. Does nothing when they are already there.
+# GNU tar, zstd, pigz and GNU time. Does nothing when they are already there.
 set -euo pipefail
 
 missing=()
 tar --version 2>/dev/null | grep -q "GNU tar" || missing+=(tar)
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 command -v pigz >/dev/null 2>&1 || missing+=(pigz)
+[ -x /usr/bin/time ] || missing+=(time)  # GNU time: the benchmark's peak-RSS probe
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then

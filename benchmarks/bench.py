@@ -1,0 +1,306 @@
+"""Side-by-side benchmark of obs-backup against GNU tar on the same files.
+
+Generates a deterministic corpus shaped like application data, then times, in one run
+and alternating, each obs-backup command against the GNU tar command doing the same
+job. Reports the median wall time over the repeats, the ratio to the anchor, the
+archive size ratio and each child's peak RSS (from ``wait4``), as a table and as JSON.
+
+    python benchmarks/bench.py                 # ~600 MB corpus, 3 repeats
+    python benchmarks/bench.py --scale 0.01    # tiny, for CI: checks it still works
+
+Nothing here asserts on time: the table is for people, the JSON for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MB = 1 << 20
+GNU_TIME = "/usr/bin/time"
+WORDS = [
+    "GET", "POST", "/api/v1/orders", "/api/v1/users", "200", "404", "500", "INFO", "WARN", "ERROR",
+    "user_id", "order_id", "latency_ms", "status", "payload", "session", "token", "retry", "cache",
+    "hit", "miss", "db", "query", "select", "insert", "update", "commit", "rollback", "worker",
+]
+
+
+# -- corpus -------------------------------------------------------------------------
+
+def _text(rng: random.Random, size: int) -> bytes:
+    """Log- or JSON-like text of about ``size`` bytes."""
+    lines = []
+    total = 0
+    while total < size:
+        if rng.random() < 0.5:
+            line = (
+                f"2026-11-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:"
+                f"{rng.randint(0, 59):02d}Z {rng.choice(WORDS)} {' '.join(rng.choices(WORDS, k=rng.randint(3, 12)))} "
+                f"{rng.randint(0, 10**6)}\n"
+            )
+        else:
+            line = json.dumps({rng.choice(WORDS): rng.randint(0, 10**5), "v": rng.choice(WORDS), "n": rng.random()}) + "\n"
+        lines.append(line)
+        total += len(line)
+    return "".join(lines).encode()[:size]
+
+
+def make_corpus(root: Path, scale: float, seed: int = 2026) -> dict[str, int]:
+    """Create the mixed corpus under ``root``; return counts and bytes."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True)
+    pool = _text(rng, 4 * MB)  # small files are slices of one pool: cheap to make, still text-like
+    small = max(20, int(20_000 * scale))
+    dirs = max(4, int(300 * scale))
+    for index in range(dirs):
+        (root / "app" / f"d{index:03d}").mkdir(parents=True)
+    total = 0
+    for index in range(small):
+        size = rng.randint(200, 16 * 1024)
+        start = rng.randint(0, len(pool) - size)
+        path = root / "app" / f"d{index % dirs:03d}" / f"f{index:05d}.txt"
+        path.write_bytes(pool[start : start + size])
+        total += size
+    (root / "logs").mkdir()
+    for index in range(max(2, int(200 * scale))):
+        size = rng.randint(100 * 1024, 2 * MB)
+        suffix = "json" if index % 2 else "log"
+        (root / "logs" / f"part{index:03d}.{suffix}").write_bytes(_text(rng, size))
+        total += size
+    (root / "blobs").mkdir()
+    big = max(MB, int(40 * MB * scale))
+    text_half = _text(rng, big // 2)
+    for index in range(6):
+        with open(root / "blobs" / f"blob{index}.bin", "wb") as handle:
+            handle.write(rng.randbytes(big // 2))
+            handle.write(text_half)
+        total += big // 2 + len(text_half)
+    (root / "empty-dir").mkdir()
+    (root / "current.log").symlink_to("logs/part000.log")
+    return {"files": small + max(2, int(200 * scale)) + 6, "bytes": total}
+
+
+def make_empty_corpus(root: Path, scale: float) -> dict[str, int]:
+    """Create the per-file-overhead corpus: many empty files in 100 directories."""
+    count = max(100, int(100_000 * scale))
+    for index in range(100):
+        (root / f"d{index:02d}").mkdir(parents=True)
+    for index in range(count):
+        (root / f"d{index % 100:02d}" / f"e{index:06d}").touch()
+    return {"files": count, "bytes": 0}
+
+
+def make_big_corpus(root: Path, scale: float) -> dict[str, int]:
+    """Create one large file (2 GiB at scale 1): memory must not grow with it."""
+    size = max(8 * MB, int(2048 * MB * scale))
+    root.mkdir(parents=True)
+    rng = random.Random(7)
+    chunk = rng.randbytes(4 * MB) + _text(rng, 4 * MB)
+    with open(root / "huge.bin", "wb") as handle:
+        written = 0
+        while written < size:
+            piece = chunk[: size - written]
+            handle.write(piece)
+            written += len(piece)
+    return {"files": 1, "bytes": size}
+
+
+# -- timing -------------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    seconds: float
+    max_rss_mb: float
+
+
+@dataclass
+class Row:
+    work: str
+    ours_cmd: str
+    anchor_cmd: str
+    ours: list[Sample] = field(default_factory=list)
+    anchor: list[Sample] = field(default_factory=list)
+    ours_size: int | None = None
+    anchor_size: int | None = None
+    target: str = ""
+
+    def median(self, samples: list[Sample]) -> float:
+        return statistics.median(s.seconds for s in samples) if samples else float("nan")
+
+    def summary(self) -> dict[str, object]:
+        ours, anchor = self.median(self.ours), self.median(self.anchor)
+        return {
+            "work": self.work,
+            "ours_s": round(ours, 3),
+            "anchor_s": round(anchor, 3),
+            "ratio": round(ours / anchor, 3) if anchor else None,
+            "size_ratio": round(self.ours_size / self.anchor_size, 4) if self.ours_size and self.anchor_size else None,
+            "ours_peak_rss_mb": round(max((s.max_rss_mb for s in self.ours), default=0), 1),
+            "anchor_peak_rss_mb": round(max((s.max_rss_mb for s in self.anchor), default=0), 1),
+            "target": self.target,
+            "ours_cmd": self.ours_cmd,
+            "anchor_cmd": self.anchor_cmd,
+        }
+
+
+def timed(argv: list[str], cwd: Path | None = None) -> Sample:
+    """Run a command; return its wall time and peak RSS; raise if it fails.
+
+    The peak RSS comes from GNU time, which forks the command from its own small
+    process: a child forked from this (much larger) Python process would report this
+    process's pages as its own high-water mark.
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as report:
+        started = time.perf_counter()
+        finished = subprocess.run(
+            [GNU_TIME, "-f", "%M", "-o", report.name, *argv], cwd=cwd, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, check=False,
+        )
+        elapsed = time.perf_counter() - started
+        if finished.returncode != 0:
+            raise SystemExit(
+                f"benchmark command failed ({finished.returncode}): {' '.join(argv)}\n"
+                + finished.stderr.decode(errors="replace")
+            )
+        max_rss_kb = int(report.read().strip().splitlines()[-1])
+    return Sample(elapsed, max_rss_kb / 1024)
+
+
+def fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def only_file(directory: Path, pattern: str) -> Path:
+    found = sorted(directory.glob(pattern))
+    if len(found) != 1:
+        raise SystemExit(f"expected one {pattern} in {directory}, found {found}")
+    return found[0]
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    work = Path(args.workdir).absolute()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    obs = [sys.executable, "-m", "backup"]
+    tar = shutil.which("tar") or "tar"
+
+    print(f"generating corpora at scale {args.scale} in {work} ...", flush=True)
+    corpus, empty, big = work / "corpus", work / "empty", work / "big"
+    info = {"corpus": make_corpus(corpus, args.scale), "empty": make_empty_corpus(empty, args.scale)}
+    if not args.skip_big:
+        info["big"] = make_big_corpus(big, args.scale)
+
+    rows: list[Row] = []
+    out = work / "out"
+
+    def create_pair(name: str, comp: str, tar_flags: list[str], source: Path, target: str, ext: str) -> Row:
+        row = Row(
+            name,
+            f"obs-backup create SRC DIR --compression {comp}",
+            f"tar {' '.join(tar_flags)} ARCHIVE -C SRC .",
+            target=target,
+        )
+        for _ in range(args.repeats):
+            ours_dir = fresh(out / "ours")
+            row.ours.append(timed([*obs, "create", str(source), str(ours_dir), "--compression", comp, "--quiet"]))
+            row.ours_size = only_file(ours_dir, f"*{ext}").stat().st_size
+            anchor_dir = fresh(out / "anchor")
+            archive = anchor_dir / f"anchor{ext}"
+            row.anchor.append(timed([tar, *tar_flags, str(archive), "-C", str(source), "."]))
+            row.anchor_size = archive.stat().st_size
+        rows.append(row)
+        return row
+
+    def restore_pair(name: str, comp: str, tar_flags: list[str], source: Path, target: str, ext: str) -> None:
+        keep = fresh(out / f"keep-{comp}")
+        timed([*obs, "create", str(source), str(keep), "--compression", comp, "--quiet"])
+        archive = only_file(keep, f"*{ext}")
+        anchor_archive = keep / f"anchor{ext}"
+        timed([tar, *(["--zstd", "-cf"] if comp == "zst" else ["-czf"]), str(anchor_archive), "-C", str(source), "."])
+        row = Row(name, f"obs-backup restore ARCHIVE DIR ({comp})", f"tar {' '.join(tar_flags)} ARCHIVE -C DIR", target=target)
+        verify = Row(
+            f"verify, {comp}", f"obs-backup verify ARCHIVE ({comp})", f"obs-backup restore ARCHIVE DIR ({comp})",
+            target="<= 1.0 x restore",
+        )
+        for _ in range(args.repeats):
+            row.ours.append(timed([*obs, "restore", str(archive), str(out / "r-ours"), "--quiet"]))
+            shutil.rmtree(out / "r-ours")
+            row.anchor.append(timed([tar, *tar_flags, str(anchor_archive), "-C", str(fresh(out / "r-anchor"))]))
+            shutil.rmtree(out / "r-anchor")
+            verify.ours.append(timed([*obs, "verify", str(archive), "--quiet"]))
+        verify.anchor = row.ours
+        rows.extend([row, verify])
+
+    print("timing (alternating obs-backup and GNU tar) ...", flush=True)
+    create_pair("create, gz", "gz", ["-czf"], corpus, "<= 0.6 x, size <= 1.02 x", ".tar.gz")
+    create_pair("create, zst", "zst", ["--zstd", "-cf"], corpus, "<= 1.5 x, size <= 1.02 x", ".tar.zst")
+    restore_pair("restore+verify, gz", "gz", ["-xzf"], corpus, "<= 1.3 x", ".tar.gz")
+    restore_pair("restore+verify, zst", "zst", ["--zstd", "-xf"], corpus, "<= 1.5 x", ".tar.zst")
+    create_pair("create, 100k empty files, none", "none", ["-cf"], empty, "<= 10 x", ".tar")
+    if not args.skip_big:
+        big_row = create_pair("create, one huge file, zst", "zst", ["--zstd", "-cf"], big, "peak RSS flat", ".tar.zst")
+        big_row.target = "peak RSS like the corpus"
+    shutil.rmtree(out, ignore_errors=True)
+
+    result = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "tar": subprocess.run([tar, "--version"], capture_output=True, text=True).stdout.splitlines()[0],
+        },
+        "scale": args.scale,
+        "repeats": args.repeats,
+        "corpora": info,
+        "rows": [row.summary() for row in rows],
+    }
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def print_table(result: dict[str, object]) -> None:
+    rows = result["rows"]
+    assert isinstance(rows, list)
+    print()
+    print(f"{'work':34} {'obs-backup':>11} {'anchor':>9} {'ratio':>7} {'size':>7} {'RSS MB':>8} {'anchor RSS':>10}  target")
+    for row in rows:
+        size = "" if row["size_ratio"] is None else f"{row['size_ratio']:.3f}"
+        print(
+            f"{row['work']:34} {row['ours_s']:>10.2f}s {row['anchor_s']:>8.2f}s {row['ratio']:>7.2f} {size:>7} "
+            f"{row['ours_peak_rss_mb']:>8.0f} {row['anchor_peak_rss_mb']:>10.0f}  {row['target']}"
+        )
+    print(f"\nmachine: {result['machine']}, scale {result['scale']}, median of {result['repeats']} runs")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=1.0, help="corpus size factor (1.0 is ~600 MB)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per command (median reported)")
+    parser.add_argument("--workdir", default="bench-output/work", help="where corpora and archives go")
+    parser.add_argument("--json", default="bench-output/results.json", help="where to write the JSON results")
+    parser.add_argument("--skip-big", action="store_true", help="skip the one-huge-file memory check")
+    parser.add_argument("--keep", action="store_true", help="keep the corpora afterwards")
+    args = parser.parse_args()
+    result = run(args)
+    print_table(result)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"JSON: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
