@@ -39,7 +39,7 @@ def format_backup_id(prefix: str, moment: datetime, sequence: int = 1) -> str:
 
 def parse_backup_id(backup_id: str) -> tuple[str, datetime, int] | None:
     """Given a backup id, return ``(prefix, UTC time, sequence)``, or None if it is not one."""
-    match = _ID.match(backup_id)
+    match = _ID.fullmatch(backup_id)
     if not match:
         return None
     try:

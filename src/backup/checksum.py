@@ -47,7 +47,7 @@ def calculate_checksum(path: str | Path, algorithm: str = DEFAULT_ALGORITHM) -> 
                     break
                 hasher.update(view[:count])
     except OSError as exc:
-        raise SourceError(f"{path}: cannot read for checksum: {os.strerror(exc.errno or 0) or exc}", path) from exc
+        raise SourceError(f"{path}: cannot read for checksum: {exc.strerror or exc}", path) from exc
     return hasher.hexdigest()
 
 

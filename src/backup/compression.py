@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import zlib
 from dataclasses import dataclass
@@ -108,13 +109,34 @@ def split_archive_name(name: str) -> tuple[str, str] | None:
     return None
 
 
+class _PassThrough(io.RawIOBase):
+    """Writes go straight to ``raw``; closing this, like closing a compressor, leaves ``raw`` open."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self._raw = raw
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ValueError("write to closed stream")
+        self._raw.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        if not self.closed and not self._raw.closed:
+            self._raw.flush()
+
+
 def open_compressor(raw: BinaryIO, compression: str, level: int) -> BinaryIO:
     """Given a writable binary stream, return a stream that compresses into it.
 
     Closing the returned stream finishes the compressed data but leaves ``raw`` open.
     """
     if compression == "":
-        return raw
+        return cast(BinaryIO, _PassThrough(raw))
     if compression == "gz":
         # filename="" and mtime=0 keep the gzip header free of temp names and clocks.
         return cast(BinaryIO, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=level, mtime=0))

@@ -58,7 +58,7 @@ class BackupConfig:
 
     def validated(self) -> BackupConfig:
         """Return a copy with canonical compression and level; raise ConfigError if invalid."""
-        if not _PREFIX.match(self.prefix):
+        if not _PREFIX.fullmatch(self.prefix):
             raise ConfigError(
                 f"invalid prefix {self.prefix!r}: use letters, digits, '_', '-' or '.', "
                 "starting with a letter or digit"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 from .catalog import clean_leftovers, format_backup_id
 from .compression import archive_suffix, open_compressor
 from .config import BackupResult
+from .durable import write_all
 from .errors import BackupError, StorageError
 from .manifest import MANIFEST_SUFFIX, ArchiveInfo, BackupManifest
 from .storage import LocalStorage, PendingObject
@@ -75,7 +76,7 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
         manifest_path = None
         if config.include_manifest:
             manifest_pending = storage.begin(backup_id + MANIFEST_SUFFIX)
-            manifest_pending.stream.write(manifest.to_json().encode("utf-8"))
+            write_all(manifest_pending.stream, manifest.to_json().encode("utf-8"))
             manifest_pending.commit()
             manifest_path = manifest_committed = storage.path(manifest_pending.name)
         archive.commit()

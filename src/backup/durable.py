@@ -11,8 +11,9 @@ import errno
 import fcntl
 import os
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["PRIVATE_MODE", "atomic_write_bytes", "fsync_directory", "link_no_replace"]
+__all__ = ["PRIVATE_MODE", "atomic_write_bytes", "fsync_directory", "link_no_replace", "write_all"]
 
 PRIVATE_MODE = 0o600
 
@@ -24,6 +25,21 @@ def fsync_directory(directory: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_all(stream: BinaryIO, data: bytes | bytearray | memoryview) -> None:
+    """Given an unbuffered binary stream and some bytes, write all of them.
+
+    An unbuffered write may write fewer bytes than asked without raising (a disk
+    filling up, a file size limit): the rest is written again, so that the failure, if
+    there is one, is raised instead of the data being silently cut short.
+    """
+    view = memoryview(data).cast("B")
+    while view:
+        written = stream.write(view)
+        if not written:
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[written:]
 
 
 def link_no_replace(source: str | Path, target: str | Path) -> None:

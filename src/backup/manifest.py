@@ -92,6 +92,10 @@ class ManifestEntry:
         for key, kind in (("path", str), ("size", int), ("checksum", str), ("modified", str)):
             if not isinstance(values.get(key), kind) or isinstance(values.get(key), bool):
                 raise ManifestError(f"manifest entry {data.get('path')!r:.80}: field {key!r} missing or not {kind.__name__}")
+        for key, kind in (("type", str), ("mode", int), ("link_target", str), ("warning", str)):
+            value = values.get(key)
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+                raise ManifestError(f"manifest entry {data.get('path')!r:.80}: field {key!r} is not {kind.__name__}")
         entry = cls(**values)
         if entry.type not in ENTRY_TYPES:
             raise ManifestError(f"manifest entry {entry.path!r}: unknown type {entry.type!r}")

@@ -20,7 +20,12 @@ from .errors import UnsafeArchiveError
 __all__ = ["MemberChecker", "SafeMember", "is_selected", "normalize_member_name"]
 
 MemberKind = Literal["file", "dir", "symlink", "hardlink"]
-_MAX_LINK_DEPTH = 40
+# Linux follows at most 40 symlinks while resolving one path, then fails with ELOOP.
+_MAX_LINKS_FOLLOWED = 40
+
+
+class _TooManyLinks(Exception):
+    """Resolving a path followed more symlinks than the kernel would: it leads nowhere."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,17 +140,29 @@ class MemberChecker:
             return target
         if target.startswith("/"):
             raise UnsafeArchiveError(f"{self.archive}: symlink {raw!r} points to the absolute path {target!r}", raw)
-        if self._resolve(posixpath.dirname(name), target, 0) is None:
+        if self._leads_outside(name, target):
             raise UnsafeArchiveError(f"{self.archive}: symlink {raw!r} points outside the target: {target!r}", raw)
         return target
 
-    def _resolve(self, base: str, target: str, depth: int) -> list[str] | None:
+    def _leads_outside(self, name: str, target: str) -> bool:
+        """Return whether the symlink ``name`` -> ``target`` resolves outside the target.
+
+        A link whose resolution follows more links than the kernel does (a loop, say)
+        resolves to nothing (ELOOP), so it cannot lead outside.
+        """
+        try:
+            return self._resolve(posixpath.dirname(name), target, [_MAX_LINKS_FOLLOWED]) is None
+        except _TooManyLinks:
+            return False
+
+    def _resolve(self, base: str, target: str, budget: list[int]) -> list[str] | None:
         """Resolve ``target`` from directory ``base`` through the archive's own links.
 
         Return the resolved parts, or None if the path leaves the target at any step.
+        ``budget`` holds how many more links may be followed, shared by the whole
+        resolution (as the kernel counts them, which also keeps this linear); raise
+        _TooManyLinks when it runs out.
         """
-        if depth > _MAX_LINK_DEPTH:
-            return None
         parts = [p for p in base.split("/") if p]
         for component in target.split("/"):
             if component in ("", "."):
@@ -158,9 +175,12 @@ class MemberChecker:
             parts.append(component)
             link = self.symlinks.get("/".join(parts))
             if link is not None:
+                budget[0] -= 1
+                if budget[0] < 0:
+                    raise _TooManyLinks
                 if link.startswith("/"):
                     return None
-                resolved = self._resolve("/".join(parts[:-1]), link, depth + 1)
+                resolved = self._resolve("/".join(parts[:-1]), link, budget)
                 if resolved is None:
                     return None
                 parts = resolved
@@ -175,7 +195,7 @@ class MemberChecker:
         if self.allow_external_links:
             return
         for name, target in self.symlinks.items():
-            if self._resolve(posixpath.dirname(name), target, 0) is None:
+            if self._leads_outside(name, target):
                 raise UnsafeArchiveError(
                     f"{self.archive}: symlink {name!r} points outside the target: {target!r}", name
                 )

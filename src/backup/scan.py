@@ -154,6 +154,12 @@ class _Walker:
     def add_path(self, relative: str) -> None:
         """Add one named path (and, for a directory, everything under it)."""
         absolute = os.path.join(self.root, relative)
+        parts = relative.split("/")
+        for depth in range(1, len(parts)):
+            parent = os.path.join(self.root, *parts[:depth])
+            if os.path.islink(parent):
+                # lstat below would follow it, and read from wherever it points.
+                raise SourceError(f"{absolute}: lies under the symlink {parent}, which is not followed", absolute)
         try:
             info = os.lstat(absolute)
         except OSError as exc:

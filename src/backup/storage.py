@@ -111,7 +111,11 @@ class LocalStorage:
     def ensure(self) -> None:
         """Create the directory if needed; raise StorageError if it cannot be."""
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory.parent.mkdir(parents=True, exist_ok=True)
+            # The directory itself is private (0700 whatever the umask): backups hold secrets.
+            if not self.directory.exists():
+                self.directory.mkdir(mode=0o700, exist_ok=True)
+                os.chmod(self.directory, 0o700)
         except OSError as exc:
             raise StorageError(f"{self.directory}: cannot create backup directory: {exc.strerror or exc}", self.directory) from exc
         if not self.directory.is_dir():
@@ -121,9 +125,14 @@ class LocalStorage:
         """Return the local path of an object."""
         return self.directory / name
 
+    def _check_name(self, name: str) -> None:
+        if not name or "/" in name or "\x00" in name or name.startswith("."):
+            raise StorageError(f"{name!r}: object names may not be empty, contain '/' or start with '.'")
+
     def begin(self, name: str, claim: str | None = None) -> _LocalPending:
-        if "/" in name or name.startswith("."):
-            raise StorageError(f"{name!r}: object names may not contain '/' or start with '.'")
+        self._check_name(name)
+        if claim is not None:
+            self._check_name(claim)
         key = claim or name
         temp = self.directory / f".{key}{PARTIAL_SUFFIX}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, PRIVATE_MODE)
@@ -151,6 +160,7 @@ class LocalStorage:
             raise StorageError(f"{self.directory}: cannot list backup directory: {exc.strerror or exc}", self.directory) from exc
 
     def delete(self, name: str) -> None:
+        self._check_name(name)
         os.unlink(self.directory / name)
 
     def clean_partials(self) -> list[str]:

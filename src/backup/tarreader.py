@@ -74,6 +74,7 @@ class ArchiveReader:
             raise ArchiveError(f"{self.path}: cannot read archive: {exc.strerror or exc}", self.path) from exc
         self._source = _HashingSource(self._raw, algorithm)
         self._members_read = 0
+        self._unread: tarfile.TarInfo | None = None
         self._stream = open_decompressor(self._source, self.compression)  # type: ignore[arg-type]
         try:
             self._tar = tarfile.open(fileobj=self._stream, mode="r|", bufsize=CHUNK_SIZE)
@@ -117,7 +118,14 @@ class ArchiveReader:
             # Stream mode keeps every member it has seen; drop them to keep memory flat.
             self._tar.members = []  # type: ignore[attr-defined]
             self._members_read += 1
+            self._unread = member if member.isreg() else None
             yield member
+            if self._unread is member:
+                # Data the caller skipped is read through here: tarfile's own skip reads
+                # on past the end of the file, so a member claiming 10**15 bytes would
+                # take hours instead of failing as truncated.
+                for _ in self.chunks(member):
+                    pass
 
     def chunks(self, member: tarfile.TarInfo) -> Iterator[memoryview]:
         """Yield a file member's data in chunks; raise ArchiveError if it is cut short."""
@@ -134,6 +142,7 @@ class ArchiveReader:
                     raise ArchiveError(f"{self.path}: archive is truncated inside {member.name!r}", self.path)
                 remaining -= count
                 yield view[:count]
+            self._unread = None
         except _READ_ERRORS as exc:
             raise self._error(exc) from exc
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
 from .checksum import CHUNK_SIZE, new_hasher
+from .durable import write_all
 from .errors import SourceError
 from .manifest import ManifestEntry, iso_from_timestamp
 from .scan import SourceEntry
@@ -46,7 +47,7 @@ class HashingSink:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self.hasher.update(data)
         self.size += len(data)
-        self.raw.write(data)
+        write_all(self.raw, data)
         return len(data)
 
     def flush(self) -> None:
