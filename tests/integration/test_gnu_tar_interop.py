@@ -1,0 +1,96 @@
+"""Our archives are ordinary tar files to GNU tar, and GNU tar's archives restore with us."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from backup import restore_backup, verify_backup
+
+from .conftest import COMPRESSIONS, GNU_TAR, backup, make_corpus, snapshot, staging_leftovers
+
+LONG_NAME = "a-rather-long-directory-name-" + "x" * 60 + "/and-a-file-name-that-pushes-past-one-hundred-bytes.txt"
+
+
+def _gnu_tar(*args: str) -> None:
+    subprocess.run([GNU_TAR, *args], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+def test_gnu_tar_extracts_our_archives_exactly(tmp_path: Path, corpus, compression: str) -> None:
+    source, expected = corpus
+    result = backup(source, tmp_path / "backups", compression=compression)
+    out = tmp_path / "gnu-out"
+    out.mkdir()
+    # No compression flag: GNU tar must recognise the format from the file itself.
+    _gnu_tar("-xf", str(result.backup_path), "-C", str(out))
+    assert snapshot(out) == expected
+    listed = subprocess.run([GNU_TAR, "-tf", str(result.backup_path)], check=True, capture_output=True, text=True)
+    names = sorted(name.rstrip("/") for name in listed.stdout.splitlines())
+    assert names == sorted(expected)
+
+
+def _gnu_source(root: Path) -> dict:
+    """The standard corpus plus what GNU tar encodes its own way: a hard link and a
+    name longer than the 100 bytes of a ustar name field."""
+    make_corpus(root)
+    os.link(root / "top.txt", root / "hardlink-to-top.txt")
+    long_file = root / LONG_NAME
+    long_file.parent.mkdir()
+    long_file.write_bytes(b"long\n")
+    for path in (long_file, long_file.parent, root):
+        os.utime(path, (1_650_000_000, 1_650_000_000))
+    return snapshot(root)
+
+
+GNU_VARIANTS = {
+    "gz-dot": (["-cz"], True, ".tar.gz"),
+    "gz-no-dot": (["-cz"], False, ".tar.gz"),
+    "zstd-dot": (["--zstd", "-c"], True, ".tar.zst"),
+    "zstd-no-dot": (["--zstd", "-c"], False, ".tar.zst"),
+    "bz2-dot": (["-cj"], True, ".tar.bz2"),
+    "xz-no-dot": (["-cJ"], False, ".tar.xz"),
+    "plain-posix-no-dot": (["-c", "--format=posix"], False, ".tar"),
+}
+
+
+def _gnu_archive(tmp_path: Path, source: Path, variant: str) -> Path:
+    options, dot, suffix = GNU_VARIANTS[variant]
+    archive = tmp_path / f"gnu-{variant}{suffix}"
+    names = ["."] if dot else sorted(os.listdir(source))
+    _gnu_tar(*options, "-f", str(archive), "-C", str(source), "--", *names)
+    return archive
+
+
+@pytest.mark.parametrize("variant", list(GNU_VARIANTS))
+def test_gnu_tar_archives_restore_exactly(tmp_path: Path, variant: str) -> None:
+    source = tmp_path / "source"
+    expected = _gnu_source(source)
+    archive = _gnu_archive(tmp_path, source, variant)
+    if variant.endswith("-no-dot"):
+        listed = subprocess.run([GNU_TAR, "-tf", str(archive)], check=True, capture_output=True, text=True)
+        assert not any(name.startswith("./") for name in listed.stdout.splitlines())
+    target = tmp_path / "restored"
+    result = restore_backup(archive, target)
+    assert result.success, result.error
+    assert result.verified is False
+    assert len(result.warnings) == 1 and "no manifest" in result.warnings[0]
+    assert snapshot(target) == expected
+    assert os.stat(target / "hardlink-to-top.txt").st_ino == os.stat(target / "top.txt").st_ino
+    assert staging_leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("variant", ["gz-dot", "zstd-no-dot", "plain-posix-no-dot"])
+def test_verify_of_a_gnu_tar_archive_says_there_is_no_manifest(tmp_path: Path, variant: str) -> None:
+    source = tmp_path / "source"
+    expected = _gnu_source(source)
+    archive = _gnu_archive(tmp_path, source, variant)
+    report = verify_backup(archive)
+    assert report.ok is False
+    assert report.manifest_path is None
+    assert len(report.problems) == 1 and "no manifest" in report.problems[0]
+    assert report.missing == [] and report.extra == [] and report.mismatched == []
+    assert report.checked_entries == len(expected)  # every member was still read and checked

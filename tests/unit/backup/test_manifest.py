@@ -1,0 +1,404 @@
+"""Tests for backup.manifest: the JSON manifest, its versions, loading, saving and creation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backup.errors import ManifestError, SourceError
+from backup.manifest import (
+    MANIFEST_VERSION,
+    ArchiveInfo,
+    BackupManifest,
+    ManifestEntry,
+    create_manifest,
+    load_manifest,
+)
+
+FIXED_TIME = 1_700_000_000  # 2023-11-14T22:13:20+00:00
+FIXED_ISO = "2023-11-14T22:13:20+00:00"
+
+
+@pytest.fixture
+def umask_zero() -> Iterator[None]:
+    """Run the test with umask 0, so only explicit modes keep files private."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _sample_manifest() -> BackupManifest:
+    return BackupManifest(
+        backup_id="backup_20240102_030405",
+        created_at="2024-01-02T12:04:05+09:00",
+        source_dir="/data/app",
+        files=[
+            ManifestEntry("docs", 0, "", "2024-01-01T00:00:00+00:00", "dir", 0o755),
+            ManifestEntry("docs/a.txt", 5, "ab" * 32, "2024-01-01T00:00:01+00:00", "file", 0o644),
+            ManifestEntry("docs/b.bin", 7, "cd" * 32, "2024-01-01T00:00:02+00:00", "file", 0o600, warning="grew"),
+            ManifestEntry("docs/link", 0, "", "2024-01-01T00:00:03+00:00", "symlink", 0o777, "a.txt"),
+            ManifestEntry("메모.txt", 3, "ef" * 32, "2024-01-01T00:00:04+00:00", "file", 0o644),
+        ],
+        metadata={"host": "db1", "tags": ["nightly"], "n": 3},
+        archive=ArchiveInfo("backup_20240102_030405.tar.gz", 1234, "12" * 32, "gz"),
+        warnings=["something was skipped"],
+    )
+
+
+def _seed_dict() -> dict[str, Any]:
+    """A manifest exactly as the seed wrote it: no version/format/type/mode, naive time."""
+    return {
+        "backup_id": "backup_20240101_120000",
+        "created_at": "2024-01-01T12:00:00.123456",
+        "source_dir": "/data",
+        "files": [
+            {"path": "a.txt", "size": 5, "checksum": "aa" * 32, "modified": "2024-01-01T11:00:00"},
+            {"path": "sub/b.txt", "size": 10, "checksum": "bb" * 32, "modified": "2024-01-01T11:30:00"},
+        ],
+        "total_size": 15,
+        "file_count": 2,
+        "metadata": {"note": "seed"},
+    }
+
+
+def test_round_trip_to_json_from_json() -> None:
+    """to_json then from_json gives back an equal manifest (every field, every entry)."""
+    manifest = _sample_manifest()
+    loaded = BackupManifest.from_json(manifest.to_json())
+    assert loaded == manifest
+    assert BackupManifest.from_json(manifest.to_json(pretty=False)) == manifest
+
+
+def test_to_dict_shape() -> None:
+    """The JSON carries the format marker, the current version and the regular-file totals."""
+    data = json.loads(_sample_manifest().to_json())
+    assert data["format"] == "obs-backup-manifest"
+    assert data["version"] == MANIFEST_VERSION == 2
+    assert data["file_count"] == 3
+    assert data["total_size"] == 15
+    assert data["files"][3] == {
+        "path": "docs/link",
+        "size": 0,
+        "checksum": "",
+        "modified": "2024-01-01T00:00:03+00:00",
+        "type": "symlink",
+        "mode": 0o777,
+        "link_target": "a.txt",
+        "warning": None,
+    }
+    assert data["archive"] == {
+        "name": "backup_20240102_030405.tar.gz",
+        "size": 1234,
+        "checksum": "12" * 32,
+        "compression": "gz",
+    }
+
+
+def test_seed_shaped_manifest_loads_as_version_1() -> None:
+    """A seed manifest (no version, no types, naive created_at) still loads."""
+    manifest = BackupManifest.from_json(json.dumps(_seed_dict()))
+    assert manifest.version == 1
+    assert manifest.created_at == "2024-01-01T12:00:00.123456"
+    assert manifest.archive is None
+    assert manifest.warnings == []
+    assert manifest.checksum_algorithm == "sha256"
+    assert (manifest.file_count, manifest.total_size) == (2, 15)
+    assert manifest.metadata == {"note": "seed"}
+    assert manifest.files == [
+        ManifestEntry("a.txt", 5, "aa" * 32, "2024-01-01T11:00:00"),
+        ManifestEntry("sub/b.txt", 10, "bb" * 32, "2024-01-01T11:30:00"),
+    ]
+    assert [entry.type for entry in manifest.files] == ["file", "file"]
+    assert [entry.mode for entry in manifest.files] == [None, None]
+
+
+@pytest.mark.parametrize("version", [99, 0, 3, "2", True])
+def test_unknown_version_raises_naming_it(version: object) -> None:
+    """A version this reader does not know is refused, naming it."""
+    data = _seed_dict() | {"version": version}
+    with pytest.raises(ManifestError) as info:
+        BackupManifest.from_json(json.dumps(data))
+    assert f"unsupported manifest version {version!r}" in str(info.value)
+
+
+def test_invalid_json_reports_line_and_column() -> None:
+    """Malformed JSON is a ManifestError with the decoder's position."""
+    with pytest.raises(ManifestError) as info:
+        BackupManifest.from_json('{\n  "backup_id": ,\n}')
+    assert str(info.value) == "manifest is not valid JSON: Expecting value at line 2 column 16"
+
+
+@pytest.mark.parametrize("text", ["[]", '"a string"', "42", "null"])
+def test_non_object_json_raises(text: str) -> None:
+    """Valid JSON that is not an object is not a manifest."""
+    with pytest.raises(ManifestError, match="manifest is not a JSON object"):
+        BackupManifest.from_json(text)
+
+
+@pytest.mark.parametrize("field", ["backup_id", "created_at", "source_dir"])
+def test_missing_required_top_level_field(field: str) -> None:
+    """Each required top-level string is named when missing."""
+    data = _seed_dict()
+    del data[field]
+    with pytest.raises(ManifestError) as info:
+        BackupManifest.from_dict(data)
+    assert str(info.value) == f"manifest field {field!r} is missing or not a string"
+
+
+@pytest.mark.parametrize("field", ["path", "size", "checksum", "modified"])
+def test_missing_required_entry_field(field: str) -> None:
+    """Each required entry field is named when missing."""
+    data = _seed_dict()
+    del data["files"][0][field]
+    with pytest.raises(ManifestError) as info:
+        BackupManifest.from_dict(data)
+    assert f"field {field!r} missing or not" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"backup_id": 5}, "field 'backup_id' is missing or not a string"),
+        ({"created_at": None}, "field 'created_at' is missing or not a string"),
+        ({"files": {"a": 1}}, "field 'files' is not a list"),
+        ({"total_size": "15"}, "field 'total_size' is not a non-negative integer"),
+        ({"total_size": -1}, "field 'total_size' is not a non-negative integer"),
+        ({"file_count": True}, "field 'file_count' is not a non-negative integer"),
+        ({"metadata": []}, "'metadata' or 'warnings' have the wrong type"),
+        ({"warnings": "oops"}, "'metadata' or 'warnings' have the wrong type"),
+        ({"archive": {"name": "x.tar"}}, "field 'archive' is malformed"),
+        ({"archive": {"name": "x.tar", "size": "big", "checksum": "c"}}, "field 'archive' is malformed"),
+        ({"archive": ["x.tar", 1, "c"]}, "field 'archive' is malformed"),
+        ({"archive": "x.tar"}, "field 'archive' is malformed"),
+    ],
+)
+def test_wrong_top_level_types(change: dict[str, Any], message: str) -> None:
+    """Top-level fields of the wrong type are ManifestErrors naming the field."""
+    with pytest.raises(ManifestError) as info:
+        BackupManifest.from_dict(_seed_dict() | change)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"size": "5"}, "field 'size' missing or not int"),
+        ({"size": True}, "field 'size' missing or not int"),
+        ({"size": 5.0}, "field 'size' missing or not int"),
+        ({"path": 7}, "field 'path' missing or not str"),
+        ({"checksum": None}, "field 'checksum' missing or not str"),
+        ({"modified": 1700000000}, "field 'modified' missing or not str"),
+        ({"type": "socket"}, "unknown type 'socket'"),
+        ({"type": 5}, "field 'type' is not str"),
+        ({"type": ["file"]}, "field 'type' is not str"),
+        ({"mode": "0644"}, "field 'mode' is not int"),
+        ({"mode": True}, "field 'mode' is not int"),
+        ({"link_target": 3}, "field 'link_target' is not str"),
+        ({"warning": ["w"]}, "field 'warning' is not str"),
+    ],
+)
+def test_wrong_entry_types(change: dict[str, Any], message: str) -> None:
+    """Entry fields of the wrong type are ManifestErrors (never TypeError) naming the field."""
+    data = _seed_dict()
+    data["files"][0].update(change)
+    with pytest.raises(ManifestError) as info:
+        BackupManifest.from_dict(data)
+    assert message in str(info.value)
+
+
+def test_entry_not_an_object() -> None:
+    """A files item that is not an object is refused."""
+    data = _seed_dict()
+    data["files"].append("a.txt")
+    with pytest.raises(ManifestError, match="manifest entry is not an object"):
+        BackupManifest.from_dict(data)
+
+
+def test_unknown_extra_keys_are_ignored() -> None:
+    """Keys a newer writer may add are ignored, at the top level and in entries."""
+    data = _seed_dict() | {"version": 2, "future_field": {"x": 1}, "format": "obs-backup-manifest"}
+    data["files"][0]["xattrs"] = {"user.k": "v"}
+    manifest = BackupManifest.from_dict(data)
+    assert manifest.version == 2
+    assert manifest.files[0] == ManifestEntry("a.txt", 5, "aa" * 32, "2024-01-01T11:00:00")
+    assert not hasattr(manifest, "future_field")
+
+
+def test_load_manifest_missing_file_names_path(tmp_path: Path) -> None:
+    """A missing manifest file is a ManifestError naming the path."""
+    path = tmp_path / "x.manifest.json"
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert str(info.value) == f"{path}: manifest not found"
+    assert info.value.path == str(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        (b"{not json", "manifest is not valid JSON"),
+        (b'{"version": 99}', "unsupported manifest version 99"),
+        (b"\xff\xfe\x00garbage", "cannot read manifest"),
+    ],
+)
+def test_load_manifest_invalid_file_names_path(tmp_path: Path, content: bytes, detail: str) -> None:
+    """An unreadable or invalid manifest file is a ManifestError that starts with the path."""
+    path = tmp_path / "bad.manifest.json"
+    path.write_bytes(content)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert detail in str(info.value)
+    assert info.value.path == str(path)
+
+
+def test_load_manifest_directory_names_path(tmp_path: Path) -> None:
+    """A directory in place of the manifest is reported against its path."""
+    with pytest.raises(ManifestError) as info:
+        load_manifest(tmp_path)
+    assert info.value.path == str(tmp_path)
+
+
+def test_save_then_load(tmp_path: Path) -> None:
+    """A saved manifest loads back equal."""
+    path = tmp_path / "m.manifest.json"
+    manifest = _sample_manifest()
+    manifest.save(path)
+    assert load_manifest(path) == manifest
+
+
+def test_save_is_private_even_with_umask_zero(tmp_path: Path, umask_zero: None) -> None:
+    """save() writes mode 0600 whatever the umask."""
+    path = tmp_path / "m.manifest.json"
+    _sample_manifest().save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_save_replaces_atomically_and_leaves_no_partial(tmp_path: Path, umask_zero: None) -> None:
+    """Saving over an older (world-readable) manifest replaces it and leaves only the manifest."""
+    path = tmp_path / "m.manifest.json"
+    path.write_text("old")
+    path.chmod(0o644)
+    manifest = _sample_manifest()
+    manifest.save(path)
+    assert sorted(os.listdir(tmp_path)) == ["m.manifest.json"]
+    assert path.read_text(encoding="utf-8") == manifest.to_json()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_save_into_missing_directory_raises_and_leaves_nothing(tmp_path: Path) -> None:
+    """A save that cannot happen raises OSError and writes nothing."""
+    with pytest.raises(FileNotFoundError):
+        _sample_manifest().save(tmp_path / "missing" / "m.manifest.json")
+    assert os.listdir(tmp_path) == []
+
+
+def test_post_init_totals_count_regular_files_only() -> None:
+    """file_count and total_size ignore directories and symlinks."""
+    manifest = BackupManifest(
+        backup_id="b",
+        created_at="2024-01-01T00:00:00+00:00",
+        source_dir="/s",
+        files=[
+            ManifestEntry("d", 4096, "", "t", "dir"),
+            ManifestEntry("d/a", 10, "x", "t", "file"),
+            ManifestEntry("d/l", 7, "", "t", "symlink", link_target="a"),
+            ManifestEntry("b", 5, "y", "t"),
+        ],
+    )
+    assert (manifest.file_count, manifest.total_size) == (2, 15)
+
+
+def test_post_init_keeps_explicit_totals() -> None:
+    """Totals given explicitly are kept, not recomputed."""
+    manifest = BackupManifest("b", "t", "/s", files=[ManifestEntry("a", 10, "x", "t")], total_size=99, file_count=7)
+    assert (manifest.file_count, manifest.total_size) == (7, 99)
+
+
+def _make_tree(root: Path, outside: Path) -> None:
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_bytes(b"alpha")
+    (root / "sub" / "b.bin").write_bytes(b"\x00\x01" * 1000)
+    (root / "empty").mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"secret")
+    os.symlink("a.txt", root / "link_to_file")
+    os.symlink(str(outside), root / "link_to_dir")
+    os.symlink("does-not-exist", root / "dangling")
+    for path in [root / "a.txt", root / "sub" / "b.bin", root / "sub", root / "empty"]:
+        os.utime(path, (FIXED_TIME, FIXED_TIME))
+    for link in ["link_to_file", "link_to_dir", "dangling"]:
+        os.utime(root / link, (FIXED_TIME, FIXED_TIME), follow_symlinks=False)
+
+
+def test_create_manifest_hashes_files_and_records_symlinks(tmp_path: Path) -> None:
+    """Files are hashed; symlinks (to files, dirs, nowhere) are recorded, never followed."""
+    root = tmp_path / "src"
+    _make_tree(root, tmp_path / "outside")
+    manifest = create_manifest("id1", root, metadata={"k": "v"})
+    by_path = manifest.entry_map()
+    assert sorted(by_path) == [
+        "a.txt", "dangling", "empty", "link_to_dir", "link_to_file", "sub", "sub/b.bin",
+    ]
+    assert by_path["a.txt"].checksum == hashlib.sha256(b"alpha").hexdigest()
+    assert by_path["a.txt"].size == 5
+    assert by_path["sub/b.bin"].checksum == hashlib.sha256(b"\x00\x01" * 1000).hexdigest()
+    for name, target in [("link_to_file", "a.txt"), ("link_to_dir", str(tmp_path / "outside")), ("dangling", "does-not-exist")]:
+        entry = by_path[name]
+        assert (entry.type, entry.size, entry.checksum, entry.link_target) == ("symlink", 0, "", target)
+    assert (by_path["empty"].type, by_path["empty"].checksum) == ("dir", "")
+    assert manifest.file_count == 2
+    assert manifest.total_size == 5 + 2000
+    assert manifest.metadata == {"k": "v"}
+    assert manifest.backup_id == "id1"
+    assert manifest.source_dir == str(root)
+
+
+def test_create_manifest_timestamps_carry_offsets(tmp_path: Path) -> None:
+    """Entry times are ISO 8601 in UTC with "+00:00"; created_at is aware and current."""
+    root = tmp_path / "src"
+    _make_tree(root, tmp_path / "outside")
+    before = datetime.now(timezone.utc)
+    manifest = create_manifest("id1", root)
+    after = datetime.now(timezone.utc)
+    for name in ["a.txt", "sub", "sub/b.bin", "empty", "link_to_file"]:
+        assert manifest.entry_map()[name].modified == FIXED_ISO
+    created = datetime.fromisoformat(manifest.created_at)
+    assert created.utcoffset() == datetime.now().astimezone().utcoffset()
+    assert before - timedelta(seconds=1) <= created <= after + timedelta(seconds=1)
+
+
+def test_create_manifest_with_files_subset(tmp_path: Path) -> None:
+    """files= restricts the manifest to those paths."""
+    root = tmp_path / "src"
+    _make_tree(root, tmp_path / "outside")
+    manifest = create_manifest("id1", root, files=[Path("sub")])
+    assert [entry.path for entry in manifest.files] == ["sub", "sub/b.bin"]
+
+
+def test_create_manifest_missing_source_raises(tmp_path: Path) -> None:
+    """A missing source is a SourceError."""
+    with pytest.raises(SourceError):
+        create_manifest("id1", tmp_path / "nope")
+
+
+def test_manifest_entry_from_file(tmp_path: Path) -> None:
+    """from_file describes a file, a directory and a symlink relative to the base."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"xyz")
+    os.symlink("f", tmp_path / "d" / "l")
+    entry = ManifestEntry.from_file(tmp_path / "d" / "f", tmp_path)
+    assert (entry.path, entry.size, entry.checksum, entry.type) == ("d/f", 3, hashlib.sha256(b"xyz").hexdigest(), "file")
+    link = ManifestEntry.from_file(tmp_path / "d" / "l", tmp_path)
+    assert (link.path, link.type, link.link_target, link.checksum) == ("d/l", "symlink", "f", "")
+    assert ManifestEntry.from_file(tmp_path / "d", tmp_path).type == "dir"

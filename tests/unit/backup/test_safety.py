@@ -1,0 +1,309 @@
+"""Tests for backup.safety: member-by-member checks of archives before extraction."""
+
+from __future__ import annotations
+
+import tarfile
+
+import pytest
+
+from backup.errors import ArchiveError, UnsafeArchiveError
+from backup.safety import MemberChecker, SafeMember, is_selected, normalize_member_name
+
+ARCHIVE = "test.tar"
+
+_TYPES = {
+    "file": tarfile.REGTYPE,
+    "dir": tarfile.DIRTYPE,
+    "symlink": tarfile.SYMTYPE,
+    "hardlink": tarfile.LNKTYPE,
+    "chr": tarfile.CHRTYPE,
+    "blk": tarfile.BLKTYPE,
+    "fifo": tarfile.FIFOTYPE,
+    "contiguous": tarfile.CONTTYPE,
+}
+
+
+def member(name: str, kind: str = "file", linkname: str = "", mode: int = 0o644, size: int = 0) -> tarfile.TarInfo:
+    """Build a TarInfo the way a (possibly hostile) archive would declare it."""
+    info = tarfile.TarInfo(name)
+    info.type = _TYPES[kind]
+    info.linkname = linkname
+    info.mode = mode
+    info.size = size
+    info.mtime = 1_700_000_000
+    return info
+
+
+def _refused(checker: MemberChecker, info: tarfile.TarInfo) -> UnsafeArchiveError:
+    with pytest.raises(UnsafeArchiveError) as caught:
+        checker.check(info)
+    return caught.value
+
+
+def test_unsafe_archive_error_is_an_archive_error() -> None:
+    """Callers catching ArchiveError also catch unsafe members."""
+    assert issubclass(UnsafeArchiveError, ArchiveError)
+
+
+def test_regular_file_passes() -> None:
+    """A plain file comes back normalised with its size, mode and time."""
+    safe = MemberChecker(ARCHIVE).check(member("a/b.txt", size=12, mode=0o640))
+    assert safe == SafeMember("a/b.txt", "file", 12, 0o640, 1_700_000_000.0, None)
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("/etc/passwd", "has an absolute path"),
+        ("//etc/passwd", "has an absolute path"),
+        ("C:x", "has an absolute path"),
+        ("c:/windows/x", "has an absolute path"),
+        ("..", "has a '..' component"),
+        ("../x", "has a '..' component"),
+        ("a/../../x", "has a '..' component"),
+        ("a/../b", "has a '..' component"),
+        ("a/b/..", "has a '..' component"),
+        ("a\x00b", "has a NUL byte in its name"),
+    ],
+)
+def test_unsafe_names_refused_naming_member(name: str, fragment: str) -> None:
+    """Absolute, '..', NUL and drive-letter names are refused, naming the member."""
+    error = _refused(MemberChecker(ARCHIVE), member(name))
+    assert str(error) == f"{ARCHIVE}: member {name!r} {fragment}"
+    assert error.path == name
+
+
+@pytest.mark.parametrize("name", ["./", ".", "./."])
+def test_root_directory_entry_returns_none(name: str) -> None:
+    """The archive's own root directory is skipped, not refused."""
+    assert MemberChecker(ARCHIVE).check(member(name, "dir")) is None
+
+
+def test_root_entry_that_is_not_a_directory_refused() -> None:
+    """A file whose name normalises to nothing has an empty name."""
+    error = _refused(MemberChecker(ARCHIVE), member("./", "file"))
+    assert str(error) == f"{ARCHIVE}: member './' has an empty name"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("./a/b", "a/b"), ("a//b/./c", "a/b/c"), ("a/", "a"), ("./x.txt", "x.txt")])
+def test_names_are_normalised(raw: str, expected: str) -> None:
+    """Leading "./", doubled and trailing slashes and "." parts are removed."""
+    checker = MemberChecker(ARCHIVE)
+    assert normalize_member_name(raw) == expected
+    safe = checker.check(member(raw))
+    assert safe is not None and safe.name == expected
+
+
+def test_symlink_with_absolute_target_refused() -> None:
+    """A symlink to an absolute path is refused, naming member and target."""
+    error = _refused(MemberChecker(ARCHIVE), member("l", "symlink", "/etc/passwd"))
+    assert str(error) == f"{ARCHIVE}: symlink 'l' points to the absolute path '/etc/passwd'"
+    assert error.path == "l"
+
+
+@pytest.mark.parametrize(("name", "target"), [("l", ".."), ("l", "../x"), ("a/l", "../../x"), ("a/b/l", "../x/../../../y"), ("l", "a/../..")])
+def test_symlink_escaping_relative_target_refused(name: str, target: str) -> None:
+    """A relative target that climbs above the root is refused."""
+    error = _refused(MemberChecker(ARCHIVE), member(name, "symlink", target))
+    assert str(error) == f"{ARCHIVE}: symlink {name!r} points outside the target: {target!r}"
+
+
+@pytest.mark.parametrize("target", ["", "a\x00b"])
+def test_symlink_with_empty_or_nul_target_refused(target: str) -> None:
+    """A symlink needs a real target."""
+    error = _refused(MemberChecker(ARCHIVE), member("l", "symlink", target))
+    assert str(error) == f"{ARCHIVE}: symlink 'l' has an empty or invalid target"
+
+
+def test_symlink_inside_target_allowed() -> None:
+    """Relative links that stay inside the target pass, target unchanged."""
+    checker = MemberChecker(ARCHIVE)
+    checker.check(member("a", "dir", mode=0o755))
+    safe = checker.check(member("a/l", "symlink", "../b/c", mode=0o777))
+    assert safe == SafeMember("a/l", "symlink", 0, 0o777, 1_700_000_000.0, "../b/c")
+    checker.recheck_links()
+
+
+def test_symlink_escaping_through_earlier_link_refused() -> None:
+    """A target that escapes only through a link declared earlier is caught at once."""
+    checker = MemberChecker(ARCHIVE)
+    checker.check(member("d", "dir"))
+    checker.check(member("d/deep", "symlink", ".."))  # -> root: fine
+    error = _refused(checker, member("x", "symlink", "d/deep/.."))
+    assert "points outside the target" in str(error)
+
+
+def test_link_chain_escaping_caught_by_recheck() -> None:
+    """a -> "c/.." passes while c is unknown; once c -> "." exists, a escapes: recheck_links says so."""
+    checker = MemberChecker(ARCHIVE)
+    assert checker.check(member("a", "symlink", "c/..")) is not None
+    assert checker.check(member("c", "symlink", ".")) is not None
+    with pytest.raises(UnsafeArchiveError) as caught:
+        checker.recheck_links()
+    assert str(caught.value) == f"{ARCHIVE}: symlink 'a' points outside the target: 'c/..'"
+    assert caught.value.path == "a"
+
+
+def test_link_loop_inside_target_is_allowed() -> None:
+    """A loop of relative links (a -> b, b -> a) resolves to nothing (ELOOP), never outside:
+    a source tree holding one must still restore."""
+    checker = MemberChecker(ARCHIVE)
+    assert checker.check(member("a", "symlink", "b")) is not None
+    assert checker.check(member("b", "symlink", "a")) is not None
+    assert checker.check(member("self", "symlink", "self")) is not None
+    checker.recheck_links()
+
+
+@pytest.mark.timeout(10)
+def test_link_resolution_is_not_exponential() -> None:
+    """Links that each name the next one twice must not cost 2**n resolutions."""
+    checker = MemberChecker(ARCHIVE)
+    checker.check(member("d", "dir"))
+    checker.check(member("d/l60", "symlink", "."))
+    for i in range(59, -1, -1):
+        assert checker.check(member(f"d/l{i}", "symlink", f"l{i + 1}/l{i + 1}")) is not None
+    checker.recheck_links()
+
+
+def test_member_written_through_symlink_refused() -> None:
+    """Nothing may be written beneath an earlier symlink, even one pointing inside."""
+    checker = MemberChecker(ARCHIVE)
+    checker.check(member("real", "dir"))
+    checker.check(member("l", "symlink", "real"))
+    error = _refused(checker, member("l/x.txt"))
+    assert str(error) == f"{ARCHIVE}: member 'l/x.txt' would be written through the symlink 'l'"
+
+
+def test_member_written_through_symlink_refused_with_external_links() -> None:
+    """allow_external_links does not allow writing through links."""
+    checker = MemberChecker(ARCHIVE, allow_external_links=True)
+    checker.check(member("l", "symlink", "/etc"))
+    error = _refused(checker, member("l/passwd"))
+    assert "would be written through the symlink 'l'" in str(error)
+
+
+@pytest.mark.parametrize("parent_kind", ["file", "hardlink"])
+def test_member_inside_a_file_refused(parent_kind: str) -> None:
+    """A member cannot live under a file (or a hard link to one)."""
+    checker = MemberChecker(ARCHIVE)
+    checker.check(member("f"))
+    if parent_kind == "hardlink":
+        checker.check(member("h", "hardlink", "f"))
+        parent = "h"
+    else:
+        parent = "f"
+    error = _refused(checker, member(f"{parent}/sub/x"))
+    assert str(error) == f"{ARCHIVE}: member '{parent}/sub/x' would be written inside the file {parent!r}"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("file", "file"), ("file", "dir"), ("dir", "file"), ("symlink", "file"), ("file", "symlink")],
+)
+def test_duplicate_names_refused(first: str, second: str) -> None:
+    """A name may appear once (spelled differently or not)."""
+    checker = MemberChecker(ARCHIVE)
+    checker.check(member("x", first, "y" if first == "symlink" else ""))
+    error = _refused(checker, member("./x", second, "y" if second == "symlink" else ""))
+    assert str(error) == f"{ARCHIVE}: member './x' appears more than once"
+
+
+def test_directory_twice_allowed() -> None:
+    """A directory repeated (as GNU tar does for --append) is skipped the second time."""
+    checker = MemberChecker(ARCHIVE)
+    assert checker.check(member("d", "dir")) is not None
+    assert checker.check(member("d/", "dir")) is None
+
+
+def test_hard_link_to_earlier_file_allowed() -> None:
+    """A hard link to a file already in the archive passes, with size 0 and its target."""
+    checker = MemberChecker(ARCHIVE)
+    checker.check(member("d", "dir"))
+    checker.check(member("d/f", size=10))
+    safe = checker.check(member("h", "hardlink", "./d/f", size=10))
+    assert safe == SafeMember("h", "hardlink", 0, 0o644, 1_700_000_000.0, "d/f")
+    chained = checker.check(member("h2", "hardlink", "h"))
+    assert chained is not None and chained.link_target == "h"
+
+
+@pytest.mark.parametrize("target", ["missing", "later", "d", "l", ""])
+def test_hard_link_to_non_file_refused(target: str) -> None:
+    """Hard links to missing, later, directory, symlink or empty targets are refused."""
+    checker = MemberChecker(ARCHIVE)
+    checker.check(member("d", "dir"))
+    checker.check(member("l", "symlink", "d"))
+    error = _refused(checker, member("h", "hardlink", target))
+    assert str(error) == (
+        f"{ARCHIVE}: hard link 'h' points to {target!r}, which is not an earlier file in the archive"
+    )
+    checker.check(member("later"))
+
+
+@pytest.mark.parametrize(("target", "fragment"), [("../outside", "has a '..' component"), ("/etc/shadow", "has an absolute path")])
+def test_hard_link_outside_refused(target: str, fragment: str) -> None:
+    """Hard links to targets outside the archive are refused, naming the target."""
+    error = _refused(MemberChecker(ARCHIVE), member("h", "hardlink", target))
+    assert str(error) == f"{ARCHIVE}: member {target!r} {fragment}"
+
+
+@pytest.mark.parametrize(("kind", "what"), [("chr", "a device file"), ("blk", "a device file"), ("fifo", "a FIFO")])
+def test_special_files_refused(kind: str, what: str) -> None:
+    """Devices and FIFOs are never extracted."""
+    error = _refused(MemberChecker(ARCHIVE), member("dev/x", kind))
+    assert str(error) == f"{ARCHIVE}: member 'dev/x' is {what}; refused"
+    assert error.path == "dev/x"
+
+
+def test_unknown_member_type_refused() -> None:
+    """A type this reader does not handle is refused with its type code."""
+    info = member("x")
+    info.type = b"Z"
+    error = _refused(MemberChecker(ARCHIVE), info)
+    assert str(error) == f"{ARCHIVE}: member 'x' is of unsupported type b'Z'; refused"
+
+
+@pytest.mark.parametrize(
+    ("kind", "mode", "expected"),
+    [("file", 0o4755, 0o755), ("file", 0o2750, 0o750), ("dir", 0o1777, 0o777), ("file", 0o7777, 0o777), ("file", 0o600, 0o600)],
+)
+def test_special_mode_bits_stripped(kind: str, mode: int, expected: int) -> None:
+    """Set-user-id, set-group-id and sticky bits never survive."""
+    safe = MemberChecker(ARCHIVE).check(member("x", kind, mode=mode))
+    assert safe is not None and safe.mode == expected
+
+
+def test_allow_external_links_lets_absolute_targets_through() -> None:
+    """With allow_external_links, absolute and escaping targets pass and recheck is a no-op."""
+    checker = MemberChecker(ARCHIVE, allow_external_links=True)
+    safe = checker.check(member("l", "symlink", "/etc/passwd"))
+    assert safe is not None and (safe.kind, safe.link_target) == ("symlink", "/etc/passwd")
+    up = checker.check(member("u", "symlink", "../../x"))
+    assert up is not None and up.link_target == "../../x"
+    checker.recheck_links()
+
+
+def test_allow_external_links_still_refuses_bad_names_and_devices() -> None:
+    """allow_external_links is about link targets only."""
+    checker = MemberChecker(ARCHIVE, allow_external_links=True)
+    _refused(checker, member("/abs"))
+    _refused(checker, member("d", "chr"))
+    _refused(checker, member("l", "symlink", ""))
+
+
+@pytest.mark.parametrize(
+    ("name", "paths", "expected"),
+    [
+        ("a/b", None, True),
+        ("anything", [""], True),
+        ("a", ["a"], True),
+        ("a/b/c", ["a"], True),
+        ("ab", ["a"], False),
+        ("a", ["a/b"], False),
+        ("a/b", ["x", "a/b"], True),
+        ("a/bc", ["a/b"], False),
+        ("a", [], False),
+    ],
+)
+def test_is_selected(name: str, paths: list[str] | None, expected: bool) -> None:
+    """A path is selected by itself or an ancestor; None or "" selects everything."""
+    assert is_selected(name, paths) is expected
