@@ -109,7 +109,15 @@ def list_backups(backup_dir: Path, prefix: str | None = None) -> list[BackupInfo
         if parsed is None and manifest_name not in present:
             continue
         backups.append(_describe(storage.path(name), backup_id, compression, parsed, manifest_name in present))
-    return sorted(backups, key=lambda b: (b.created_at or datetime.min.replace(tzinfo=UTC), b.backup_id))
+    return sorted(backups, key=_oldest_first_key)
+
+
+def _oldest_first_key(backup: BackupInfo) -> tuple[datetime, str, int]:
+    # Within one second the claims come in sequence order: "-2" before "-10".
+    parsed = parse_backup_id(backup.backup_id)
+    sequence = parsed[2] if parsed else 1
+    base = backup.backup_id.removesuffix(f"-{sequence}") if sequence > 1 else backup.backup_id
+    return (backup.created_at or datetime.min.replace(tzinfo=UTC), base, sequence)
 
 
 def _describe(

@@ -24,21 +24,26 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 
-from .catalog import BackupInfo
+from .catalog import BackupInfo, parse_backup_id
 from .errors import ConfigError
 
 __all__ = ["RetentionDecision", "RetentionPlan", "RetentionPolicy", "apply_policy", "parse_duration"]
 
-_DURATION = re.compile(r"^(?:(?P<w>\d+)w)?(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?$")
+# Weeks, days and hours only: in restic "m" means months and elsewhere minutes, so a
+# unit that could be read either way is refused rather than guessed.
+_DURATION = re.compile(r"(?:(?P<w>\d+)w)?(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?")
 
 
 def parse_duration(text: str) -> timedelta:
-    """Given a duration such as ``7d``, ``2w``, ``36h`` or ``1d12h``, return it; raise ConfigError."""
-    match = _DURATION.match(text.strip().lower())
-    if not text.strip() or not match or not any(match.groupdict().values()):
-        raise ConfigError(f"invalid duration {text!r}: use e.g. 7d, 2w, 36h or 1d12h")
+    """Given a duration such as ``7d``, ``2w``, ``36h`` or ``1w2d12h``, return it; raise ConfigError."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if not match or not any(match.groupdict().values()):
+        raise ConfigError(f"invalid duration {text!r}: use weeks, days and hours, e.g. 7d, 2w, 36h or 1d12h")
     parts = {key: int(value or 0) for key, value in match.groupdict().items()}
-    return timedelta(weeks=parts["w"], days=parts["d"], hours=parts["h"], minutes=parts["m"])
+    duration = timedelta(weeks=parts["w"], days=parts["d"], hours=parts["h"])
+    if not duration:
+        raise ConfigError(f"invalid duration {text!r}: it must be longer than zero")
+    return duration
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,8 @@ class RetentionPolicy:
 
     def is_empty(self) -> bool:
         """Return whether this policy would keep nothing by itself."""
-        counts = (self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly, self.keep_monthly, self.keep_yearly)
-        return self.keep_within is None and not any(counts)
+        counts = (self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly, self.keep_monthly)
+        return self.keep_within is None and not any(counts) and not self.keep_yearly
 
     def describe(self) -> str:
         """Return the policy as ``keep-within 7d, keep-daily 7``."""
@@ -172,7 +177,8 @@ def apply_policy(
             reasons.append("newest backup (always kept)")
         if index < policy.keep_last:
             reasons.append(f"last {policy.keep_last}")
-        if policy.keep_within is not None and moment >= newest_time - policy.keep_within:
+        # Strictly newer than the cut-off, as restic's keep-within counts it.
+        if policy.keep_within is not None and moment > newest_time - policy.keep_within:
             reasons.append(f"within {_format_duration(policy.keep_within)} of the newest")
         local = moment.astimezone(zone)
         for attr, label, bucket_of in _RULES:
@@ -195,11 +201,15 @@ def apply_policy(
     )
 
 
-def _newest_first_key(backup: BackupInfo) -> tuple[float, str]:
+def _newest_first_key(backup: BackupInfo) -> tuple[float, int, str]:
     assert backup.created_at is not None
-    return (-backup.created_at.timestamp(), _reverse(backup.backup_id))
+    # Inside the same second the later claim is newer: "-10" before "-3" before "-2"
+    # before none (comparing the ids as text would put the id without "-N" first).
+    parsed = parse_backup_id(backup.backup_id)
+    sequence = parsed[2] if parsed is not None else 1
+    return (-backup.created_at.timestamp(), -sequence, _reverse(backup.backup_id))
 
 
 def _reverse(text: str) -> str:
-    # Sorting ids descending inside the same second: "-3" before "-2" before none.
+    # The last tie-break, so the order never depends on the input's.
     return "".join(chr(0x10FFFF - ord(ch)) for ch in text)

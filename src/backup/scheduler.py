@@ -8,7 +8,8 @@ milliseconds. The rules it keeps:
   that day (clocks spring forward over it) runs at the instant the clocks change; one
   that occurs twice (clocks fall back) runs once, at its first occurrence.
 * Waiting is done in bounded slices against UTC instants, re-reading the clock each
-  time, so a clock change or a suspended machine neither shifts nor skips a run.
+  time, so a clock change or a suspended machine neither shifts nor skips a run (nor
+  repeats one, if the clock is stepped back while it runs).
 * If the last complete backup predates the most recent scheduled time when the
   scheduler starts, one backup runs at once (catch-up), once.
 * The backup runs in a worker thread; the event loop stays free. A failed backup
@@ -200,12 +201,7 @@ class BackupScheduler(TimeAwareMixin):
                     log.info("backup complete: %s (%d bytes)", result.backup_path, result.archive_size)
                     for warning in result.warnings:
                         log.warning("%s", warning)
-                    plan = plan_prune(config.backup_dir, config.retention_policy(), self._tz, prefix=config.prefix)
-                    prune = execute_prune(config.backup_dir, plan)
-                    for removed in prune.removed:
-                        log.info("retention removed %s", removed)
-                    for error in prune.errors:
-                        log.error("retention: %s", error)
+                    prune = self._apply_retention(log)
                 else:
                     log.error("backup failed: %s", result.error)
         except BackupError as exc:
@@ -214,6 +210,22 @@ class BackupScheduler(TimeAwareMixin):
         outcome = RunOutcome(result, prune)
         self._record(outcome, started)
         return outcome
+
+    def _apply_retention(self, log: logging.LoggerAdapter) -> PruneResult | None:  # type: ignore[type-arg]
+        """Apply the policy after a successful backup; a failure here is logged, and
+        does not turn the backup that just succeeded into a failure."""
+        config = self.config
+        try:
+            plan = plan_prune(config.backup_dir, config.retention_policy(), self._tz, prefix=config.prefix)
+            prune = execute_prune(config.backup_dir, plan)
+        except (BackupError, OSError) as exc:
+            log.error("retention not applied: %s", exc)
+            return None
+        for removed in prune.removed:
+            log.info("retention removed %s", removed)
+        for error in prune.errors:
+            log.error("retention: %s", error)
+        return prune
 
     def _record(self, outcome: RunOutcome, started: datetime) -> None:
         result = outcome.result
@@ -264,11 +276,16 @@ class BackupScheduler(TimeAwareMixin):
         if self.config.catch_up and self._missed_a_run():
             logger.info("the last scheduled backup was missed; running one now")
             await self._run_and_report()
+        last: datetime | None = None
         while self._running:
             target = self.next_run_after(self._now())
+            if last is not None and _utc(target) == _utc(last):
+                # The clock was stepped back while that backup ran: do not repeat it.
+                target = self.next_run_after(last)
             logger.info("next backup at %s", target.isoformat())
             if not await self._sleep_until(target):
                 break
+            last = target
             await self._run_and_report()
 
     def _missed_a_run(self) -> bool:

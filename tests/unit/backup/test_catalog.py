@@ -296,3 +296,14 @@ def test_clean_leftovers_keeps_foreign_backup_manifest(tmp_path: Path) -> None:
 def test_clean_leftovers_missing_directory(tmp_path: Path) -> None:
     """Nothing to clean where there is no directory."""
     assert clean_leftovers(tmp_path / "none") == []
+
+
+def test_list_backups_orders_same_second_claims_by_sequence(tmp_path: Path) -> None:
+    """As text "-10" sorts before "-2"; the claims are listed in the order they were made."""
+    for backup_id in ("db_20240101_000000-10", "db_20240101_000000-2", "db_20240101_000000"):
+        _add(tmp_path, backup_id)
+    assert [b.backup_id for b in list_backups(tmp_path)] == [
+        "db_20240101_000000",
+        "db_20240101_000000-2",
+        "db_20240101_000000-10",
+    ]

@@ -1,0 +1,119 @@
+"""Run records: the per-prefix state file and the Prometheus textfile metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from backup.monitor import STATE_NAME, RunRecord, load_state, record_run, render_metrics
+
+STARTED = datetime(2026, 5, 10, 3, 0, 0, tzinfo=UTC)  # 1778382000
+
+
+def record(prefix: str = "db", success: bool = True, at: datetime = STARTED, **extra: object) -> RunRecord:
+    fields: dict[str, object] = {
+        "backup_id": f"{prefix}_{at:%Y%m%d_%H%M%S}" if success else None,
+        "archive_size": 1234 if success else 0,
+        "file_count": 5 if success else 0,
+        "error": None if success else f"/data/{prefix}: source directory does not exist",
+    }
+    fields.update(extra)
+    return RunRecord(
+        started_at=at, finished_at=at + timedelta(seconds=2.5), success=success, prefix=prefix, **fields  # type: ignore[arg-type]
+    )
+
+
+EXPECTED = """\
+# HELP obs_backup_last_success_timestamp_seconds Unix time the last successful backup finished.
+# TYPE obs_backup_last_success_timestamp_seconds gauge
+obs_backup_last_success_timestamp_seconds{prefix="db"} 1778382002.5
+# HELP obs_backup_last_run_timestamp_seconds Unix time the last run finished.
+# TYPE obs_backup_last_run_timestamp_seconds gauge
+obs_backup_last_run_timestamp_seconds{prefix="db"} 1778382002.5
+# HELP obs_backup_last_run_duration_seconds Duration of the last run.
+# TYPE obs_backup_last_run_duration_seconds gauge
+obs_backup_last_run_duration_seconds{prefix="db"} 2.5
+# HELP obs_backup_last_run_success 1 if the last run succeeded, else 0.
+# TYPE obs_backup_last_run_success gauge
+obs_backup_last_run_success{prefix="db"} 1.0
+# HELP obs_backup_last_archive_size_bytes Archive size of the last successful backup.
+# TYPE obs_backup_last_archive_size_bytes gauge
+obs_backup_last_archive_size_bytes{prefix="db"} 1234.0
+# HELP obs_backup_last_files Files in the last successful backup.
+# TYPE obs_backup_last_files gauge
+obs_backup_last_files{prefix="db"} 5.0
+"""
+
+
+def test_render_metrics_exact_text() -> None:
+    run = record()
+    assert render_metrics(run, {"last_success": run.to_dict()}) == EXPECTED
+
+
+def test_render_metrics_without_any_success_and_an_escaped_label() -> None:
+    run = record(prefix='we"ird\\', success=False)
+    text = render_metrics(run, {"last_run": run.to_dict()})
+    assert 'obs_backup_last_success_timestamp_seconds{prefix="we\\"ird\\\\"} 0.0\n' in text
+    assert 'obs_backup_last_run_success{prefix="we\\"ird\\\\"} 0.0\n' in text
+    assert 'obs_backup_last_files{prefix="we\\"ird\\\\"} 0.0\n' in text
+
+
+def test_record_run_writes_state_and_metrics(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics" / "obs.prom"
+    metrics.parent.mkdir()
+
+    state = record_run(tmp_path, record(), metrics)
+
+    assert metrics.read_text() == EXPECTED
+    assert stat.S_IMODE(metrics.stat().st_mode) == 0o644
+    assert os.listdir(metrics.parent) == ["obs.prom"]
+    on_disk = json.loads((tmp_path / STATE_NAME).read_text())
+    assert on_disk == state
+    assert on_disk["db"]["last_run"] == on_disk["db"]["last_success"]
+    assert on_disk["db"]["last_run"]["duration_seconds"] == 2.5
+    assert on_disk["db"]["last_run"]["finished_at"] == "2026-05-10T03:00:02.500000+00:00"
+
+
+def test_record_run_keeps_state_per_prefix(tmp_path: Path) -> None:
+    record_run(tmp_path, record("db"))
+    record_run(tmp_path, record("web", at=STARTED + timedelta(hours=1)))
+    record_run(tmp_path, record("db", success=False, at=STARTED + timedelta(days=1)))
+
+    state = load_state(tmp_path)
+
+    assert set(state) == {"db", "web"}
+    assert state["db"]["last_run"]["success"] is False
+    assert state["db"]["last_run"]["error"] == "/data/db: source directory does not exist"
+    assert state["db"]["last_success"]["backup_id"] == "db_20260510_030000"
+    assert state["web"]["last_run"] == state["web"]["last_success"]
+    assert state["web"]["last_success"]["backup_id"] == "web_20260510_040000"
+
+
+def test_a_failed_run_keeps_the_last_success_in_the_metrics(tmp_path: Path) -> None:
+    metrics = tmp_path / "obs.prom"
+    record_run(tmp_path, record(), metrics)
+    record_run(tmp_path, record(success=False, at=STARTED + timedelta(days=1)), metrics)
+
+    text = metrics.read_text()
+    assert 'obs_backup_last_run_success{prefix="db"} 0.0\n' in text
+    assert 'obs_backup_last_success_timestamp_seconds{prefix="db"} 1778382002.5\n' in text
+    assert 'obs_backup_last_run_timestamp_seconds{prefix="db"} 1778468402.5\n' in text
+    assert 'obs_backup_last_archive_size_bytes{prefix="db"} 1234.0\n' in text
+
+
+def test_corrupted_state_file_is_survived(tmp_path: Path) -> None:
+    (tmp_path / STATE_NAME).write_text("{ not json")
+    assert load_state(tmp_path) == {}
+
+    record_run(tmp_path, record())
+
+    assert set(json.loads((tmp_path / STATE_NAME).read_text())) == {"db"}
+
+
+def test_state_that_is_not_an_object_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / STATE_NAME).write_text("[1, 2, 3]")
+    assert load_state(tmp_path) == {}
+    assert load_state(tmp_path / "missing") == {}
