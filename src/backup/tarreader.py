@@ -16,10 +16,11 @@ from typing import BinaryIO
 from .checksum import CHUNK_SIZE, DEFAULT_ALGORITHM, new_hasher
 from .compression import DECOMPRESSION_ERRORS, open_decompressor, sniff_file
 from .errors import ArchiveError
+from .tarformat import TarFormatError, TarStreamReader
 
 __all__ = ["ArchiveReader"]
 
-_READ_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, *DECOMPRESSION_ERRORS, OSError, ValueError)
+_READ_ERRORS: tuple[type[BaseException], ...] = (TarFormatError, *DECOMPRESSION_ERRORS, OSError, ValueError)
 
 
 class _HashingSource:
@@ -57,15 +58,15 @@ class ArchiveReader:
     """A tar archive opened for one sequential pass.
 
     Use as a context manager; iterate :meth:`members`, read a file member's data with
-    :meth:`chunks` before moving on, then call :meth:`finish` to drain the stream and
-    learn the archive's size and checksum.
+    :meth:`chunks` before moving on (data not read is skipped), then call
+    :meth:`finish` to drain the stream and learn the archive's size and checksum.
     """
 
     def __init__(self, path: Path, algorithm: str = DEFAULT_ALGORITHM) -> None:
         self.path = Path(path)
         try:
             self.compression = sniff_file(self.path)
-            self._raw: BinaryIO = open(self.path, "rb")
+            self._raw: BinaryIO = open(self.path, "rb", buffering=0)
         except FileNotFoundError as exc:
             raise ArchiveError(f"{self.path}: archive not found", self.path) from exc
         except IsADirectoryError as exc:
@@ -73,14 +74,10 @@ class ArchiveReader:
         except OSError as exc:
             raise ArchiveError(f"{self.path}: cannot read archive: {exc.strerror or exc}", self.path) from exc
         self._source = _HashingSource(self._raw, algorithm)
-        self._members_read = 0
-        self._unread: tarfile.TarInfo | None = None
         self._stream = open_decompressor(self._source, self.compression)  # type: ignore[arg-type]
-        try:
-            self._tar = tarfile.open(fileobj=self._stream, mode="r|", bufsize=CHUNK_SIZE)
-        except _READ_ERRORS as exc:
-            self.close()
-            raise self._error(exc) from exc
+        self._tar = TarStreamReader(self._stream)
+        self._buffer = bytearray(CHUNK_SIZE)
+        self._unread: tarfile.TarInfo | None = None
 
     def __enter__(self) -> ArchiveReader:
         return self
@@ -98,51 +95,50 @@ class ArchiveReader:
         if isinstance(exc, ArchiveError):
             return exc
         text = str(exc) or type(exc).__name__
-        if self._members_read == 0 and not isinstance(exc, OSError | EOFError):
+        if self._tar.count == 0 and isinstance(exc, TarFormatError):
             return ArchiveError(f"{self.path}: not a valid tar archive ({text})", self.path)
         if isinstance(exc, EOFError) or "unexpected end" in text or "truncated" in text:
             return ArchiveError(f"{self.path}: archive is truncated ({text})", self.path)
-        if isinstance(exc, OSError) and not isinstance(exc, tarfile.TarError) and exc.strerror:
+        if isinstance(exc, OSError) and exc.strerror:
             return ArchiveError(f"{self.path}: cannot read archive: {exc.strerror}", self.path)
-        return ArchiveError(f"{self.path}: not a valid tar archive ({text})", self.path)
+        if self._tar.count == 0:
+            return ArchiveError(f"{self.path}: not a valid tar archive ({text})", self.path)
+        return ArchiveError(f"{self.path}: archive is damaged ({text})", self.path)
 
     def members(self) -> Iterator[tarfile.TarInfo]:
         """Yield each member in archive order; raise ArchiveError if the stream is damaged."""
         while True:
             try:
+                if self._unread is not None:
+                    # Data the caller did not read is read through (and fails at once if
+                    # the archive ends early, however large the member claims to be).
+                    self._tar.skip_data(self._unread)
+                    self._unread = None
                 member = self._tar.next()
             except _READ_ERRORS as exc:
                 raise self._error(exc) from exc
             if member is None:
                 return
-            # Stream mode keeps every member it has seen; drop them to keep memory flat.
-            self._tar.members = []  # type: ignore[attr-defined]
-            self._members_read += 1
-            self._unread = member if member.isreg() else None
+            self._unread = member if member.size else None
             yield member
-            if self._unread is member:
-                # Data the caller skipped is read through here: tarfile's own skip reads
-                # on past the end of the file, so a member claiming 10**15 bytes would
-                # take hours instead of failing as truncated.
-                for _ in self.chunks(member):
-                    pass
 
     def chunks(self, member: tarfile.TarInfo) -> Iterator[memoryview]:
-        """Yield a file member's data in chunks; raise ArchiveError if it is cut short."""
+        """Yield a file member's data in chunks; raise ArchiveError if it is cut short.
+
+        Each chunk is a view of one reused buffer: use it before asking for the next.
+        """
+        stream = self._stream
+        view = memoryview(self._buffer)
+        remaining = member.size
         try:
-            handle = self._tar.extractfile(member)
-            if handle is None:
-                return
-            buffer = bytearray(CHUNK_SIZE)
-            view = memoryview(buffer)
-            remaining = member.size
             while remaining:
-                count = handle.readinto(view[: min(CHUNK_SIZE, remaining)])  # type: ignore[attr-defined]
+                count = stream.readinto(view[: min(CHUNK_SIZE, remaining)])  # type: ignore[attr-defined]
                 if not count:
                     raise ArchiveError(f"{self.path}: archive is truncated inside {member.name!r}", self.path)
                 remaining -= count
                 yield view[:count]
             self._unread = None
+            self._tar.skip_padding()
         except _READ_ERRORS as exc:
             raise self._error(exc) from exc
 
@@ -153,9 +149,9 @@ class ArchiveReader:
         Raise ArchiveError if the rest of the stream is damaged.
         """
         try:
-            while self._stream.read(CHUNK_SIZE):
+            while self._stream.readinto(self._buffer):  # type: ignore[attr-defined]
                 pass
-            while self._source.read(CHUNK_SIZE):
+            while self._source.readinto(self._buffer):
                 pass
         except _READ_ERRORS as exc:
             raise self._error(exc) from exc

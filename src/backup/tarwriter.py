@@ -19,6 +19,7 @@ from .durable import write_all
 from .errors import SourceError
 from .manifest import ManifestEntry, iso_from_timestamp
 from .scan import SourceEntry
+from .tarformat import encode_header
 
 __all__ = ["HashingSink", "ProgressCallback", "WriteOutcome", "write_entries"]
 
@@ -75,15 +76,33 @@ class WriteOutcome:
 
 
 class _TarStream:
-    """Counts the uncompressed tar bytes so the end-of-archive padding comes out right."""
+    """Batches small writes and counts the tar bytes (for the end-of-archive padding).
+
+    Headers and small files are gathered into one buffer, so the compressor sees a
+    few large writes instead of one per member; large chunks go straight through.
+    """
+
+    _FLUSH_AT = 1 << 20
 
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
         self.offset = 0
+        self._pending = bytearray()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.out.write(data)
         self.offset += len(data)
+        if len(data) >= self._FLUSH_AT:
+            self.flush()
+            self.out.write(data)
+            return
+        self._pending += data
+        if len(self._pending) >= self._FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self.out.write(self._pending)
+            self._pending = bytearray()
 
     def pad_block(self) -> None:
         remainder = self.offset % BLOCK
@@ -95,21 +114,21 @@ class _TarStream:
         remainder = self.offset % RECORD
         if remainder:
             self.write(_ZEROS[: RECORD - remainder])
+        self.flush()
 
 
 def _header(entry: SourceEntry, kind: bytes, size: int = 0, mode: int | None = None, mtime: float | None = None) -> bytes:
-    info = tarfile.TarInfo(entry.path)
-    info.type = kind
-    info.size = size
-    info.mode = entry.mode if mode is None else mode
     # Whole seconds, as GNU tar's default format keeps them: no pax record per member.
-    info.mtime = int(entry.mtime if mtime is None else mtime)
-    info.uid = entry.uid
-    info.gid = entry.gid
-    info.uname = info.gname = ""
-    if entry.link_target is not None:
-        info.linkname = entry.link_target
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    return encode_header(
+        entry.path,
+        kind,
+        size=size,
+        mode=entry.mode if mode is None else mode,
+        mtime=int(entry.mtime if mtime is None else mtime),
+        uid=entry.uid,
+        gid=entry.gid,
+        linkname=entry.link_target or "",
+    )
 
 
 def write_entries(
@@ -130,6 +149,7 @@ def write_entries(
     tar = _TarStream(out)
     outcome = WriteOutcome()
     buffer = bytearray(CHUNK_SIZE)
+    empty_digest = new_hasher(algorithm).hexdigest()
     for done, entry in enumerate(entries, start=1):
         if entry.kind == "dir":
             tar.write(_header(entry, tarfile.DIRTYPE))
@@ -142,6 +162,13 @@ def write_entries(
                 ManifestEntry(
                     entry.path, 0, "", iso_from_timestamp(entry.mtime), "symlink", entry.mode, entry.link_target
                 )
+            )
+        elif entry.size == 0:
+            # As GNU tar does, an empty file is not opened: there is nothing to read,
+            # and on a tree of many empty files the open would be most of the cost.
+            tar.write(_header(entry, tarfile.REGTYPE))
+            outcome.entries.append(
+                ManifestEntry(entry.path, 0, empty_digest, iso_from_timestamp(entry.mtime), "file", entry.mode)
             )
         else:
             archived = _write_file(tar, entry, algorithm, on_read_error, buffer, outcome)
