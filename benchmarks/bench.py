@@ -30,13 +30,40 @@ from pathlib import Path
 MB = 1 << 20
 GNU_TIME = "/usr/bin/time"
 WORDS = [
-    "GET", "POST", "/api/v1/orders", "/api/v1/users", "200", "404", "500", "INFO", "WARN", "ERROR",
-    "user_id", "order_id", "latency_ms", "status", "payload", "session", "token", "retry", "cache",
-    "hit", "miss", "db", "query", "select", "insert", "update", "commit", "rollback", "worker",
+    "GET",
+    "POST",
+    "/api/v1/orders",
+    "/api/v1/users",
+    "200",
+    "404",
+    "500",
+    "INFO",
+    "WARN",
+    "ERROR",
+    "user_id",
+    "order_id",
+    "latency_ms",
+    "status",
+    "payload",
+    "session",
+    "token",
+    "retry",
+    "cache",
+    "hit",
+    "miss",
+    "db",
+    "query",
+    "select",
+    "insert",
+    "update",
+    "commit",
+    "rollback",
+    "worker",
 ]
 
 
 # -- corpus -------------------------------------------------------------------------
+
 
 def _text(rng: random.Random, size: int) -> bytes:
     """Log- or JSON-like text of about ``size`` bytes."""
@@ -50,7 +77,9 @@ def _text(rng: random.Random, size: int) -> bytes:
                 f"{rng.randint(0, 10**6)}\n"
             )
         else:
-            line = json.dumps({rng.choice(WORDS): rng.randint(0, 10**5), "v": rng.choice(WORDS), "n": rng.random()}) + "\n"
+            line = (
+                json.dumps({rng.choice(WORDS): rng.randint(0, 10**5), "v": rng.choice(WORDS), "n": rng.random()}) + "\n"
+            )
         lines.append(line)
         total += len(line)
     return "".join(lines).encode()[:size]
@@ -118,6 +147,7 @@ def make_big_corpus(root: Path, scale: float) -> dict[str, int]:
 
 # -- timing -------------------------------------------------------------------------
 
+
 @dataclass
 class Sample:
     seconds: float
@@ -164,8 +194,11 @@ def timed(argv: list[str], cwd: Path | None = None) -> Sample:
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as report:
         started = time.perf_counter()
         finished = subprocess.run(
-            [GNU_TIME, "-f", "%M", "-o", report.name, *argv], cwd=cwd, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, check=False,
+            [GNU_TIME, "-f", "%M", "-o", report.name, *argv],
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=False,
         )
         elapsed = time.perf_counter() - started
         if finished.returncode != 0:
@@ -230,9 +263,13 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         archive = only_file(keep, f"*{ext}")
         anchor_archive = keep / f"anchor{ext}"
         timed([tar, *(["--zstd", "-cf"] if comp == "zst" else ["-czf"]), str(anchor_archive), "-C", str(source), "."])
-        row = Row(name, f"obs-backup restore ARCHIVE DIR ({comp})", f"tar {' '.join(tar_flags)} ARCHIVE -C DIR", target=target)
+        row = Row(
+            name, f"obs-backup restore ARCHIVE DIR ({comp})", f"tar {' '.join(tar_flags)} ARCHIVE -C DIR", target=target
+        )
         verify = Row(
-            f"verify, {comp}", f"obs-backup verify ARCHIVE ({comp})", f"obs-backup restore ARCHIVE DIR ({comp})",
+            f"verify, {comp}",
+            f"obs-backup verify ARCHIVE ({comp})",
+            f"obs-backup restore ARCHIVE DIR ({comp})",
             target="<= 1.0 x restore",
         )
         for _ in range(args.repeats):
@@ -276,7 +313,9 @@ def print_table(result: dict[str, object]) -> None:
     rows = result["rows"]
     assert isinstance(rows, list)
     print()
-    print(f"{'work':34} {'obs-backup':>11} {'anchor':>9} {'ratio':>7} {'size':>7} {'RSS MB':>8} {'anchor RSS':>10}  target")
+    print(
+        f"{'work':34} {'obs-backup':>11} {'anchor':>9} {'ratio':>7} {'size':>7} {'RSS MB':>8} {'anchor RSS':>10}  target"
+    )
     for row in rows:
         size = "" if row["size_ratio"] is None else f"{row['size_ratio']:.3f}"
         print(

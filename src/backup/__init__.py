@@ -19,10 +19,10 @@ from .errors import (
     UnsafeArchiveError,
     VerificationError,
 )
-from .manifest import ArchiveInfo, BackupManifest, ManifestEntry, create_manifest, load_manifest
-from .plan import BackupPlan, RestoreEntry, RestorePlan, execute_plan, plan_backup, plan_restore
 from .lock import backup_dir_lock
+from .manifest import ArchiveInfo, BackupManifest, ManifestEntry, create_manifest, load_manifest
 from .monitor import RunRecord, load_state, record_run
+from .plan import BackupPlan, RestoreEntry, RestorePlan, execute_plan, plan_backup, plan_restore
 from .prune import PruneResult, execute_prune, plan_prune
 from .retention import RetentionDecision, RetentionPlan, RetentionPolicy, apply_policy, parse_duration
 from .scheduler import BackupScheduler, RunOutcome, SchedulerConfig

@@ -117,11 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     restore = commands.add_parser("restore", help="restore an archive", description="Restore ARCHIVE into TARGET.")
     restore.add_argument("archive", metavar="ARCHIVE", type=Path, nargs="?", default=None, help="archive to restore")
     restore.add_argument(
-        "target", metavar="TARGET", type=Path, nargs="?", default=None, help="directory to restore into (created if missing)"
+        "target",
+        metavar="TARGET",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="directory to restore into (created if missing)",
     )
     restore.add_argument("--overwrite", action="store_true", default=S, help="replace entries that already exist")
     restore.add_argument("--no-verify", action="store_true", default=S, help="do not check files against the manifest")
-    restore.add_argument("--path", action="append", dest="paths", metavar="PATH", default=S, help="only this path (repeatable)")
+    restore.add_argument(
+        "--path", action="append", dest="paths", metavar="PATH", default=S, help="only this path (repeatable)"
+    )
     restore.add_argument(
         "--allow-external-links", action="store_true", default=S, help="restore symlinks that point outside TARGET"
     )
@@ -134,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(verify, dry_run=False)
 
     listing = commands.add_parser("list", help="list complete backups", description="List the backups in BACKUP_DIR.")
-    listing.add_argument("backup_dir", metavar="BACKUP_DIR", type=Path, nargs="?", default=None, help="backup directory")
+    listing.add_argument(
+        "backup_dir", metavar="BACKUP_DIR", type=Path, nargs="?", default=None, help="backup directory"
+    )
     listing.add_argument("--prefix", default=S, help="only backups with this prefix")
     _common(listing, dry_run=False)
 
@@ -151,8 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("--retention-days", type=int, default=S, metavar="N", help="keep N days (default 7)")
     _policy_options(schedule, within=False)
     schedule.add_argument("--metrics-file", type=Path, default=S, metavar="PATH", help="Prometheus textfile to write")
-    schedule.add_argument("--no-catch-up", dest="catch_up", action="store_false", default=S,
-                          help="do not run at start when the last scheduled run was missed")
+    schedule.add_argument(
+        "--no-catch-up",
+        dest="catch_up",
+        action="store_false",
+        default=S,
+        help="do not run at start when the last scheduled run was missed",
+    )
     _lock_option(schedule)
     _common(schedule, dry_run=False)
 
@@ -182,7 +196,11 @@ def _archive_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--level", type=int, default=S, help="compression level (default: the format's own)")
     parser.add_argument("--prefix", default=S, help="backup id prefix")
     parser.add_argument(
-        "--exclude", action="append", default=S, metavar="PATTERN", help="gitignore-style pattern to leave out (repeatable)"
+        "--exclude",
+        action="append",
+        default=S,
+        metavar="PATTERN",
+        help="gitignore-style pattern to leave out (repeatable)",
     )
     parser.add_argument(
         "--skip-unreadable", action="store_true", default=S, help="skip unreadable files (recorded) instead of failing"
@@ -191,7 +209,9 @@ def _archive_options(parser: argparse.ArgumentParser) -> None:
 
 def _policy_options(parser: argparse.ArgumentParser, *, within: bool) -> None:
     if within:
-        parser.add_argument("--keep-within", default=S, metavar="DURATION", help="keep backups within e.g. 7d of the newest")
+        parser.add_argument(
+            "--keep-within", default=S, metavar="DURATION", help="keep backups within e.g. 7d of the newest"
+        )
     for period in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
         parser.add_argument(f"--keep-{period}", type=int, default=S, metavar="N", help=f"keep-{period} count")
 
@@ -206,7 +226,9 @@ def _common(parser: argparse.ArgumentParser, *, dry_run: bool) -> None:
     parser.add_argument("--json", action="store_true", default=S, help="print machine-readable JSON on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", default=S, help="print nothing but errors")
     if dry_run:
-        parser.add_argument("--dry-run", action="store_true", default=S, help="print what would be done; change nothing")
+        parser.add_argument(
+            "--dry-run", action="store_true", default=S, help="print what would be done; change nothing"
+        )
 
 
 def _option_names(parser: argparse.ArgumentParser) -> dict[str, set[str]]:
@@ -345,7 +367,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for backup in backups:
         created = backup.created_at.isoformat(timespec="seconds") if backup.created_at else "?"
         files = "?" if backup.file_count is None else str(backup.file_count)
-        print(f"{backup.backup_id:<36} {created:<25} {_size(backup.size_bytes):>10} {files:>7}  {backup.archive_path.name}")
+        print(
+            f"{backup.backup_id:<36} {created:<25} {_size(backup.size_bytes):>10} {files:>7}  {backup.archive_path.name}"
+        )
         if backup.problem:
             print(f"  problem: {backup.problem}")
     return EXIT_OK
@@ -353,7 +377,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _policy(args: argparse.Namespace) -> RetentionPolicy | None:
     within = getattr(args, "keep_within", None)
-    counts = {f"keep_{p}": int(getattr(args, f"keep_{p}") or 0) for p in ("last", "hourly", "daily", "weekly", "monthly", "yearly")}
+    counts = {
+        f"keep_{p}": int(getattr(args, f"keep_{p}") or 0)
+        for p in ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+    }
     if within is None and not any(counts.values()):
         return None
     return RetentionPolicy(keep_within=None if within is None else parse_duration(str(within)), **counts)
@@ -422,7 +449,9 @@ async def _serve(scheduler: BackupScheduler) -> None:
 def _cmd_prune(args: argparse.Namespace) -> int:
     policy = _policy(args)
     if policy is None:
-        raise ConfigError("prune needs a policy: --keep-within or one of --keep-last/-hourly/-daily/-weekly/-monthly/-yearly")
+        raise ConfigError(
+            "prune needs a policy: --keep-within or one of --keep-last/-hourly/-daily/-weekly/-monthly/-yearly"
+        )
     zone = load_zone(str(args.tz))
     if not Path(args.backup_dir).is_dir():
         raise StorageError(f"{args.backup_dir}: backup directory does not exist", args.backup_dir)
@@ -480,7 +509,9 @@ def _result_line(result: BackupResult, what: str) -> str:
             f"archive {_size(result.archive_size)}, {result.duration_seconds:.1f}s"
         )
     checked = "verified against the manifest" if result.verified else "not verified"
-    return f"restored {result.entry_count} entries into {result.backup_path} ({checked}), {result.duration_seconds:.1f}s"
+    return (
+        f"restored {result.entry_count} entries into {result.backup_path} ({checked}), {result.duration_seconds:.1f}s"
+    )
 
 
 def _result_dict(result: BackupResult) -> dict[str, Any]:
@@ -550,7 +581,9 @@ def _size(count: int) -> str:
 
 
 @contextmanager
-def _progress(args: argparse.Namespace, label: str, entries: int, total_bytes: int) -> Iterator[ProgressCallback | None]:
+def _progress(
+    args: argparse.Namespace, label: str, entries: int, total_bytes: int
+) -> Iterator[ProgressCallback | None]:
     """Yield a progress callback drawing a bar on a terminal, or None when not on one."""
     stream: TextIO = sys.stderr
     if args.json or args.quiet or not stream.isatty():

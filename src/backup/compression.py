@@ -87,8 +87,7 @@ def check_level(compression: str, level: int | None) -> int:
         return 0
     if not spec.min_level <= level <= spec.max_level:
         raise ConfigError(
-            f"compression level {level} is out of range for {compression!r} "
-            f"({spec.min_level}-{spec.max_level})"
+            f"compression level {level} is out of range for {compression!r} ({spec.min_level}-{spec.max_level})"
         )
     return level
 

@@ -60,8 +60,7 @@ class BackupConfig:
         """Return a copy with canonical compression and level; raise ConfigError if invalid."""
         if not _PREFIX.fullmatch(self.prefix):
             raise ConfigError(
-                f"invalid prefix {self.prefix!r}: use letters, digits, '_', '-' or '.', "
-                "starting with a letter or digit"
+                f"invalid prefix {self.prefix!r}: use letters, digits, '_', '-' or '.', starting with a letter or digit"
             )
         compression = normalize_compression(self.compression)
         level = check_level(compression, self.compression_level)

@@ -113,7 +113,9 @@ def _claim(storage: LocalStorage, plan: BackupPlan) -> tuple[str, PendingObject]
             return candidate, storage.begin(candidate + suffix, claim=candidate)
         except FileExistsError:
             continue
-    raise StorageError(f"{storage.directory}: more than {_MAX_SAME_SECOND} backups claimed in one second", storage.directory)
+    raise StorageError(
+        f"{storage.directory}: more than {_MAX_SAME_SECOND} backups claimed in one second", storage.directory
+    )
 
 
 def _failed(started: float, error: str, backup_id: str) -> BackupResult:
@@ -123,4 +125,3 @@ def _failed(started: float, error: str, backup_id: str) -> BackupResult:
         duration_seconds=time.monotonic() - started,
         backup_id=backup_id,
     )
-

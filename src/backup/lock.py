@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .durable import PRIVATE_MODE
@@ -55,7 +55,7 @@ def backup_dir_lock(
                 if monotonic() >= deadline:
                     raise _held_error(path, fd, timeout) from None
                 sleep(_POLL_SECONDS)
-        record = json.dumps({"pid": os.getpid(), "since": datetime.now(timezone.utc).isoformat()})
+        record = json.dumps({"pid": os.getpid(), "since": datetime.now(UTC).isoformat()})
         os.ftruncate(fd, 0)
         os.pwrite(fd, record.encode() + b"\n", 0)
         yield

@@ -105,7 +105,9 @@ class ManifestEntry:
         values = {key: value for key, value in data.items() if key in known}
         for key, kind in (("path", str), ("size", int), ("checksum", str), ("modified", str)):
             if not isinstance(values.get(key), kind) or isinstance(values.get(key), bool):
-                raise ManifestError(f"manifest entry {data.get('path')!r:.80}: field {key!r} missing or not {kind.__name__}")
+                raise ManifestError(
+                    f"manifest entry {data.get('path')!r:.80}: field {key!r} missing or not {kind.__name__}"
+                )
         for key, kind in (("type", str), ("mode", int), ("link_target", str), ("warning", str)):
             value = values.get(key)
             if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
@@ -240,7 +242,9 @@ class BackupManifest:
         try:
             data = json.loads(json_str)
         except json.JSONDecodeError as exc:
-            raise ManifestError(f"manifest is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+            raise ManifestError(
+                f"manifest is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from exc
         return cls.from_dict(data)
 
 

@@ -88,8 +88,11 @@ def render_metrics(record: RunRecord, entry: dict[str, Any]) -> str:
         ("obs_backup_last_run_timestamp_seconds", "Unix time the last run finished.", record.finished_at.timestamp()),
         ("obs_backup_last_run_duration_seconds", "Duration of the last run.", record.duration_seconds),
         ("obs_backup_last_run_success", "1 if the last run succeeded, else 0.", 1.0 if record.success else 0.0),
-        ("obs_backup_last_archive_size_bytes", "Archive size of the last successful backup.",
-         float(last_success.get("archive_size", 0))),
+        (
+            "obs_backup_last_archive_size_bytes",
+            "Archive size of the last successful backup.",
+            float(last_success.get("archive_size", 0)),
+        ),
         ("obs_backup_last_files", "Files in the last successful backup.", float(last_success.get("file_count", 0))),
     ]
     lines = []

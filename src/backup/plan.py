@@ -268,9 +268,7 @@ def _conflicts(restore_dir: Path, entries: Sequence[RestoreEntry]) -> list[str]:
     return conflicts
 
 
-def execute_plan(
-    plan: BackupPlan | RestorePlan, progress: ProgressCallback | None = None
-) -> BackupResult:
+def execute_plan(plan: BackupPlan | RestorePlan, progress: ProgressCallback | None = None) -> BackupResult:
     """Given a backup or restore plan, carry it out and return the result.
 
     Operational failures come back as ``success=False`` with a one-line ``error``.

@@ -182,7 +182,9 @@ def _extract(plan: RestorePlan, staging: Path, progress: ProgressCallback | None
     return out
 
 
-def _write_file(reader: ArchiveReader, member: tarfile.TarInfo, destination: str, safe: SafeMember, algorithm: str) -> str:
+def _write_file(
+    reader: ArchiveReader, member: tarfile.TarInfo, destination: str, safe: SafeMember, algorithm: str
+) -> str:
     hasher = new_hasher(algorithm)
     fd = os.open(destination, _FILE_FLAGS, 0o600)
     try:
@@ -236,7 +238,9 @@ def _verify(plan: RestorePlan, extracted: _Extracted, target: Path, warnings: li
         elif not hmac.compare_digest(extracted.archive_digest, info.checksum.lower()):
             problems.append(f"archive checksum {extracted.archive_digest}, manifest says {info.checksum}")
     if problems:
-        shown = "; ".join(problems[:_SHOWN]) + (f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else "")
+        shown = "; ".join(problems[:_SHOWN]) + (
+            f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+        )
         raise VerificationError(
             f"{plan.archive_path}: does not match its manifest, nothing was restored to {target}: {shown}",
             plan.archive_path,
@@ -276,7 +280,9 @@ def _install(staging: Path, target: Path, overwrite: bool) -> None:
         shutil.rmtree(trash)
 
 
-def _plan_merge(source_dir: str, target_dir: str, prefix: str, moves: list[tuple[str, str, bool]], conflicts: list[str]) -> None:
+def _plan_merge(
+    source_dir: str, target_dir: str, prefix: str, moves: list[tuple[str, str, bool]], conflicts: list[str]
+) -> None:
     for name in sorted(os.listdir(source_dir)):
         source = os.path.join(source_dir, name)
         destination = os.path.join(target_dir, name)

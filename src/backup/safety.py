@@ -129,9 +129,13 @@ class MemberChecker:
             parent = "/".join(parts[:depth])
             kind = self.kinds.get(parent)
             if kind == "symlink":
-                raise UnsafeArchiveError(f"{self.archive}: member {raw!r} would be written through the symlink {parent!r}", raw)
+                raise UnsafeArchiveError(
+                    f"{self.archive}: member {raw!r} would be written through the symlink {parent!r}", raw
+                )
             if kind in ("file", "hardlink"):
-                raise UnsafeArchiveError(f"{self.archive}: member {raw!r} would be written inside the file {parent!r}", raw)
+                raise UnsafeArchiveError(
+                    f"{self.archive}: member {raw!r} would be written inside the file {parent!r}", raw
+                )
 
     def _check_symlink(self, name: str, target: str, raw: str) -> str:
         if not target or "\x00" in target:

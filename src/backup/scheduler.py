@@ -25,7 +25,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +124,7 @@ class BackupScheduler(TimeAwareMixin):
     # -- time -----------------------------------------------------------------
 
     def _now(self) -> datetime:
-        moment = self._clock() if self._clock is not None else datetime.now(timezone.utc)
+        moment = self._clock() if self._clock is not None else datetime.now(UTC)
         if moment.tzinfo is None:
             raise ValueError("the scheduler's clock must return aware datetimes")
         return moment.astimezone(self._tz)
@@ -137,7 +137,7 @@ class BackupScheduler(TimeAwareMixin):
         """
         wall = datetime.combine(day, self.config.schedule_time.replace(tzinfo=None))
         first = wall.replace(tzinfo=self._tz, fold=0)
-        if first.astimezone(timezone.utc).astimezone(self._tz).replace(tzinfo=None) == wall:
+        if first.astimezone(UTC).astimezone(self._tz).replace(tzinfo=None) == wall:
             return first
         # In a gap: fold=1 reads the wall time with the later offset, fold=0 with the
         # earlier one; the change happens between those two instants.
@@ -341,4 +341,4 @@ class BackupScheduler(TimeAwareMixin):
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)

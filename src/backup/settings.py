@@ -42,9 +42,9 @@ def load_settings(path: Path, command: str, known: set[str], every_option: set[s
         raise ConfigError(f"{path}: [{command}] must be a table", path)
     merged.update({_key(key): value for key, value in section.items()})
     # Top-level keys may belong to other commands; the command's own table must not.
-    unknown = sorted({key for key in merged if key not in every_option} | {
-        _key(key) for key in section if _key(key) not in known
-    })
+    unknown = sorted(
+        {key for key in merged if key not in every_option} | {_key(key) for key in section if _key(key) not in known}
+    )
     if unknown:
         raise ConfigError(f"{path}: unknown settings for {command}: {', '.join(unknown)}", path)
     return {key: value for key, value in merged.items() if key in known}

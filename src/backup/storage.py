@@ -117,7 +117,9 @@ class LocalStorage:
                 self.directory.mkdir(mode=0o700, exist_ok=True)
                 os.chmod(self.directory, 0o700)
         except OSError as exc:
-            raise StorageError(f"{self.directory}: cannot create backup directory: {exc.strerror or exc}", self.directory) from exc
+            raise StorageError(
+                f"{self.directory}: cannot create backup directory: {exc.strerror or exc}", self.directory
+            ) from exc
         if not self.directory.is_dir():
             raise StorageError(f"{self.directory}: backup directory is not a directory", self.directory)
 
@@ -157,7 +159,9 @@ class LocalStorage:
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise StorageError(f"{self.directory}: cannot list backup directory: {exc.strerror or exc}", self.directory) from exc
+            raise StorageError(
+                f"{self.directory}: cannot list backup directory: {exc.strerror or exc}", self.directory
+            ) from exc
 
     def delete(self, name: str) -> None:
         self._check_name(name)

@@ -117,7 +117,9 @@ class _TarStream:
         self.flush()
 
 
-def _header(entry: SourceEntry, kind: bytes, size: int = 0, mode: int | None = None, mtime: float | None = None) -> bytes:
+def _header(
+    entry: SourceEntry, kind: bytes, size: int = 0, mode: int | None = None, mtime: float | None = None
+) -> bytes:
     # Whole seconds, as GNU tar's default format keeps them: no pax record per member.
     return encode_header(
         entry.path,
@@ -153,9 +155,7 @@ def write_entries(
     for done, entry in enumerate(entries, start=1):
         if entry.kind == "dir":
             tar.write(_header(entry, tarfile.DIRTYPE))
-            outcome.entries.append(
-                ManifestEntry(entry.path, 0, "", iso_from_timestamp(entry.mtime), "dir", entry.mode)
-            )
+            outcome.entries.append(ManifestEntry(entry.path, 0, "", iso_from_timestamp(entry.mtime), "dir", entry.mode))
         elif entry.kind == "symlink":
             tar.write(_header(entry, tarfile.SYMTYPE))
             outcome.entries.append(
@@ -214,7 +214,9 @@ def _write_file(
             try:
                 count = _read_into(fd, [chunk])
             except OSError as exc:
-                message = f"{entry.abspath}: read failed after {size - remaining} of {size} bytes: {exc.strerror or exc}"
+                message = (
+                    f"{entry.abspath}: read failed after {size - remaining} of {size} bytes: {exc.strerror or exc}"
+                )
                 if on_read_error == "fail":
                     raise SourceError(message, entry.abspath) from exc
                 warning = message + "; the rest is archived as zero bytes"

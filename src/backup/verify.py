@@ -125,7 +125,9 @@ def verify_backup(
     except ManifestError as exc:
         report.manifest_path = None if not manifest_path.exists() else manifest_path
         if report.manifest_path is None:
-            report.problems.append(f"{archive_path}: no manifest ({manifest_path.name} not found); checksums cannot be verified")
+            report.problems.append(
+                f"{archive_path}: no manifest ({manifest_path.name} not found); checksums cannot be verified"
+            )
         else:
             report.problems.append(str(exc))
     algorithm = manifest.checksum_algorithm if manifest else DEFAULT_ALGORITHM
@@ -194,4 +196,3 @@ def _check_members(
             report.problems.append(f"{archive_path}: archive is {size} bytes, manifest says {info.size}")
         elif not hmac.compare_digest(digest, info.checksum.lower()):
             report.problems.append(f"{archive_path}: archive checksum {digest}, manifest says {info.checksum}")
-

@@ -237,8 +237,9 @@ def staging_leftovers(root: str | Path) -> list[str]:
     return [p for p in listing(root) if ".obs-restore-" in p or ".obs-replaced-" in p]
 
 
-def write_tar(path: Path, members: Iterable[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w",
-              fmt: int = tarfile.PAX_FORMAT) -> Path:
+def write_tar(
+    path: Path, members: Iterable[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w", fmt: int = tarfile.PAX_FORMAT
+) -> Path:
     """Write an archive from ``(TarInfo, data)`` pairs exactly as given (no name clean-up)."""
     with tarfile.open(path, mode, format=fmt) as tf:
         for info, data in members:

@@ -101,8 +101,17 @@ def test_flags_override_the_config_file(tmp_path: Path, config_file: Path, capsy
     (other_source / "c.txt").write_text("gamma")
 
     code, out, err = run(
-        capsys, "--config", str(config_file), "create", str(other_source), str(tmp_path / "flag-out"),
-        "--prefix", "fromflag", "--compression", "gz", "--json",
+        capsys,
+        "--config",
+        str(config_file),
+        "create",
+        str(other_source),
+        str(tmp_path / "flag-out"),
+        "--prefix",
+        "fromflag",
+        "--compression",
+        "gz",
+        "--json",
     )
 
     assert code == 0, err
@@ -249,9 +258,21 @@ def test_schedule_runs_the_catch_up_backup_then_stops_cleanly_on_a_signal(tmp_pa
     started = time.monotonic()
     child = subprocess.Popen(
         [
-            sys.executable, "-m", "backup", "schedule", str(source), str(backup_dir),
-            "--at", "03:00", "--tz", "Asia/Seoul", "--retention-days", "7",
-            "--metrics-file", str(metrics), "--json",
+            sys.executable,
+            "-m",
+            "backup",
+            "schedule",
+            str(source),
+            str(backup_dir),
+            "--at",
+            "03:00",
+            "--tz",
+            "Asia/Seoul",
+            "--retention-days",
+            "7",
+            "--metrics-file",
+            str(metrics),
+            "--json",
         ],
         env=dict(os.environ, PYTHONPATH=str(SRC)),
         stdout=subprocess.PIPE,

@@ -105,8 +105,12 @@ def _good_backup(arena: Arena, compression: str = "") -> tuple[Path, Path]:
     source = arena.build / "source"
     if not source.exists():
         make_corpus(source)
-    result = backup(source, arena.build / "backups", compression=compression,
-                    now=fixed_now(datetime(2024, 2, 3, 4, 5, 6, tzinfo=UTC)))
+    result = backup(
+        source,
+        arena.build / "backups",
+        compression=compression,
+        now=fixed_now(datetime(2024, 2, 3, 4, 5, 6, tzinfo=UTC)),
+    )
     archive = arena.archives / result.backup_path.name
     manifest = arena.archives / result.manifest_path.name
     shutil.move(result.backup_path, archive)
@@ -313,8 +317,16 @@ def build_manifest_extra_path(arena: Arena):
     archive, manifest = _good_backup(arena, "gz")
 
     def add(data: dict) -> None:
-        data["files"].append({"path": "ghost.txt", "size": 5, "checksum": "0" * 64,
-                              "modified": "2024-01-01T00:00:00+00:00", "type": "file", "mode": 420})
+        data["files"].append(
+            {
+                "path": "ghost.txt",
+                "size": 5,
+                "checksum": "0" * 64,
+                "modified": "2024-01-01T00:00:00+00:00",
+                "type": "file",
+                "mode": 420,
+            }
+        )
 
     _edit_manifest(manifest, add)
     return archive, {}
@@ -322,8 +334,9 @@ def build_manifest_extra_path(arena: Arena):
 
 def build_manifest_missing_path(arena: Arena):
     archive, manifest = _good_backup(arena, "gz")
-    _edit_manifest(manifest, lambda data: data.__setitem__(
-        "files", [e for e in data["files"] if e["path"] != "top.txt"]))
+    _edit_manifest(
+        manifest, lambda data: data.__setitem__("files", [e for e in data["files"] if e["path"] != "top.txt"])
+    )
     return archive, {}
 
 
@@ -393,80 +406,128 @@ class Case:
 
 
 CASES: dict[str, Case] = {
-    "absolute-member": Case(build_absolute, ("has an absolute path", "abs-pwned.txt"),
-                            lines_contain("has an absolute path", "abs-pwned.txt")),
-    "absolute-member-gnu-tar": Case(build_absolute_gnu, ("has an absolute path", "sentinel/orig.txt"),
-                                    lines_contain("has an absolute path")),
-    "dotdot-member": Case(build_dotdot, ("'..' component", "../sentinel/evil.txt"),
-                          lines_contain("'..' component", "../sentinel/evil.txt")),
-    "dotdot-in-the-middle": Case(build_dotdot_hidden, ("'..' component", "sub/../../sentinel/evil.txt"),
-                                 lines_contain("'..' component")),
-    "dotdot-member-gnu-tar": Case(build_dotdot_gnu, ("'..' component", "../sentinel/orig.txt"),
-                                  lines_contain("'..' component")),
-    "member-named-like-target-file": Case(build_parent_name, ("'..' component", "../target/keep.txt"),
-                                          lines_contain("'..' component", "../target/keep.txt")),
-    "member-named-like-target": Case(build_parent_itself, ("'..' component", "'../target'"),
-                                     lines_contain("'..' component")),
-    "symlink-outside-then-write": Case(build_symlink_out_then_write, ("'escape'", "points outside the target"),
-                                       lines_contain("symlink 'escape' points outside the target")),
+    "absolute-member": Case(
+        build_absolute,
+        ("has an absolute path", "abs-pwned.txt"),
+        lines_contain("has an absolute path", "abs-pwned.txt"),
+    ),
+    "absolute-member-gnu-tar": Case(
+        build_absolute_gnu, ("has an absolute path", "sentinel/orig.txt"), lines_contain("has an absolute path")
+    ),
+    "dotdot-member": Case(
+        build_dotdot,
+        ("'..' component", "../sentinel/evil.txt"),
+        lines_contain("'..' component", "../sentinel/evil.txt"),
+    ),
+    "dotdot-in-the-middle": Case(
+        build_dotdot_hidden, ("'..' component", "sub/../../sentinel/evil.txt"), lines_contain("'..' component")
+    ),
+    "dotdot-member-gnu-tar": Case(
+        build_dotdot_gnu, ("'..' component", "../sentinel/orig.txt"), lines_contain("'..' component")
+    ),
+    "member-named-like-target-file": Case(
+        build_parent_name,
+        ("'..' component", "../target/keep.txt"),
+        lines_contain("'..' component", "../target/keep.txt"),
+    ),
+    "member-named-like-target": Case(
+        build_parent_itself, ("'..' component", "'../target'"), lines_contain("'..' component")
+    ),
+    "symlink-outside-then-write": Case(
+        build_symlink_out_then_write,
+        ("'escape'", "points outside the target"),
+        lines_contain("symlink 'escape' points outside the target"),
+    ),
     # verify_backup has no allow_external_links: it reports the link itself.
     "symlink-outside-then-write-allowed": Case(
         lambda a: build_symlink_out_then_write(a, True),
         ("'escape/pwned.txt'", "written through the symlink 'escape'"),
-        lines_contain("symlink 'escape' points outside the target")),
-    "absolute-symlink-then-write": Case(build_symlink_abs_then_write, ("'escape'", "absolute path"),
-                                        lines_contain("points to the absolute path")),
+        lines_contain("symlink 'escape' points outside the target"),
+    ),
+    "absolute-symlink-then-write": Case(
+        build_symlink_abs_then_write, ("'escape'", "absolute path"), lines_contain("points to the absolute path")
+    ),
     "absolute-symlink-then-write-allowed": Case(
         lambda a: build_symlink_abs_then_write(a, True),
         ("'escape/pwned.txt'", "written through the symlink"),
-        lines_contain("symlink 'escape' points to the absolute path")),
-    "inner-symlink-then-write": Case(build_symlink_inside_then_write, ("'inner/x.txt'", "written through the symlink"),
-                                     lines_contain("written through the symlink 'inner'")),
-    "symlink-then-write-gnu-tar": Case(build_symlink_through_gnu, ("'link/pwned.txt'", "written through the symlink"),
-                                       lines_contain("symlink 'link' points outside the target")),
-    "symlink-chain-escapes": Case(build_chain, ("'esc'", "points outside the target"),
-                                  lines_contain("symlink 'esc' points outside the target")),
-    "symlink-chain-escapes-through-later-link": Case(build_chain_late, ("'esc'", "points outside the target"),
-                                                     lines_contain("symlink 'esc' points outside the target")),
-    "symlink-loop-then-write": Case(build_loop_then_write, ("'a/x.txt'", "written through the symlink 'a'"),
-                                    lines_contain("'a/x.txt' would be written through the symlink 'a'")),
-    "hardlink-to-etc-passwd": Case(build_hardlink_passwd, ("'/etc/passwd'", "absolute path"),
-                                   lines_contain("'/etc/passwd' has an absolute path")),
-    "hardlink-to-dotdot": Case(build_hardlink_dotdot, ("'../x'", "'..' component"),
-                               lines_contain("'../x' has a '..' component")),
-    "hardlink-to-unknown": Case(build_hardlink_unknown, ("'h'", "not an earlier file"),
-                                lines_contain("not an earlier file")),
+        lines_contain("symlink 'escape' points to the absolute path"),
+    ),
+    "inner-symlink-then-write": Case(
+        build_symlink_inside_then_write,
+        ("'inner/x.txt'", "written through the symlink"),
+        lines_contain("written through the symlink 'inner'"),
+    ),
+    "symlink-then-write-gnu-tar": Case(
+        build_symlink_through_gnu,
+        ("'link/pwned.txt'", "written through the symlink"),
+        lines_contain("symlink 'link' points outside the target"),
+    ),
+    "symlink-chain-escapes": Case(
+        build_chain, ("'esc'", "points outside the target"), lines_contain("symlink 'esc' points outside the target")
+    ),
+    "symlink-chain-escapes-through-later-link": Case(
+        build_chain_late,
+        ("'esc'", "points outside the target"),
+        lines_contain("symlink 'esc' points outside the target"),
+    ),
+    "symlink-loop-then-write": Case(
+        build_loop_then_write,
+        ("'a/x.txt'", "written through the symlink 'a'"),
+        lines_contain("'a/x.txt' would be written through the symlink 'a'"),
+    ),
+    "hardlink-to-etc-passwd": Case(
+        build_hardlink_passwd, ("'/etc/passwd'", "absolute path"), lines_contain("'/etc/passwd' has an absolute path")
+    ),
+    "hardlink-to-dotdot": Case(
+        build_hardlink_dotdot, ("'../x'", "'..' component"), lines_contain("'../x' has a '..' component")
+    ),
+    "hardlink-to-unknown": Case(
+        build_hardlink_unknown, ("'h'", "not an earlier file"), lines_contain("not an earlier file")
+    ),
     "char-device": Case(build_chardev, ("'null'", "device file"), lines_contain("'null' is a device file")),
     "block-device": Case(build_blockdev, ("'disk'", "device file"), lines_contain("'disk' is a device file")),
     "fifo": Case(build_fifo, ("'pipe'", "FIFO"), lines_contain("'pipe' is a FIFO")),
     "fifo-gnu-tar": Case(build_fifo_gnu, ("'./pipe'", "FIFO"), lines_contain("'./pipe' is a FIFO")),
-    "duplicate-names": Case(build_duplicate, ("'dup.txt'", "appears more than once"),
-                            lines_contain("'dup.txt' appears more than once")),
-    "duplicate-file-and-dir": Case(build_duplicate_kinds, ("'both'", "appears more than once"),
-                                   lines_contain("'both' appears more than once")),
+    "duplicate-names": Case(
+        build_duplicate, ("'dup.txt'", "appears more than once"), lines_contain("'dup.txt' appears more than once")
+    ),
+    "duplicate-file-and-dir": Case(
+        build_duplicate_kinds, ("'both'", "appears more than once"), lines_contain("'both' appears more than once")
+    ),
     "pax-huge-size": Case(build_huge_size, ("huge.tar", "truncated"), lines_contain("truncated")),
-    "pax-huge-size-duplicate": Case(build_huge_size_duplicate, ("appears more than once",),
-                                    lines_contain("appears more than once", "truncated")),
+    "pax-huge-size-duplicate": Case(
+        build_huge_size_duplicate, ("appears more than once",), lines_contain("appears more than once", "truncated")
+    ),
     "pax-huge-size-gz": Case(build_huge_size_gz, ("huge.tar.gz", "truncated"), lines_contain("truncated")),
     "truncated-tar-gz": Case(build_truncated_gz, ("truncated",), lines_contain("truncated")),
     "truncated-tar-gz-no-manifest": Case(build_truncated_gz_no_manifest, ("truncated",), lines_contain("truncated")),
     "tar-gz-missing-trailer": Case(build_gz_without_trailer, ("truncated",), lines_contain("truncated")),
-    "not-a-tar": Case(build_not_a_tar, ("notes.tar", "not a valid tar archive"),
-                      lines_contain("not a valid tar archive")),
-    "gzip-of-garbage": Case(build_garbage_gz, ("garbage.tar.gz", "not a valid tar archive"),
-                            lines_contain("not a valid tar archive")),
-    "empty-file": Case(build_empty_file, ("empty.tar.gz", "not a valid tar archive"),
-                       lines_contain("not a valid tar archive")),
-    "manifest-lists-path-archive-lacks": Case(build_manifest_extra_path, ("missing from archive: ghost.txt",),
-                                              verify_missing("ghost.txt")),
-    "archive-has-path-manifest-lacks": Case(build_manifest_missing_path, ("not in manifest: top.txt",),
-                                            verify_extra("top.txt")),
-    "manifest-invalid-json": Case(build_manifest_bad_json, (".manifest.json", "not valid JSON"),
-                                  lines_contain("not valid JSON")),
-    "manifest-version-99": Case(build_manifest_version_99, (".manifest.json", "unsupported manifest version 99"),
-                                lines_contain("unsupported manifest version 99")),
-    "flipped-byte-in-file-data": Case(build_flipped_byte, ("sub/nested.bin", "checksum", "nothing was restored"),
-                                      verify_flipped),
+    "not-a-tar": Case(
+        build_not_a_tar, ("notes.tar", "not a valid tar archive"), lines_contain("not a valid tar archive")
+    ),
+    "gzip-of-garbage": Case(
+        build_garbage_gz, ("garbage.tar.gz", "not a valid tar archive"), lines_contain("not a valid tar archive")
+    ),
+    "empty-file": Case(
+        build_empty_file, ("empty.tar.gz", "not a valid tar archive"), lines_contain("not a valid tar archive")
+    ),
+    "manifest-lists-path-archive-lacks": Case(
+        build_manifest_extra_path, ("missing from archive: ghost.txt",), verify_missing("ghost.txt")
+    ),
+    "archive-has-path-manifest-lacks": Case(
+        build_manifest_missing_path, ("not in manifest: top.txt",), verify_extra("top.txt")
+    ),
+    "manifest-invalid-json": Case(
+        build_manifest_bad_json, (".manifest.json", "not valid JSON"), lines_contain("not valid JSON")
+    ),
+    "manifest-version-99": Case(
+        build_manifest_version_99,
+        (".manifest.json", "unsupported manifest version 99"),
+        lines_contain("unsupported manifest version 99"),
+    ),
+    "flipped-byte-in-file-data": Case(
+        build_flipped_byte, ("sub/nested.bin", "checksum", "nothing was restored"), verify_flipped
+    ),
 }
 
 
@@ -507,8 +568,14 @@ def test_the_good_archive_behind_the_manifest_cases_restores(arena: Arena) -> No
 
 def test_an_archive_with_only_safe_links_restores(arena: Arena) -> None:
     """The link checks refuse escapes, not links: the same shapes kept inside restore."""
-    members = [tar_dir("d"), tar_file("d/f.txt", b"f\n"), tar_link("d/up", ".."), tar_link("in", "d/up/d/f.txt"),
-               tar_file("h.txt", b"h\n"), tar_link("hard", "h.txt", tarfile.LNKTYPE)]
+    members = [
+        tar_dir("d"),
+        tar_file("d/f.txt", b"f\n"),
+        tar_link("d/up", ".."),
+        tar_link("in", "d/up/d/f.txt"),
+        tar_file("h.txt", b"h\n"),
+        tar_link("hard", "h.txt", tarfile.LNKTYPE),
+    ]
     archive = write_tar(arena.archives / "safe.tar", members)
     result = restore_backup(archive, arena.fresh)
     assert result.success, result.error

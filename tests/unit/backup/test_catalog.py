@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -20,7 +20,7 @@ from backup.catalog import (
 from backup.manifest import BackupManifest, ManifestEntry
 from backup.storage import LocalStorage
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def test_format_backup_id_utc() -> None:
@@ -108,7 +108,13 @@ def _manifest(backup_id: str, created_at: str, sizes: tuple[int, ...] = (1, 2)) 
     return BackupManifest(backup_id=backup_id, created_at=created_at, source_dir="/src", files=files)
 
 
-def _add(directory: Path, backup_id: str, suffix: str = ".tar.gz", data: bytes = b"archive", manifest: BackupManifest | None = None) -> Path:
+def _add(
+    directory: Path,
+    backup_id: str,
+    suffix: str = ".tar.gz",
+    data: bytes = b"archive",
+    manifest: BackupManifest | None = None,
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     archive = directory / (backup_id + suffix)
     archive.write_bytes(data)
@@ -158,7 +164,9 @@ def test_list_backups_seed_naive_time_made_aware(tmp_path: Path) -> None:
 def test_list_backups_only_complete_backups(tmp_path: Path) -> None:
     """Manifests without archives, partials and other files are not backups."""
     _add(tmp_path, "backup_20240101_000000", manifest=_manifest("backup_20240101_000000", "2024-01-01T00:00:00+00:00"))
-    _manifest("backup_20240102_000000", "2024-01-02T00:00:00+00:00").save(tmp_path / "backup_20240102_000000.manifest.json")
+    _manifest("backup_20240102_000000", "2024-01-02T00:00:00+00:00").save(
+        tmp_path / "backup_20240102_000000.manifest.json"
+    )
     (tmp_path / ".backup_20240103_000000.partial").write_bytes(b"half")
     (tmp_path / "notes.txt").write_bytes(b"hi")
     assert [b.backup_id for b in list_backups(tmp_path)] == ["backup_20240101_000000"]
@@ -186,9 +194,7 @@ def test_list_backups_foreign_archives(tmp_path: Path) -> None:
     _add(tmp_path, "random", suffix=".tar.gz")
     foreign = _add(tmp_path, "photos", suffix=".tgz", manifest=_manifest("photos", "2024-03-01T00:00:00+00:00"))
     listed = list_backups(tmp_path)
-    assert [(b.backup_id, b.prefix, b.archive_path, b.compression) for b in listed] == [
-        ("photos", None, foreign, "gz")
-    ]
+    assert [(b.backup_id, b.prefix, b.archive_path, b.compression) for b in listed] == [("photos", None, foreign, "gz")]
     assert listed[0].created_at == datetime(2024, 3, 1, tzinfo=UTC)
 
 

@@ -62,9 +62,7 @@ def test_check_level_default(compression: str, default: int) -> None:
     assert check_level(compression, None) == default
 
 
-@pytest.mark.parametrize(
-    ("compression", "low", "high"), [("gz", 1, 9), ("bz2", 1, 9), ("xz", 0, 9), ("zst", 1, 22)]
-)
+@pytest.mark.parametrize(("compression", "low", "high"), [("gz", 1, 9), ("bz2", 1, 9), ("xz", 0, 9), ("zst", 1, 22)])
 def test_check_level_range(compression: str, low: int, high: int) -> None:
     """The ends of each range are accepted; one past either end is a ConfigError naming the range."""
     assert check_level(compression, low) == low

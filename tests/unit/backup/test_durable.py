@@ -137,7 +137,9 @@ def test_link_no_replace_refuses_dangling_symlink_target(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("code", [errno.EPERM, errno.EXDEV])
-def test_link_no_replace_fallback_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+def test_link_no_replace_fallback_without_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
     """Where hard links are unsupported it renames, but still refuses an existing target."""
 
     def no_links(*args: object, **kwargs: object) -> None:

@@ -7,7 +7,7 @@ import json
 import os
 import stat
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -348,12 +348,22 @@ def test_create_manifest_hashes_files_and_records_symlinks(tmp_path: Path) -> No
     manifest = create_manifest("id1", root, metadata={"k": "v"})
     by_path = manifest.entry_map()
     assert sorted(by_path) == [
-        "a.txt", "dangling", "empty", "link_to_dir", "link_to_file", "sub", "sub/b.bin",
+        "a.txt",
+        "dangling",
+        "empty",
+        "link_to_dir",
+        "link_to_file",
+        "sub",
+        "sub/b.bin",
     ]
     assert by_path["a.txt"].checksum == hashlib.sha256(b"alpha").hexdigest()
     assert by_path["a.txt"].size == 5
     assert by_path["sub/b.bin"].checksum == hashlib.sha256(b"\x00\x01" * 1000).hexdigest()
-    for name, target in [("link_to_file", "a.txt"), ("link_to_dir", str(tmp_path / "outside")), ("dangling", "does-not-exist")]:
+    for name, target in [
+        ("link_to_file", "a.txt"),
+        ("link_to_dir", str(tmp_path / "outside")),
+        ("dangling", "does-not-exist"),
+    ]:
         entry = by_path[name]
         assert (entry.type, entry.size, entry.checksum, entry.link_target) == ("symlink", 0, "", target)
     assert (by_path["empty"].type, by_path["empty"].checksum) == ("dir", "")
@@ -368,9 +378,9 @@ def test_create_manifest_timestamps_carry_offsets(tmp_path: Path) -> None:
     """Entry times are ISO 8601 in UTC with "+00:00"; created_at is aware and current."""
     root = tmp_path / "src"
     _make_tree(root, tmp_path / "outside")
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     manifest = create_manifest("id1", root)
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     for name in ["a.txt", "sub", "sub/b.bin", "empty", "link_to_file"]:
         assert manifest.entry_map()[name].modified == FIXED_ISO
     created = datetime.fromisoformat(manifest.created_at)
@@ -398,7 +408,12 @@ def test_manifest_entry_from_file(tmp_path: Path) -> None:
     (tmp_path / "d" / "f").write_bytes(b"xyz")
     os.symlink("f", tmp_path / "d" / "l")
     entry = ManifestEntry.from_file(tmp_path / "d" / "f", tmp_path)
-    assert (entry.path, entry.size, entry.checksum, entry.type) == ("d/f", 3, hashlib.sha256(b"xyz").hexdigest(), "file")
+    assert (entry.path, entry.size, entry.checksum, entry.type) == (
+        "d/f",
+        3,
+        hashlib.sha256(b"xyz").hexdigest(),
+        "file",
+    )
     link = ManifestEntry.from_file(tmp_path / "d" / "l", tmp_path)
     assert (link.path, link.type, link.link_target, link.checksum) == ("d/l", "symlink", "f", "")
     assert ManifestEntry.from_file(tmp_path / "d", tmp_path).type == "dir"

@@ -22,7 +22,11 @@ def record(prefix: str = "db", success: bool = True, at: datetime = STARTED, **e
     }
     fields.update(extra)
     return RunRecord(
-        started_at=at, finished_at=at + timedelta(seconds=2.5), success=success, prefix=prefix, **fields  # type: ignore[arg-type]
+        started_at=at,
+        finished_at=at + timedelta(seconds=2.5),
+        success=success,
+        prefix=prefix,
+        **fields,  # type: ignore[arg-type]
     )
 
 

@@ -75,9 +75,7 @@ def test_backup_core_reexports_config() -> None:
 
 
 def _submodules() -> list[str]:
-    return sorted(
-        info.name for info in pkgutil.iter_modules(backup.__path__) if info.name not in _SKIPPED_MODULES
-    )
+    return sorted(info.name for info in pkgutil.iter_modules(backup.__path__) if info.name not in _SKIPPED_MODULES)
 
 
 @pytest.mark.parametrize("module_name", _submodules())

@@ -61,8 +61,11 @@ def check_partition(plan: RetentionPlan, backups: Sequence[BackupInfo]) -> None:
 # -- the table ---------------------------------------------------------------------------
 
 SEVERAL_A_DAY = [
-    "2026-05-01T01:00", "2026-05-01T12:00", "2026-05-01T23:00",
-    "2026-05-02T08:00", "2026-05-02T09:00",
+    "2026-05-01T01:00",
+    "2026-05-01T12:00",
+    "2026-05-01T23:00",
+    "2026-05-02T08:00",
+    "2026-05-02T09:00",
     "2026-05-03T10:00",
 ]
 # 2026-05-10 is a Sunday (ISO week 19), 2026-05-11 a Monday (ISO week 20).
@@ -72,8 +75,12 @@ AROUND_A_YEAR_BOUNDARY = ["2025-12-27T12:00", "2025-12-28T12:00", "2025-12-29T12
 MONTHS = ["2026-01-15T12:00", "2026-01-31T23:00", "2026-02-01T00:30", "2026-02-20T12:00", "2026-03-01T12:00"]
 YEARS = ["2023-12-31T23:59", "2024-06-01T12:00", "2024-12-31T22:00", "2025-01-01T00:10"]
 HOURS = [
-    "2026-05-01T10:05", "2026-05-01T10:55", "2026-05-01T11:00",
-    "2026-05-01T11:30", "2026-05-01T12:59", "2026-05-01T13:00",
+    "2026-05-01T10:05",
+    "2026-05-01T10:55",
+    "2026-05-01T11:00",
+    "2026-05-01T11:30",
+    "2026-05-01T12:59",
+    "2026-05-01T13:00",
 ]
 MIXED = [
     "2026-03-15T12:00",  # Sunday
@@ -92,51 +99,127 @@ A, B, C, D = "2026-05-09T13:00", "2026-05-09T16:00", "2026-05-09T20:00", "2026-0
 HALF_HOUR = ["2026-05-01T09:00", "2026-05-01T10:10", "2026-05-01T10:40"]
 
 CASES: list[tuple[str, list[str], RetentionPolicy, tzinfo, list[str]]] = [
-    ("keep-last-3", [f"2026-05-0{d}T03:00" for d in range(1, 7)], RetentionPolicy(keep_last=3), UTC,
-     ["2026-05-04T03:00", "2026-05-05T03:00", "2026-05-06T03:00"]),
-    ("keep-last-more-than-there-are", ["2026-05-01T03:00", "2026-05-02T03:00"], RetentionPolicy(keep_last=10), UTC,
-     ["2026-05-01T03:00", "2026-05-02T03:00"]),
+    (
+        "keep-last-3",
+        [f"2026-05-0{d}T03:00" for d in range(1, 7)],
+        RetentionPolicy(keep_last=3),
+        UTC,
+        ["2026-05-04T03:00", "2026-05-05T03:00", "2026-05-06T03:00"],
+    ),
+    (
+        "keep-last-more-than-there-are",
+        ["2026-05-01T03:00", "2026-05-02T03:00"],
+        RetentionPolicy(keep_last=10),
+        UTC,
+        ["2026-05-01T03:00", "2026-05-02T03:00"],
+    ),
     # Measured from the newest backup (2020), not from now: the history does not expire.
-    ("keep-within-from-the-newest",
-     ["2019-12-31T12:00", "2020-01-08T11:00", "2020-01-08T13:00", "2020-01-09T12:00", "2020-01-10T12:00"],
-     RetentionPolicy(keep_within=timedelta(days=2)), UTC,
-     ["2020-01-08T13:00", "2020-01-09T12:00", "2020-01-10T12:00"]),
-    ("keep-within-36h", ["2020-01-08T23:00", "2020-01-09T01:00", "2020-01-10T12:00"],
-     RetentionPolicy(keep_within=parse_duration("1d12h")), UTC, ["2020-01-09T01:00", "2020-01-10T12:00"]),
-    ("keep-daily-newest-of-each-day", SEVERAL_A_DAY, RetentionPolicy(keep_daily=2), UTC,
-     ["2026-05-02T09:00", "2026-05-03T10:00"]),
-    ("keep-daily-3", SEVERAL_A_DAY, RetentionPolicy(keep_daily=3), UTC,
-     ["2026-05-01T23:00", "2026-05-02T09:00", "2026-05-03T10:00"]),
+    (
+        "keep-within-from-the-newest",
+        ["2019-12-31T12:00", "2020-01-08T11:00", "2020-01-08T13:00", "2020-01-09T12:00", "2020-01-10T12:00"],
+        RetentionPolicy(keep_within=timedelta(days=2)),
+        UTC,
+        ["2020-01-08T13:00", "2020-01-09T12:00", "2020-01-10T12:00"],
+    ),
+    (
+        "keep-within-36h",
+        ["2020-01-08T23:00", "2020-01-09T01:00", "2020-01-10T12:00"],
+        RetentionPolicy(keep_within=parse_duration("1d12h")),
+        UTC,
+        ["2020-01-09T01:00", "2020-01-10T12:00"],
+    ),
+    (
+        "keep-daily-newest-of-each-day",
+        SEVERAL_A_DAY,
+        RetentionPolicy(keep_daily=2),
+        UTC,
+        ["2026-05-02T09:00", "2026-05-03T10:00"],
+    ),
+    (
+        "keep-daily-3",
+        SEVERAL_A_DAY,
+        RetentionPolicy(keep_daily=3),
+        UTC,
+        ["2026-05-01T23:00", "2026-05-02T09:00", "2026-05-03T10:00"],
+    ),
     # Count left at the oldest backup: it is kept too, though its day already has a keeper.
-    ("keep-daily-oldest-kept-while-count-remains", SEVERAL_A_DAY, RetentionPolicy(keep_daily=5), UTC,
-     ["2026-05-01T01:00", "2026-05-01T23:00", "2026-05-02T09:00", "2026-05-03T10:00"]),
-    ("keep-weekly-sunday-and-monday-are-different-iso-weeks", AROUND_A_WEEK_BOUNDARY, RetentionPolicy(keep_weekly=2),
-     UTC, ["2026-05-10T23:00", "2026-05-12T12:00"]),
+    (
+        "keep-daily-oldest-kept-while-count-remains",
+        SEVERAL_A_DAY,
+        RetentionPolicy(keep_daily=5),
+        UTC,
+        ["2026-05-01T01:00", "2026-05-01T23:00", "2026-05-02T09:00", "2026-05-03T10:00"],
+    ),
+    (
+        "keep-weekly-sunday-and-monday-are-different-iso-weeks",
+        AROUND_A_WEEK_BOUNDARY,
+        RetentionPolicy(keep_weekly=2),
+        UTC,
+        ["2026-05-10T23:00", "2026-05-12T12:00"],
+    ),
     ("keep-weekly-1", AROUND_A_WEEK_BOUNDARY, RetentionPolicy(keep_weekly=1), UTC, ["2026-05-12T12:00"]),
-    ("keep-weekly-iso-week-spans-new-year", AROUND_A_YEAR_BOUNDARY, RetentionPolicy(keep_weekly=2), UTC,
-     ["2025-12-28T12:00", "2026-01-02T12:00"]),
-    ("keep-weekly-oldest-kept-while-count-remains",
-     ["2026-05-04T09:00", "2026-05-04T10:00", "2026-05-06T12:00"], RetentionPolicy(keep_weekly=4), UTC,
-     ["2026-05-04T09:00", "2026-05-06T12:00"]),
+    (
+        "keep-weekly-iso-week-spans-new-year",
+        AROUND_A_YEAR_BOUNDARY,
+        RetentionPolicy(keep_weekly=2),
+        UTC,
+        ["2025-12-28T12:00", "2026-01-02T12:00"],
+    ),
+    (
+        "keep-weekly-oldest-kept-while-count-remains",
+        ["2026-05-04T09:00", "2026-05-04T10:00", "2026-05-06T12:00"],
+        RetentionPolicy(keep_weekly=4),
+        UTC,
+        ["2026-05-04T09:00", "2026-05-06T12:00"],
+    ),
     ("keep-monthly-2", MONTHS, RetentionPolicy(keep_monthly=2), UTC, ["2026-02-20T12:00", "2026-03-01T12:00"]),
-    ("keep-monthly-3", MONTHS, RetentionPolicy(keep_monthly=3), UTC,
-     ["2026-01-31T23:00", "2026-02-20T12:00", "2026-03-01T12:00"]),
+    (
+        "keep-monthly-3",
+        MONTHS,
+        RetentionPolicy(keep_monthly=3),
+        UTC,
+        ["2026-01-31T23:00", "2026-02-20T12:00", "2026-03-01T12:00"],
+    ),
     ("keep-yearly-2", YEARS, RetentionPolicy(keep_yearly=2), UTC, ["2024-12-31T22:00", "2025-01-01T00:10"]),
-    ("keep-yearly-5", YEARS, RetentionPolicy(keep_yearly=5), UTC,
-     ["2023-12-31T23:59", "2024-12-31T22:00", "2025-01-01T00:10"]),
-    ("keep-hourly-3", HOURS, RetentionPolicy(keep_hourly=3), UTC,
-     ["2026-05-01T11:30", "2026-05-01T12:59", "2026-05-01T13:00"]),
-    ("keep-hourly-oldest-kept-while-count-remains", HOURS, RetentionPolicy(keep_hourly=10), UTC,
-     ["2026-05-01T10:05", "2026-05-01T10:55", "2026-05-01T11:30", "2026-05-01T12:59", "2026-05-01T13:00"]),
-    ("daily-weekly-monthly-combined", MIXED, RetentionPolicy(keep_daily=2, keep_weekly=2, keep_monthly=2), UTC,
-     ["2026-04-30T12:00", "2026-05-03T12:00", "2026-05-04T18:00", "2026-05-05T12:00"]),
-    ("keep-last-and-keep-daily", SEVERAL_A_DAY, RetentionPolicy(keep_last=3, keep_daily=2), UTC,
-     ["2026-05-02T08:00", "2026-05-02T09:00", "2026-05-03T10:00"]),
+    (
+        "keep-yearly-5",
+        YEARS,
+        RetentionPolicy(keep_yearly=5),
+        UTC,
+        ["2023-12-31T23:59", "2024-12-31T22:00", "2025-01-01T00:10"],
+    ),
+    (
+        "keep-hourly-3",
+        HOURS,
+        RetentionPolicy(keep_hourly=3),
+        UTC,
+        ["2026-05-01T11:30", "2026-05-01T12:59", "2026-05-01T13:00"],
+    ),
+    (
+        "keep-hourly-oldest-kept-while-count-remains",
+        HOURS,
+        RetentionPolicy(keep_hourly=10),
+        UTC,
+        ["2026-05-01T10:05", "2026-05-01T10:55", "2026-05-01T11:30", "2026-05-01T12:59", "2026-05-01T13:00"],
+    ),
+    (
+        "daily-weekly-monthly-combined",
+        MIXED,
+        RetentionPolicy(keep_daily=2, keep_weekly=2, keep_monthly=2),
+        UTC,
+        ["2026-04-30T12:00", "2026-05-03T12:00", "2026-05-04T18:00", "2026-05-05T12:00"],
+    ),
+    (
+        "keep-last-and-keep-daily",
+        SEVERAL_A_DAY,
+        RetentionPolicy(keep_last=3, keep_daily=2),
+        UTC,
+        ["2026-05-02T08:00", "2026-05-02T09:00", "2026-05-03T10:00"],
+    ),
     ("days-in-utc", [A, B, C, D], RetentionPolicy(keep_daily=2), UTC, [C, D]),
     ("days-in-seoul", [A, B, C, D], RetentionPolicy(keep_daily=2), SEOUL, [A, C]),
     ("hours-in-utc", HALF_HOUR, RetentionPolicy(keep_hourly=2), UTC, ["2026-05-01T09:00", "2026-05-01T10:40"]),
-    ("hours-in-kolkata", HALF_HOUR, RetentionPolicy(keep_hourly=2), KOLKATA,
-     ["2026-05-01T10:10", "2026-05-01T10:40"]),
+    ("hours-in-kolkata", HALF_HOUR, RetentionPolicy(keep_hourly=2), KOLKATA, ["2026-05-01T10:10", "2026-05-01T10:40"]),
 ]
 
 
@@ -196,7 +279,10 @@ def test_restic_example_one_backup_every_sunday_keep_daily_4() -> None:
     plan = apply_policy(backups, RetentionPolicy(keep_daily=4), UTC)
 
     assert sorted(m.date() for m in kept_times(plan)) == [
-        date(2019, 10, 27), date(2019, 11, 3), date(2019, 11, 10), date(2019, 11, 17)
+        date(2019, 10, 27),
+        date(2019, 11, 3),
+        date(2019, 11, 10),
+        date(2019, 11, 17),
     ]
     assert len(plan.remove) == 8
 
@@ -229,8 +315,11 @@ def test_restic_example_a_century_of_daily_backups() -> None:
     assert len(plan.keep) + len(plan.remove) == len(series)
 
     def having(label: str) -> set[date]:
-        return {d.backup.created_at.date() for d in plan.keep if d.backup.created_at and
-                any(r.startswith(label) for r in d.reasons)}
+        return {
+            d.backup.created_at.date()
+            for d in plan.keep
+            if d.backup.created_at and any(r.startswith(label) for r in d.reasons)
+        }
 
     assert having("daily") == dailies
     assert having("weekly") == week_ends and len(week_ends - dailies) == 4
@@ -257,7 +346,9 @@ def test_same_second_duplicates_the_later_sequence_is_the_newest() -> None:
 
     assert [d.backup.backup_id for d in plan.keep] == ["b_20260501_030000-10"]
     assert [d.backup.backup_id for d in plan.remove] == [
-        "b_20260501_030000-3", "b_20260501_030000-2", "b_20260501_030000"
+        "b_20260501_030000-3",
+        "b_20260501_030000-2",
+        "b_20260501_030000",
     ]
 
 
@@ -331,12 +422,14 @@ def test_describe_and_to_dict() -> None:
     backups = [info(t("2026-05-01T00:00")), info(t("2026-05-02T00:00"))]
     data = apply_policy(backups, RetentionPolicy(keep_last=1), UTC).to_dict()
     assert data["policy"] == "keep-last 1"
-    assert data["keep"] == [{
-        "backup_id": "b_20260502_000000",
-        "created_at": "2026-05-02T00:00:00+00:00",
-        "archive_path": "/backups/b_20260502_000000.tar.gz",
-        "reasons": ["newest backup (always kept)", "last 1"],
-    }]
+    assert data["keep"] == [
+        {
+            "backup_id": "b_20260502_000000",
+            "created_at": "2026-05-02T00:00:00+00:00",
+            "archive_path": "/backups/b_20260502_000000.tar.gz",
+            "reasons": ["newest backup (always kept)", "last 1"],
+        }
+    ]
     removed = data["remove"]
     assert isinstance(removed, list)
     assert [row["backup_id"] for row in removed] == ["b_20260501_000000"]
@@ -442,7 +535,10 @@ def test_keep_within_is_strictly_newer_than_the_cut_off() -> None:
     newest = datetime(2026, 5, 3, 3, 0, tzinfo=UTC)
     backups = [info(newest - timedelta(days=1)), info(newest - timedelta(days=1, seconds=-1)), info(newest)]
     plan = apply_policy(backups, RetentionPolicy(keep_within=timedelta(days=1)), UTC, prefix="b")
-    assert sorted(d.backup.created_at for d in plan.keep) == [newest - timedelta(hours=23, minutes=59, seconds=59), newest]
+    assert sorted(d.backup.created_at for d in plan.keep) == [
+        newest - timedelta(hours=23, minutes=59, seconds=59),
+        newest,
+    ]
     assert [d.backup.created_at for d in plan.remove] == [newest - timedelta(days=1)]
 
 

@@ -85,7 +85,9 @@ def test_root_entry_that_is_not_a_directory_refused() -> None:
     assert str(error) == f"{ARCHIVE}: member './' has an empty name"
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("./a/b", "a/b"), ("a//b/./c", "a/b/c"), ("a/", "a"), ("./x.txt", "x.txt")])
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("./a/b", "a/b"), ("a//b/./c", "a/b/c"), ("a/", "a"), ("./x.txt", "x.txt")]
+)
 def test_names_are_normalised(raw: str, expected: str) -> None:
     """Leading "./", doubled and trailing slashes and "." parts are removed."""
     checker = MemberChecker(ARCHIVE)
@@ -101,7 +103,9 @@ def test_symlink_with_absolute_target_refused() -> None:
     assert error.path == "l"
 
 
-@pytest.mark.parametrize(("name", "target"), [("l", ".."), ("l", "../x"), ("a/l", "../../x"), ("a/b/l", "../x/../../../y"), ("l", "a/../..")])
+@pytest.mark.parametrize(
+    ("name", "target"), [("l", ".."), ("l", "../x"), ("a/l", "../../x"), ("a/b/l", "../x/../../../y"), ("l", "a/../..")]
+)
 def test_symlink_escaping_relative_target_refused(name: str, target: str) -> None:
     """A relative target that climbs above the root is refused."""
     error = _refused(MemberChecker(ARCHIVE), member(name, "symlink", target))
@@ -233,13 +237,13 @@ def test_hard_link_to_non_file_refused(target: str) -> None:
     checker.check(member("d", "dir"))
     checker.check(member("l", "symlink", "d"))
     error = _refused(checker, member("h", "hardlink", target))
-    assert str(error) == (
-        f"{ARCHIVE}: hard link 'h' points to {target!r}, which is not an earlier file in the archive"
-    )
+    assert str(error) == (f"{ARCHIVE}: hard link 'h' points to {target!r}, which is not an earlier file in the archive")
     checker.check(member("later"))
 
 
-@pytest.mark.parametrize(("target", "fragment"), [("../outside", "has a '..' component"), ("/etc/shadow", "has an absolute path")])
+@pytest.mark.parametrize(
+    ("target", "fragment"), [("../outside", "has a '..' component"), ("/etc/shadow", "has an absolute path")]
+)
 def test_hard_link_outside_refused(target: str, fragment: str) -> None:
     """Hard links to targets outside the archive are refused, naming the target."""
     error = _refused(MemberChecker(ARCHIVE), member("h", "hardlink", target))
@@ -264,7 +268,13 @@ def test_unknown_member_type_refused() -> None:
 
 @pytest.mark.parametrize(
     ("kind", "mode", "expected"),
-    [("file", 0o4755, 0o755), ("file", 0o2750, 0o750), ("dir", 0o1777, 0o777), ("file", 0o7777, 0o777), ("file", 0o600, 0o600)],
+    [
+        ("file", 0o4755, 0o755),
+        ("file", 0o2750, 0o750),
+        ("dir", 0o1777, 0o777),
+        ("file", 0o7777, 0o777),
+        ("file", 0o600, 0o600),
+    ],
 )
 def test_special_mode_bits_stripped(kind: str, mode: int, expected: int) -> None:
     """Set-user-id, set-group-id and sticky bits never survive."""

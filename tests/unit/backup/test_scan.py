@@ -66,7 +66,10 @@ def test_entry_fields(source: Path) -> None:
     info = os.lstat(source / "a/b/c.txt")
     assert (file_entry.kind, file_entry.size, file_entry.abspath) == ("file", 3, str(source / "a/b/c.txt"))
     assert (file_entry.mode, file_entry.mtime, file_entry.uid, file_entry.gid) == (
-        info.st_mode & 0o7777, info.st_mtime, info.st_uid, info.st_gid,
+        info.st_mode & 0o7777,
+        info.st_mtime,
+        info.st_uid,
+        info.st_gid,
     )
     assert (result["a"].kind, result["a"].size, result["a"].link_target) == ("dir", 0, None)
 
@@ -110,7 +113,7 @@ def test_exclude_negation_reincludes(source: Path) -> None:
 
 
 def test_exclude_negation_inside_directory(tmp_path: Path) -> None:
-    """"dir/*" with "!dir/keep" keeps the directory and the negated file."""
+    """ "dir/*" with "!dir/keep" keeps the directory and the negated file."""
     root = _tree(tmp_path / "src", {"logs/app.log": b"1", "logs/keep.log": b"2"})
     result = scan_source(root, exclude=["logs/*", "!logs/keep.log"])
     assert _paths(result) == ["logs", "logs/keep.log"]

@@ -249,8 +249,12 @@ def test_a_month_of_daily_runs_in_seoul_at_three(tmp_path: Path) -> None:
 def test_new_york_0230_across_dst(
     tmp_path: Path, first: date, last: date, dst_day: date, dst_instant: datetime
 ) -> None:
-    h = harness(tmp_path, at(NEW_YORK, first.year, first.month, first.day), tz_name="America/New_York",
-                schedule_time=time(2, 30))
+    h = harness(
+        tmp_path,
+        at(NEW_YORK, first.year, first.month, first.day),
+        tz_name="America/New_York",
+        schedule_time=time(2, 30),
+    )
     expected_days = list(days(first, last))
 
     run_until_runs(h, len(expected_days))
@@ -514,9 +518,7 @@ def test_a_raising_callback_is_logged_and_the_scheduler_keeps_running(
 
 
 @pytest.mark.parametrize("blocked", ["before-writing", "mid-write"])
-def test_stop_waits_for_the_backup_in_progress(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blocked: str
-) -> None:
+def test_stop_waits_for_the_backup_in_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blocked: str) -> None:
     started = threading.Event()
     release = threading.Event()
     threads: list[threading.Thread] = []
@@ -763,15 +765,26 @@ def test_bad_retention_is_refused_at_construction(tmp_path: Path) -> None:
 def test_scheduler_config_defaults_are_the_seeds() -> None:
     fields = dataclasses.fields(SchedulerConfig)
     assert [f.name for f in fields[:6]] == [
-        "source_dir", "backup_dir", "schedule_time", "retention_days", "tz_name", "prefix"
+        "source_dir",
+        "backup_dir",
+        "schedule_time",
+        "retention_days",
+        "tz_name",
+        "prefix",
     ]
     config = SchedulerConfig(Path("/src"), Path("/dst"))
     assert (config.schedule_time, config.retention_days, config.tz_name, config.prefix) == (
-        time(3, 0), 7, "Asia/Seoul", "scheduled_backup"
+        time(3, 0),
+        7,
+        "Asia/Seoul",
+        "scheduled_backup",
     )
     positional = SchedulerConfig(Path("/s"), Path("/d"), time(4, 15), 3, "UTC", "nightly")
     assert (positional.schedule_time, positional.retention_days, positional.tz_name, positional.prefix) == (
-        time(4, 15), 3, "UTC", "nightly"
+        time(4, 15),
+        3,
+        "UTC",
+        "nightly",
     )
 
 

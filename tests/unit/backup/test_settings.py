@@ -23,7 +23,9 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_top_level_keys_apply_to_the_command(tmp_path: Path) -> None:
     path = write(tmp_path, 'source = "/data"\nbackup_dir = "/backups"\ncompression = "xz"\n')
     assert load_settings(path, "create", CREATE, EVERY) == {
-        "source": "/data", "backup_dir": "/backups", "compression": "xz"
+        "source": "/data",
+        "backup_dir": "/backups",
+        "compression": "xz",
     }
 
 
@@ -44,7 +46,9 @@ at = "04:30"
 """,
     )
     assert load_settings(path, "create", CREATE, EVERY) == {
-        "prefix": "from-create", "compression": "gz", "exclude": ["*.log", "cache/"]
+        "prefix": "from-create",
+        "compression": "gz",
+        "exclude": ["*.log", "cache/"],
     }
     assert load_settings(path, "schedule", SCHEDULE, EVERY) == {"prefix": "from-schedule", "at": "04:30"}
 
@@ -65,7 +69,7 @@ def test_a_top_level_key_of_another_command_is_not_an_error(tmp_path: Path) -> N
     [
         ('compresion = "xz"\n', "compresion"),  # a typo at the top level
         ('[create]\nat = "03:00"\n', "at"),  # another command's option in this command's table
-        ('[create]\nkeep-hourly = 3\n', "keep_hourly"),
+        ("[create]\nkeep-hourly = 3\n", "keep_hourly"),
     ],
 )
 def test_unknown_keys_are_an_error_naming_the_file(tmp_path: Path, text: str, bad: str) -> None:

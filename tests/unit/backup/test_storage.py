@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from backup.errors import StorageError
-from backup.storage import BackupStorage, LocalStorage
-
 # pytest's default "prepend" import mode puts this directory on sys.path.
 from memory_storage import MemoryStorage
+
+from backup.errors import StorageError
+from backup.storage import BackupStorage, LocalStorage
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -20,9 +20,9 @@ class Clock(TimeAwareMixin):
 
 def test_seoul_now_is_aware_with_plus_nine() -> None:
     """Asia/Seoul (no DST) gives an aware time at +09:00, equal to the real current instant."""
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     now = Clock("Asia/Seoul")._now()
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     assert now.tzinfo is not None
     assert now.utcoffset() == timedelta(hours=9)
     assert now.isoformat().endswith("+09:00")
