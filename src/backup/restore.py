@@ -152,6 +152,7 @@ def _extract(plan: RestorePlan, staging: Path, progress: ProgressCallback | None
     checker = MemberChecker(str(plan.archive_path), plan.allow_external_links)
     out = _Extracted()
     links: list[SafeMember] = []
+    ensure_dir = _DirectoryMaker(str(staging))
     with ArchiveReader(plan.archive_path, algorithm) as reader:
         for member in reader.members():
             safe = checker.check(member)
@@ -159,13 +160,14 @@ def _extract(plan: RestorePlan, staging: Path, progress: ProgressCallback | None
                 continue
             destination = os.path.join(staging, safe.name)
             if safe.kind == "dir":
-                os.makedirs(destination, exist_ok=True)
+                ensure_dir(destination)
                 out.dirs.append(safe)
             elif safe.kind == "file":
-                os.makedirs(os.path.dirname(destination), exist_ok=True)
+                ensure_dir(os.path.dirname(destination))
                 out.digests[safe.name] = _write_file(reader, member, destination, safe, algorithm)
                 out.bytes_written += safe.size
             elif safe.kind == "hardlink":
+                ensure_dir(os.path.dirname(destination))
                 _link(plan, staging, destination, safe, out)
             else:
                 links.append(safe)
@@ -175,11 +177,27 @@ def _extract(plan: RestorePlan, staging: Path, progress: ProgressCallback | None
         checker.recheck_links()
         for link in links:
             destination = os.path.join(staging, link.name)
-            os.makedirs(os.path.dirname(destination), exist_ok=True)
+            ensure_dir(os.path.dirname(destination))
             os.symlink(link.link_target or "", destination)
             os.utime(destination, (link.mtime, link.mtime), follow_symlinks=False)
         out.archive_size, out.archive_digest = reader.finish()
     return out
+
+
+class _DirectoryMaker:
+    """Creates directories under the staging root, remembering which exist, so a tree of
+    many files costs one mkdir per directory rather than a stat and a mkdir per file."""
+
+    def __init__(self, root: str) -> None:
+        self._known = {root}
+
+    def __call__(self, path: str) -> None:
+        if path in self._known:
+            return
+        os.makedirs(path, exist_ok=True)
+        while path not in self._known:
+            self._known.add(path)
+            path = os.path.dirname(path)
 
 
 def _write_file(
@@ -208,7 +226,6 @@ def _link(plan: RestorePlan, staging: Path, destination: str, safe: SafeMember, 
             "select it too",
             plan.archive_path,
         )
-    os.makedirs(os.path.dirname(destination), exist_ok=True)
     os.link(os.path.join(staging, source), destination, follow_symlinks=False)
     out.digests[safe.name] = out.digests[source]
 
