@@ -76,7 +76,7 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
         manifest_path = None
         if config.include_manifest:
             manifest_pending = storage.begin(backup_id + MANIFEST_SUFFIX)
-            write_all(manifest_pending.stream, manifest.to_json().encode("utf-8"))
+            _write_manifest(manifest_pending.stream, manifest)
             manifest_pending.commit()
             manifest_path = manifest_committed = storage.path(manifest_pending.name)
         archive.commit()
@@ -102,6 +102,19 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
         archive_size=sink.size,
         entry_count=len(outcome.entries),
     )
+
+
+def _write_manifest(stream: BinaryIO, manifest: BackupManifest) -> None:
+    """Write the manifest's JSON in batches of about 1 MiB (flat memory for huge trees)."""
+    pending: list[str] = []
+    size = 0
+    for piece in manifest.iter_json():
+        pending.append(piece)
+        size += len(piece)
+        if size >= 1 << 20:
+            write_all(stream, "".join(pending).encode("utf-8"))
+            pending, size = [], 0
+    write_all(stream, "".join(pending).encode("utf-8"))
 
 
 def _claim(storage: LocalStorage, plan: BackupPlan) -> tuple[str, PendingObject]:

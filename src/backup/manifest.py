@@ -9,6 +9,7 @@ archive's own name, size and digest to the seed's shape; a manifest without a
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 import os
 import stat
 from dataclasses import asdict, dataclass, field, fields
@@ -157,8 +158,13 @@ class BackupManifest:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the manifest as plain data ready for JSON."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = self.to_dict_without_files()
         data["files"] = [entry.to_dict() for entry in self.files]
+        return data
+
+    def to_dict_without_files(self) -> dict[str, Any]:
+        """Return every field but ``files`` as plain data."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "files"}
         data["metadata"] = dict(self.metadata)
         data["archive"] = None if self.archive is None else asdict(self.archive)
         data["warnings"] = list(self.warnings)
@@ -171,15 +177,24 @@ class BackupManifest:
         Pretty output indents the manifest's own fields and puts each file entry on
         one line, which keeps a 100,000-entry manifest readable and quick to write.
         """
-        data = self.to_dict()
         if not pretty:
-            return _COMPACT.encode(data)
-        files = data.pop("files")
+            return _COMPACT.encode(self.to_dict())
+        return "".join(self.iter_json())
+
+    def iter_json(self) -> Iterator[str]:
+        """Yield the pretty JSON text in pieces, so a large manifest can be written
+        without holding all of it (and its encoded copy) in memory at once."""
+        data = self.to_dict_without_files()
         head = json.dumps(data, indent=2, ensure_ascii=False)
-        if not files:
-            return head[:-2] + ',\n  "files": []\n}'
-        rows = ",\n    ".join(map(_COMPACT.encode, files))
-        return head[:-2] + ',\n  "files": [\n    ' + rows + "\n  ]\n}"
+        if not self.files:
+            yield head[:-2] + ',\n  "files": []\n}'
+            return
+        yield head[:-2] + ',\n  "files": [\n    '
+        separator = ""
+        for entry in self.files:
+            yield separator + _COMPACT.encode(entry.to_dict())
+            separator = ",\n    "
+        yield "\n  ]\n}"
 
     def save(self, path: Path) -> None:
         """Write the manifest to ``path`` atomically, mode 0600; raise OSError on failure."""
