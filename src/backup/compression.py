@@ -64,7 +64,7 @@ _EXTRA_SUFFIXES = {".tgz": "gz", ".tar.zstd": "zst", ".tbz2": "bz2", ".txz": "xz
 DECOMPRESSION_ERRORS: tuple[type[BaseException], ...] = (
     EOFError,
     zlib.error,
-    zlib_ng.error,
+    cast(type[BaseException], zlib_ng.error),  # typed as an instance in its stubs
     gzip.BadGzipFile,
     lzma.LZMAError,
     zstandard.ZstdError,
@@ -145,9 +145,9 @@ def open_compressor(raw: BinaryIO, compression: str, level: int) -> BinaryIO:
             # Blocks compressed on every core, each primed with the previous block as
             # its dictionary: one ordinary gzip member that any gunzip reads, about as
             # small as a single-threaded stream.
-            return cast(BinaryIO, gzip_ng_threaded.open(raw, "wb", compresslevel=level, threads=threads))
+            return cast(BinaryIO, gzip_ng_threaded.open(raw, "wb", compresslevel=level, threads=threads))  # type: ignore[no-untyped-call]
         # filename="" and mtime=0 keep the gzip header free of temp names and clocks.
-        return cast(BinaryIO, gzip_ng.GzipNGFile(filename="", mode="wb", fileobj=raw, compresslevel=level, mtime=0))
+        return cast(BinaryIO, gzip_ng.GzipNGFile(filename="", mode="wb", fileobj=raw, compresslevel=level, mtime=0))  # type: ignore[no-untyped-call]
     if compression == "bz2":
         return cast(BinaryIO, bz2.BZ2File(raw, "wb", compresslevel=level))
     if compression == "xz":
@@ -171,7 +171,7 @@ def open_decompressor(raw: BinaryIO, compression: str) -> BinaryIO:
     if compression == "":
         return raw
     if compression == "gz":
-        return cast(BinaryIO, gzip_ng.GzipNGFile(fileobj=raw, mode="rb"))
+        return cast(BinaryIO, gzip_ng.GzipNGFile(fileobj=raw, mode="rb"))  # type: ignore[no-untyped-call]
     if compression == "bz2":
         return cast(BinaryIO, bz2.BZ2File(raw, "rb"))
     if compression == "xz":

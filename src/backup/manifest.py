@@ -9,9 +9,9 @@ archive's own name, size and digest to the seed's shape; a manifest without a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
