@@ -132,16 +132,22 @@ class _PassThrough(io.RawIOBase):
             self._raw.flush()
 
 
-def open_compressor(raw: BinaryIO, compression: str, level: int) -> BinaryIO:
+# Below this much input, starting compression threads costs more than it saves.
+THREADED_GZIP_MIN_BYTES = 8 << 20
+
+
+def open_compressor(raw: BinaryIO, compression: str, level: int, size_hint: int | None = None) -> BinaryIO:
     """Given a writable binary stream, return a stream that compresses into it.
 
-    Closing the returned stream finishes the compressed data but leaves ``raw`` open.
+    ``size_hint`` (the bytes expected, if known) lets small archives skip the
+    thread pool. Closing the returned stream finishes the compressed data but leaves
+    ``raw`` open.
     """
     if compression == "":
         return cast(BinaryIO, _PassThrough(raw))
     if compression == "gz":
         threads = os.cpu_count() or 1
-        if threads > 1:
+        if threads > 1 and (size_hint is None or size_hint >= THREADED_GZIP_MIN_BYTES):
             # Blocks compressed on every core, each primed with the previous block as
             # its dictionary: one ordinary gzip member that any gunzip reads, about as
             # small as a single-threaded stream.

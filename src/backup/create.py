@@ -54,7 +54,9 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
         backup_id, archive = _claim(storage, plan)
         archive_name = backup_id + archive_suffix(config.compression)
         sink = HashingSink(archive.stream, config.checksum_algorithm)
-        compressor = open_compressor(cast(BinaryIO, sink), config.compression, config.compression_level or 0)
+        compressor = open_compressor(
+            cast(BinaryIO, sink), config.compression, config.compression_level or 0, size_hint=plan.total_bytes
+        )
         outcome = write_entries(
             compressor,
             plan.entries,

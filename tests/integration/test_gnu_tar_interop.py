@@ -33,6 +33,23 @@ def test_gnu_tar_extracts_our_archives_exactly(tmp_path: Path, corpus, compressi
     assert names == sorted(expected)
 
 
+def test_gnu_tar_reads_a_gzip_compressed_on_several_threads(tmp_path: Path) -> None:
+    """Past THREADED_GZIP_MIN_BYTES the gzip stream is compressed in parallel blocks:
+    it must still be one stream that gzip checks and GNU tar extracts."""
+    from backup.compression import THREADED_GZIP_MIN_BYTES
+
+    source = tmp_path / "src"
+    source.mkdir()
+    payload = b"".join(b"line %08d of a log that compresses\n" % i for i in range(THREADED_GZIP_MIN_BYTES // 30))
+    (source / "big.log").write_bytes(payload + os.urandom(1 << 20))
+    result = backup(source, tmp_path / "backups", compression="gz")
+    subprocess.run(["gzip", "-t", str(result.backup_path)], check=True)
+    out = tmp_path / "gnu-out"
+    out.mkdir()
+    _gnu_tar("-xzf", str(result.backup_path), "-C", str(out))
+    assert (out / "big.log").read_bytes() == (source / "big.log").read_bytes()
+
+
 def _gnu_source(root: Path) -> dict:
     """The standard corpus plus what GNU tar encodes its own way: a hard link and a
     name longer than the 100 bytes of a ustar name field."""
