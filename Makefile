@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint bench soak clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,14 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Side-by-side with GNU tar; BENCH_ARGS="--scale 0.01 --repeats 1" for a quick run.
+bench: setup
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# Kill-and-restore soak; SOAK_ARGS="--cycles 10" for a quick run.
+soak: setup
+	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
 
 lint: setup
 	$(BIN)/pip install --quiet mypy ruff
