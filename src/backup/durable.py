@@ -13,9 +13,23 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["PRIVATE_MODE", "atomic_write_bytes", "fsync_directory", "link_no_replace", "write_all"]
+__all__ = ["PRIVATE_MODE", "atomic_write_bytes", "fsync_directory", "link_no_replace", "make_private_dir", "write_all"]
 
 PRIVATE_MODE = 0o600
+
+
+def make_private_dir(directory: str | Path) -> None:
+    """Create ``directory`` (and missing parents) if needed; a directory created here is
+    mode 0700 whatever the umask, because it will hold backups. Raise OSError on failure."""
+    directory = Path(directory)
+    if directory.is_dir():
+        return
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(mode=0o700)
+    except FileExistsError:
+        return  # made by someone else meanwhile: theirs to decide
+    os.chmod(directory, 0o700)
 
 
 def fsync_directory(directory: str | Path) -> None:

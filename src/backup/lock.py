@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .durable import PRIVATE_MODE
+from .durable import PRIVATE_MODE, make_private_dir
 from .errors import LockError, StorageError
 
 __all__ = ["LOCK_NAME", "backup_dir_lock"]
@@ -41,7 +41,7 @@ def backup_dir_lock(
     backup_dir = Path(backup_dir)
     path = backup_dir / LOCK_NAME
     try:
-        backup_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(backup_dir)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, PRIVATE_MODE)
     except OSError as exc:
         raise StorageError(f"{path}: cannot create lock file: {exc.strerror or exc}", path) from exc

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from .durable import PRIVATE_MODE, fsync_directory, link_no_replace
+from .durable import PRIVATE_MODE, fsync_directory, link_no_replace, make_private_dir
 from .errors import StorageError
 
 __all__ = ["BackupStorage", "LocalStorage", "PendingObject", "PARTIAL_SUFFIX"]
@@ -111,11 +111,7 @@ class LocalStorage:
     def ensure(self) -> None:
         """Create the directory if needed; raise StorageError if it cannot be."""
         try:
-            self.directory.parent.mkdir(parents=True, exist_ok=True)
-            # The directory itself is private (0700 whatever the umask): backups hold secrets.
-            if not self.directory.exists():
-                self.directory.mkdir(mode=0o700, exist_ok=True)
-                os.chmod(self.directory, 0o700)
+            make_private_dir(self.directory)
         except OSError as exc:
             raise StorageError(
                 f"{self.directory}: cannot create backup directory: {exc.strerror or exc}", self.directory

@@ -209,3 +209,15 @@ def test_no_progress_bar_when_not_a_terminal(tmp_path: Path) -> None:
     assert run.stderr == ""
     assert run.stdout.startswith("created ")
     assert "\x1b[" not in run.stdout
+
+
+def test_backup_dir_made_by_the_cli_is_private_whatever_the_umask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The lock is taken before the backup is written, so the lock must not create the
+    directory with the umask's mode either."""
+    previous = os.umask(0)
+    try:
+        code, _, err = _run(capsys, "create", str(_source(tmp_path / "src")), str(tmp_path / "new" / "backups"))
+    finally:
+        os.umask(previous)
+    assert code == 0, err
+    assert (tmp_path / "new" / "backups").stat().st_mode & 0o777 == 0o700
