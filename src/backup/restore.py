@@ -64,10 +64,10 @@ def execute_restore(plan: RestorePlan, progress: ProgressCallback | None = None)
     try:
         if plan.conflicts and not plan.overwrite:
             raise _conflict_error(target, list(plan.conflicts))
-        staging = _make_staging(target)
+        staging, root_mode = _make_staging(target)
         extracted = _extract(plan, staging, progress)
         verified = _verify(plan, extracted, target, warnings)
-        _install(staging, target, plan.overwrite)
+        _install(staging, target, plan.overwrite, extracted.dirs, root_mode)
         staging = None if not staging.exists() else staging
         _finish_directories(target, extracted.dirs)
     except BackupError as exc:
@@ -113,8 +113,14 @@ def _conflict_error(target: Path, conflicts: list[str]) -> RestoreConflictError:
     )
 
 
-def _make_staging(target: Path) -> Path:
-    """Create the staging directory on the target's file system; remove dead ones."""
+def _make_staging(target: Path) -> tuple[Path, int]:
+    """Create the staging directory on the target's file system; remove dead ones.
+
+    Return it with the mode a new directory gets here (the umask's), which the target
+    takes if the staging directory becomes it. Until then the staging directory is
+    0700, so nothing is readable by others while it is incomplete, or if it is left
+    behind by a killed restore.
+    """
     try:
         info = os.lstat(target)
     except FileNotFoundError:
@@ -129,9 +135,11 @@ def _make_staging(target: Path) -> Path:
         _remove_dead_staging(base, target.name)
         staging = base / f".{target.name}.obs-restore-{os.getpid()}-{secrets.token_hex(4)}"
         staging.mkdir()
+        root_mode = stat.S_IMODE(os.stat(staging).st_mode)
+        os.chmod(staging, 0o700)
     except OSError as exc:
         raise StorageError(f"{exc.filename or base}: cannot prepare restore: {exc.strerror or exc}", base) from exc
-    return staging
+    return staging, root_mode
 
 
 def _remove_dead_staging(base: Path, target_name: str) -> None:
@@ -265,16 +273,26 @@ def _verify(plan: RestorePlan, extracted: _Extracted, target: Path, warnings: li
     return True
 
 
-def _install(staging: Path, target: Path, overwrite: bool) -> None:
-    """Move the staged tree into the target; on failure undo every move made."""
+def _install(staging: Path, target: Path, overwrite: bool, directories: list[SafeMember], root_mode: int) -> None:
+    """Move the staged tree into the target; on failure undo every move made.
+
+    Directories get their archived modes before they become visible under the
+    target, so a private directory is never briefly readable there.
+    """
     if not os.path.lexists(target):
+        _set_directory_modes(staging, directories, merged=set())
         os.rename(staging, target)
+        os.chmod(target, root_mode)
         return
     moves: list[tuple[str, str, bool]] = []
     conflicts: list[str] = []
-    _plan_merge(str(staging), os.path.realpath(target), "", moves, conflicts)
+    merged: set[str] = set()
+    _plan_merge(str(staging), os.path.realpath(target), "", moves, conflicts, merged)
     if conflicts and not overwrite:
         raise _conflict_error(target, conflicts)
+    # Directories merged into existing ones stay in staging (their children move out
+    # of them, which needs them writable); the existing ones get the modes afterwards.
+    _set_directory_modes(staging, directories, merged)
     trash = staging.with_name(staging.name.replace(".obs-restore-", ".obs-replaced-"))
     if conflicts:
         trash.mkdir()
@@ -298,7 +316,12 @@ def _install(staging: Path, target: Path, overwrite: bool) -> None:
 
 
 def _plan_merge(
-    source_dir: str, target_dir: str, prefix: str, moves: list[tuple[str, str, bool]], conflicts: list[str]
+    source_dir: str,
+    target_dir: str,
+    prefix: str,
+    moves: list[tuple[str, str, bool]],
+    conflicts: list[str],
+    merged: set[str],
 ) -> None:
     for name in sorted(os.listdir(source_dir)):
         source = os.path.join(source_dir, name)
@@ -309,10 +332,19 @@ def _plan_merge(
             moves.append((source, destination, False))
             continue
         if stat.S_ISDIR(existing.st_mode) and stat.S_ISDIR(os.lstat(source).st_mode):
-            _plan_merge(source, destination, f"{prefix}{name}/", moves, conflicts)
+            merged.add(prefix + name)
+            _plan_merge(source, destination, f"{prefix}{name}/", moves, conflicts, merged)
             continue
         conflicts.append(prefix + name)
         moves.append((source, destination, True))
+
+
+def _set_directory_modes(root: Path, directories: list[SafeMember], merged: set[str]) -> None:
+    """Give staged directories (except ``merged`` ones) their archived modes, deepest
+    first, so that no directory loses its search bit before its children are done."""
+    for member in sorted(directories, key=lambda m: m.name.count("/"), reverse=True):
+        if member.name not in merged:
+            os.chmod(os.path.join(root, member.name), member.mode)
 
 
 def _finish_directories(target: Path, directories: list[SafeMember]) -> None:
