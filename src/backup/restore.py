@@ -11,7 +11,6 @@ directory beside the target, which the next restore into that target removes.
 
 from __future__ import annotations
 
-import hmac
 import os
 import re
 import secrets
@@ -28,7 +27,7 @@ from .errors import ArchiveError, BackupError, RestoreConflictError, StorageErro
 from .safety import MemberChecker, SafeMember, is_selected
 from .tarreader import ArchiveReader
 from .tarwriter import ProgressCallback
-from .verify import compare_entry
+from .verify import compare_with_manifest
 
 if TYPE_CHECKING:
     import tarfile
@@ -246,22 +245,19 @@ def _verify(plan: RestorePlan, extracted: _Extracted, target: Path, warnings: li
     if not plan.verify_checksums:
         warnings.append(f"{plan.archive_path}: checksum verification was turned off")
         return False
-    expected = {path: entry for path, entry in plan.manifest.entry_map().items() if is_selected(path, plan.paths)}
-    problems = [f"missing from archive: {path}" for path in expected if path not in extracted.members]
-    for name, member in extracted.members.items():
-        entry = expected.get(name)
-        if entry is None:
-            problems.append(f"not in manifest: {name}")
-            continue
-        difference = compare_entry(member, entry, extracted.digests.get(name))
-        if difference:
-            problems.append(f"{name}: {difference}")
-    info = plan.manifest.archive
-    if info is not None:
-        if info.size != extracted.archive_size:
-            problems.append(f"archive is {extracted.archive_size} bytes, manifest says {info.size}")
-        elif not hmac.compare_digest(extracted.archive_digest, info.checksum.lower()):
-            problems.append(f"archive checksum {extracted.archive_digest}, manifest says {info.checksum}")
+    found = compare_with_manifest(
+        plan.manifest,
+        extracted.members,
+        extracted.digests,
+        plan.archive_path,
+        extracted.archive_size,
+        extracted.archive_digest,
+        plan.paths,
+    )
+    problems = [f"missing from archive: {path}" for path in found.missing]
+    problems += [f"not in manifest: {path}" for path in found.extra]
+    problems += [f"{m.path}: {m.problem}" for m in found.mismatched]
+    problems += found.archive
     if problems:
         shown = "; ".join(problems[:_SHOWN]) + (
             f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +18,11 @@ from .catalog import manifest_path_for
 from .checksum import DEFAULT_ALGORITHM, new_hasher
 from .errors import ArchiveError, ManifestError, UnsafeArchiveError
 from .manifest import BackupManifest, ManifestEntry, load_manifest
-from .safety import MemberChecker, SafeMember
+from .safety import MemberChecker, SafeMember, is_selected
 from .tarreader import ArchiveReader
 from .tarwriter import ProgressCallback
 
-__all__ = ["Mismatch", "VerifyReport", "compare_entry", "verify_backup"]
+__all__ = ["Comparison", "Mismatch", "VerifyReport", "compare_entry", "compare_with_manifest", "verify_backup"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,47 @@ def compare_entry(member: SafeMember, expected: ManifestEntry, checksum: str | N
     return None
 
 
+@dataclass
+class Comparison:
+    """How archived members differ from a manifest: the parts of a verification report."""
+
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    mismatched: list[Mismatch] = field(default_factory=list)
+    archive: list[str] = field(default_factory=list)
+
+
+def compare_with_manifest(
+    manifest: BackupManifest,
+    members: Mapping[str, SafeMember],
+    digests: Mapping[str, str],
+    archive_path: Path,
+    archive_size: int | None = None,
+    archive_digest: str | None = None,
+    paths: Sequence[str] | None = None,
+) -> Comparison:
+    """Given a manifest and the members read from its archive (in archive order) with
+    their data checksums, return every difference. ``paths`` limits the check to a
+    selection; the archive's own size and checksum are compared when given."""
+    expected = {path: entry for path, entry in manifest.entry_map().items() if is_selected(path, paths)}
+    result = Comparison(missing=[path for path in expected if path not in members])
+    for name, member in members.items():
+        entry = expected.get(name)
+        if entry is None:
+            result.extra.append(name)
+            continue
+        problem = compare_entry(member, entry, digests.get(name))
+        if problem:
+            result.mismatched.append(Mismatch(name, problem))
+    info = manifest.archive
+    if info is not None and archive_size is not None and archive_digest is not None:
+        if info.size != archive_size:
+            result.archive.append(f"{archive_path}: archive is {archive_size} bytes, manifest says {info.size}")
+        elif not hmac.compare_digest(archive_digest, info.checksum.lower()):
+            result.archive.append(f"{archive_path}: archive checksum {archive_digest}, manifest says {info.checksum}")
+    return result
+
+
 def verify_backup(
     archive_path: Path,
     manifest_path: Path | None = None,
@@ -131,29 +173,33 @@ def verify_backup(
         else:
             report.problems.append(str(exc))
     algorithm = manifest.checksum_algorithm if manifest else DEFAULT_ALGORITHM
-    expected = manifest.entry_map() if manifest else {}
-    seen: set[str] = set()
+    members: dict[str, SafeMember] = {}
+    digests: dict[str, str] = {}
+    size = digest = None
     try:
-        _check_members(archive_path, algorithm, expected, seen, report, progress, manifest)
+        size, digest = _read_members(archive_path, algorithm, members, digests, report, progress)
     except ArchiveError as exc:
         report.problems.append(str(exc))
     if manifest is not None:
-        report.missing.extend(path for path in expected if path not in seen)
+        found = compare_with_manifest(manifest, members, digests, archive_path, size, digest)
+        report.missing, report.extra, report.mismatched = found.missing, found.extra, found.mismatched
+        report.problems += found.archive
     report.duration_seconds = time.monotonic() - started
     return report
 
 
-def _check_members(
+def _read_members(
     archive_path: Path,
     algorithm: str,
-    expected: dict[str, ManifestEntry],
-    seen: set[str],
+    members: dict[str, SafeMember],
+    digests: dict[str, str],
     report: VerifyReport,
     progress: ProgressCallback | None,
-    manifest: BackupManifest | None,
-) -> None:
+) -> tuple[int, str]:
+    """Read the whole archive, filling ``members`` and ``digests`` as it goes (so a
+    damaged archive still reports what came before the damage); return its size and
+    checksum. Unsafe members are reported and skipped; raise ArchiveError if unreadable."""
     checker = MemberChecker(str(archive_path))
-    digests: dict[str, str] = {}
     with ArchiveReader(archive_path, algorithm) as reader:
         for member in reader.members():
             try:
@@ -163,36 +209,20 @@ def _check_members(
                 continue
             if safe is None:
                 continue
-            checksum = None
             if safe.kind == "file":
                 hasher = new_hasher(algorithm)
                 for chunk in reader.chunks(member):
                     hasher.update(chunk)
-                checksum = digests[safe.name] = hasher.hexdigest()
+                digests[safe.name] = hasher.hexdigest()
                 report.checked_bytes += safe.size
-            elif safe.kind == "hardlink" and safe.link_target is not None:
-                checksum = digests.get(safe.link_target)
+            elif safe.kind == "hardlink" and safe.link_target in digests:
+                digests[safe.name] = digests[safe.link_target]
+            members[safe.name] = safe
             report.checked_entries += 1
-            seen.add(safe.name)
             if progress is not None:
                 progress(report.checked_entries, report.checked_bytes)
-            if manifest is None:
-                continue
-            entry = expected.get(safe.name)
-            if entry is None:
-                report.extra.append(safe.name)
-                continue
-            problem = compare_entry(safe, entry, checksum)
-            if problem:
-                report.mismatched.append(Mismatch(safe.name, problem))
         try:
             checker.recheck_links()
         except UnsafeArchiveError as exc:
             report.problems.append(str(exc))
-        size, digest = reader.finish()
-    if manifest is not None and manifest.archive is not None:
-        info = manifest.archive
-        if info.size != size:
-            report.problems.append(f"{archive_path}: archive is {size} bytes, manifest says {info.size}")
-        elif not hmac.compare_digest(digest, info.checksum.lower()):
-            report.problems.append(f"{archive_path}: archive checksum {digest}, manifest says {info.checksum}")
+        return reader.finish()
