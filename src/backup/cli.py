@@ -318,7 +318,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
         return EXIT_OK
     with backup_dir_lock(args.backup_dir, args.lock_timeout):
         plan = plan_backup(config)
-        with _progress(args, "backing up", len(plan.entries), plan.total_bytes) as progress:
+        with _progress(args, "backing up", plan.total_bytes) as progress:
             result = execute_plan(plan, progress)
     return _report(result, args, "backup")
 
@@ -335,13 +335,13 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     if args.dry_run:
         _print_restore_plan(plan, args)
         return EXIT_OK
-    with _progress(args, "restoring", len(plan.entries), plan.total_bytes) as progress:
+    with _progress(args, "restoring", plan.total_bytes) as progress:
         result = execute_plan(plan, progress)
     return _report(result, args, "restore")
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    with _progress(args, "verifying", 0, 0) as progress:
+    with _progress(args, "verifying", 0) as progress:
         report = verify_backup(args.archive, progress=progress)
     if args.json:
         _print_json(report.to_dict())
@@ -581,18 +581,17 @@ def _size(count: int) -> str:
 
 
 @contextmanager
-def _progress(
-    args: argparse.Namespace, label: str, entries: int, total_bytes: int
-) -> Iterator[ProgressCallback | None]:
-    """Yield a progress callback drawing a bar on a terminal, or None when not on one."""
+def _progress(args: argparse.Namespace, label: str, total_bytes: int) -> Iterator[ProgressCallback | None]:
+    """Yield a progress callback drawing a bar on stderr when it is a terminal, else None."""
     stream: TextIO = sys.stderr
     if args.json or args.quiet or not stream.isatty():
         yield None
         return
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = [TextColumn(f"{label}"), BarColumn(), DownloadColumn(), TimeRemainingColumn()]
-    with Progress(*columns, transient=True) as bar:
+    with Progress(*columns, console=Console(file=stream), transient=True) as bar:
         task = bar.add_task(label, total=total_bytes or None)
 
         def update(done_entries: int, done_bytes: int) -> None:

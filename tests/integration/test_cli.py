@@ -211,7 +211,9 @@ def test_no_progress_bar_when_not_a_terminal(tmp_path: Path) -> None:
     assert "\x1b[" not in run.stdout
 
 
-def test_backup_dir_made_by_the_cli_is_private_whatever_the_umask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_backup_dir_made_by_the_cli_is_private_whatever_the_umask(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The lock is taken before the backup is written, so the lock must not create the
     directory with the umask's mode either."""
     previous = os.umask(0)
@@ -221,3 +223,38 @@ def test_backup_dir_made_by_the_cli_is_private_whatever_the_umask(tmp_path: Path
         os.umask(previous)
     assert code == 0, err
     assert (tmp_path / "new" / "backups").stat().st_mode & 0o777 == 0o700
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    """With stderr on a terminal (a pseudo-terminal here), create draws a progress bar
+    there, and stdout still carries only the result line."""
+    import pty
+
+    source = _source(tmp_path / "src")
+    (source / "big.bin").write_bytes(os.urandom(4 << 20))
+    leader, follower = pty.openpty()
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "backup", "create", str(source), str(tmp_path / "b")],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            text=True,
+            check=False,
+            env={**os.environ, "COLUMNS": "100", "TERM": "xterm"},
+        )
+        os.close(follower)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO once the writer side is closed and drained
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(leader)
+    assert run.returncode == 0
+    assert run.stdout.startswith("created ")
+    assert b"backing up" in drawn
+    assert b"\x1b[" in drawn  # terminal control sequences: a live bar, not plain text
