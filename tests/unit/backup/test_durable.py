@@ -5,23 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from backup import durable
 from backup.durable import atomic_write_bytes, fsync_directory, link_no_replace
-
-
-@pytest.fixture
-def umask_zero() -> Iterator[None]:
-    """Run the test with umask 0, so only explicit modes keep files private."""
-    old = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def test_atomic_write_creates_file(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,16 +24,6 @@ from backup.manifest import (
 
 FIXED_TIME = 1_700_000_000  # 2023-11-14T22:13:20+00:00
 FIXED_ISO = "2023-11-14T22:13:20+00:00"
-
-
-@pytest.fixture
-def umask_zero() -> Iterator[None]:
-    """Run the test with umask 0, so only explicit modes keep files private."""
-    old = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def _sample_manifest() -> BackupManifest:
