@@ -331,6 +331,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         verify_checksums=not args.no_verify,
         allow_external_links=args.allow_external_links,
+        list_archive=args.dry_run,  # without a manifest, only a dry run needs a separate listing pass
     )
     if args.dry_run:
         _print_restore_plan(plan, args)

@@ -71,6 +71,7 @@ def restore_backup(
             overwrite=overwrite,
             verify_checksums=verify_checksums,
             allow_external_links=allow_external_links,
+            list_archive=False,  # no manifest: one pass, the restore itself, reads the archive
         )
     except BackupError as exc:
         return BackupResult(

@@ -180,11 +180,15 @@ def plan_restore(
     overwrite: bool = False,
     verify_checksums: bool = True,
     allow_external_links: bool = False,
+    list_archive: bool = True,
 ) -> RestorePlan:
     """Given an archive and a target directory, return the restore plan; write nothing.
 
     The entries come from the manifest when there is one, otherwise from one pass over
-    the archive. ``paths`` restricts the restore to those paths and what is under them.
+    the archive. With ``list_archive=False`` (a restore about to run, with no selection)
+    that pass is skipped, leaving ``entries`` and ``conflicts`` empty: the restore then
+    reads the archive once, and finds conflicts as it installs. ``paths`` restricts the
+    restore to those paths and what is under them.
     Raise ArchiveError if the archive is missing or unreadable, ManifestError if its
     manifest is damaged while verification is on, ConfigError for a path not in the backup.
     """
@@ -208,8 +212,10 @@ def plan_restore(
         manifest_path = None
     if manifest is not None:
         entries = [RestoreEntry(e.path, e.type, e.size) for e in manifest.files]
-    else:
+    elif list_archive or selection is not None:
         entries = _list_archive(archive_path, allow_external_links)
+    else:
+        entries = []
     chosen = tuple(entry for entry in entries if is_selected(entry.path, selection))
     for path in selection or ():
         if path and not any(is_selected(entry.path, (path,)) for entry in chosen):

@@ -111,3 +111,52 @@ def test_verify_of_a_gnu_tar_archive_says_there_is_no_manifest(tmp_path: Path, v
     assert len(report.problems) == 1 and "no manifest" in report.problems[0]
     assert report.missing == [] and report.extra == [] and report.mismatched == []
     assert report.checked_entries == len(expected)  # every member was still read and checked
+
+
+def test_restoring_an_archive_without_manifest_reads_it_once(tmp_path: Path, monkeypatch) -> None:
+    """Without a manifest there is no list of entries to plan from; a restore (not a dry
+    run) must not read the whole archive once to plan and again to extract."""
+    import backup.plan as plan_module
+    import backup.restore as restore_module
+
+    source = tmp_path / "src"
+    make_corpus(source)
+    archive = tmp_path / "gnu.tar.gz"
+    _gnu_tar("-czf", str(archive), "-C", str(source), ".")
+    opened: list[Path] = []
+    for module in (plan_module, restore_module):
+        real = module.ArchiveReader
+
+        def counting(path, *args, _real=real, **kwargs):
+            opened.append(Path(path))
+            return _real(path, *args, **kwargs)
+
+        monkeypatch.setattr(module, "ArchiveReader", counting)
+
+    result = restore_backup(archive, tmp_path / "out")
+
+    assert result.success, result.error
+    assert opened == [archive]
+    assert snapshot(tmp_path / "out") == snapshot(source)
+
+
+def test_archive_without_manifest_still_refuses_to_overwrite(tmp_path: Path) -> None:
+    """With no entry list planned in advance, conflicts are found at install time: the
+    restore fails the same way and the target is left as it was."""
+    source = tmp_path / "src"
+    make_corpus(source)
+    archive = tmp_path / "gnu.tar"
+    _gnu_tar("-cf", str(archive), "-C", str(source), ".")
+    target = tmp_path / "out"
+    target.mkdir()
+    clash = next(p for p in sorted(source.iterdir()) if p.is_file() and not p.is_symlink())
+    (target / clash.name).write_text("mine")
+    before = snapshot(target)
+
+    result = restore_backup(archive, target)
+
+    assert result.success is False
+    assert "1 entries already exist" in (result.error or "")
+    assert clash.name in (result.error or "")
+    assert snapshot(target) == before
+    assert staging_leftovers(tmp_path) == []
