@@ -33,7 +33,7 @@ from backup.errors import ConfigError
 from backup.lock import backup_dir_lock
 from backup.monitor import STATE_NAME, load_state
 from backup.retention import RetentionPolicy
-from backup.scheduler import BackupScheduler, SchedulerConfig
+from backup.scheduler import BackupScheduler, RunOutcome, SchedulerConfig
 from shared.time_helpers import UnknownTimeZoneError
 
 SEOUL = ZoneInfo("Asia/Seoul")
@@ -792,3 +792,47 @@ def test_naive_clock_is_refused(tmp_path: Path) -> None:
     scheduler = BackupScheduler(SchedulerConfig(tmp_path, tmp_path / "b"), now=lambda: datetime(2026, 5, 1, 3))
     with pytest.raises(ValueError, match="aware"):
         scheduler.run_once()
+
+
+def test_monitoring_that_cannot_be_written_is_logged_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A metrics path that cannot be written (its directory is a file) costs the metrics,
+    not the backup: the run succeeds and the problem is logged."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    clock = FakeClock(at(SEOUL, 2026, 5, 1, 3))
+    make_source(tmp_path / "source")
+    config = SchedulerConfig(tmp_path / "source", tmp_path / "backups", metrics_file=blocker / "obs.prom")
+    scheduler = BackupScheduler(config, now=clock.now)
+
+    with caplog.at_level(logging.ERROR, logger="backup.scheduler"):
+        outcome = scheduler.run_once()
+
+    assert outcome.result.success, outcome.result.error
+    assert [b.backup_id for b in list_backups(tmp_path / "backups")] == [outcome.result.backup_id]
+    assert any("cannot record the run's outcome" in r.getMessage() for r in caplog.records)
+
+
+def test_a_crashing_run_is_reported_and_the_schedule_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug inside run_once (simulated) reaches on_error and the log; the next day runs."""
+    h = harness(tmp_path, at(SEOUL, 2026, 5, 1, 12))
+    real_run_once = h.scheduler.run_once
+    calls: list[int] = []
+
+    def flaky() -> RunOutcome:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("simulated bug")
+        return real_run_once()
+
+    monkeypatch.setattr(h.scheduler, "run_once", flaky)
+    with caplog.at_level(logging.ERROR, logger="backup.scheduler"):
+        run_until_runs(h, 2)
+
+    assert h.errors[0] == "scheduled backup crashed; see the log"
+    assert h.runs[0].result.success is False
+    assert h.runs[1].result.success, h.runs[1].result.error
+    assert any(r.getMessage() == "scheduled backup crashed" and r.exc_info for r in caplog.records)
