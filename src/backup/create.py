@@ -63,6 +63,7 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
             algorithm=config.checksum_algorithm,
             on_read_error=config.on_read_error,
             progress=progress,
+            backup_id=backup_id,
         )
         compressor.close()  # finishes the compressed stream; the sink's close leaves the file open
         manifest = BackupManifest(

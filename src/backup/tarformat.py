@@ -18,7 +18,16 @@ import struct
 import tarfile
 from typing import BinaryIO
 
-__all__ = ["BLOCK", "MAX_METADATA_BYTES", "TarFormatError", "TarStreamReader", "encode_header"]
+__all__ = [
+    "BLOCK",
+    "MAX_METADATA_BYTES",
+    "TarFormatError",
+    "TarStreamReader",
+    "backup_id_from_comment",
+    "encode_global_header",
+    "encode_header",
+    "writer_comment",
+]
 
 BLOCK = tarfile.BLOCKSIZE
 MAX_METADATA_BYTES = 1 << 20  # a pax or GNU long-name record larger than this is refused
@@ -94,6 +103,30 @@ def encode_header(
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
+_MARKER_PREFIX = "obs-backup "
+
+
+def writer_comment(backup_id: str) -> str:
+    """Given a backup id, return the pax ``comment`` that marks an archive as ours."""
+    return _MARKER_PREFIX + backup_id
+
+
+def backup_id_from_comment(comment: str | None) -> str | None:
+    """Given an archive's global pax ``comment``, return the backup id it names, if ours."""
+    if comment is None or not comment.startswith(_MARKER_PREFIX):
+        return None
+    return comment[len(_MARKER_PREFIX) :] or None
+
+
+def encode_global_header(records: dict[str, str]) -> bytes:
+    """Given pax records, return a pax global extended header carrying them.
+
+    Readers apply its records to every later member; ``comment`` is a keyword every
+    pax reader knows and ignores, which is how an archive says who wrote it.
+    """
+    return tarfile.TarInfo.create_pax_global_header(records)
+
+
 class TarStreamReader:
     """Yields the members of a tar stream, front to back, reading only what it needs.
 
@@ -108,6 +141,11 @@ class TarStreamReader:
         self._global: dict[str, str] = {}
         self.count = 0
         self._pending_padding = 0
+
+    @property
+    def global_records(self) -> dict[str, str]:
+        """The pax global records read so far."""
+        return dict(self._global)
 
     def _read_exact(self, buffer: bytearray | memoryview, what: str) -> bool:
         """Fill ``buffer``; return False on a clean EOF before any byte; raise if cut short."""

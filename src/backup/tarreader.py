@@ -16,9 +16,9 @@ from typing import BinaryIO
 from .checksum import CHUNK_SIZE, DEFAULT_ALGORITHM, new_hasher
 from .compression import DECOMPRESSION_ERRORS, open_decompressor, sniff_file
 from .errors import ArchiveError
-from .tarformat import TarFormatError, TarStreamReader
+from .tarformat import TarFormatError, TarStreamReader, backup_id_from_comment
 
-__all__ = ["ArchiveReader"]
+__all__ = ["ArchiveReader", "read_archive_marker"]
 
 _READ_ERRORS: tuple[type[BaseException], ...] = (TarFormatError, *DECOMPRESSION_ERRORS, OSError, ValueError)
 
@@ -84,6 +84,11 @@ class ArchiveReader:
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+    @property
+    def global_records(self) -> dict[str, str]:
+        """The pax global records read so far (a writer's mark, for instance)."""
+        return self._tar.global_records
 
     def close(self) -> None:
         """Release the file."""
@@ -154,3 +159,18 @@ class ArchiveReader:
         except _READ_ERRORS as exc:
             raise self._error(exc) from exc
         return self._source.size, self._source.hasher.hexdigest()
+
+
+def read_archive_marker(path: Path) -> str | None:
+    """Given an archive, return the backup id its writer's mark names, or None.
+
+    Only the first header is read. An archive this tool wrote starts with a pax global
+    header naming its backup id; any other archive (or one that cannot be read) gives
+    None.
+    """
+    try:
+        with ArchiveReader(path) as reader:
+            next(reader.members(), None)
+            return backup_id_from_comment(reader.global_records.get("comment"))
+    except ArchiveError:
+        return None

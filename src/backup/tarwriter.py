@@ -19,7 +19,7 @@ from .durable import write_all
 from .errors import SourceError
 from .manifest import ManifestEntry, iso_from_timestamp
 from .scan import SourceEntry
-from .tarformat import encode_header
+from .tarformat import encode_global_header, encode_header, writer_comment
 
 __all__ = ["HashingSink", "ProgressCallback", "WriteOutcome", "write_entries"]
 
@@ -140,8 +140,12 @@ def write_entries(
     algorithm: str,
     on_read_error: Literal["fail", "skip"] = "fail",
     progress: ProgressCallback | None = None,
+    backup_id: str | None = None,
 ) -> WriteOutcome:
     """Given a writable stream and the entries of a plan, write a complete tar stream.
+
+    With ``backup_id`` the stream starts with a pax global header whose ``comment``
+    names it, so the archive says it is ours even without its manifest.
 
     Return the manifest entries of what was archived. Raise SourceError if a file
     cannot be read and ``on_read_error`` is "fail"; with "skip", a file that cannot be
@@ -149,6 +153,8 @@ def write_entries(
     is recorded in the outcome's warnings and in its manifest entry.
     """
     tar = _TarStream(out)
+    if backup_id is not None:
+        tar.write(encode_global_header({"comment": writer_comment(backup_id)}))
     outcome = WriteOutcome()
     buffer = bytearray(CHUNK_SIZE)
     empty_digest = new_hasher(algorithm).hexdigest()
