@@ -4,20 +4,36 @@ A backup is ``<backup_id><suffix>`` (the archive) plus ``<backup_id>.manifest.js
 Ids are ``<prefix>_<YYYYmmdd>_<HHMMSS>`` in UTC, with ``-2``, ``-3`` ... appended when
 several backups start in the same second. The manifest is committed before the
 archive, so an archive under its final name is always complete.
+
+A backup directory may hold other programs' files too (a database dump script's
+``db_20240101_000000.tar.gz``, someone's ``notes.manifest.json``), and what is listed
+here is what retention deletes. So a file counts as ours only when it proves it:
+
+* a manifest is ours when it parses as our manifest (with our ``format`` tag), its
+  ``backup_id`` is its file name minus ``.manifest.json``, and its ``archive.name`` is
+  that id plus one of our archive suffixes;
+* an archive is ours when its manifest is ours and names it, or, for an archive made
+  without a manifest, when its first header carries our mark naming the id its file
+  name gives (see ``tarreader.read_archive_marker``).
+
+Only regular files count: a symlink or a directory under a backup's name is never ours.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .compression import split_archive_name
+from .compression import archive_suffix, split_archive_name
 from .errors import ManifestError
-from .manifest import MANIFEST_SUFFIX, load_manifest
+from .manifest import MANIFEST_FORMAT, MANIFEST_SUFFIX, BackupManifest
 from .storage import PARTIAL_SUFFIX, LocalStorage
+from .tarreader import read_archive_marker
 
 __all__ = [
     "BackupInfo",
@@ -87,29 +103,100 @@ class BackupInfo:
 
 
 def list_backups(backup_dir: Path, prefix: str | None = None) -> list[BackupInfo]:
-    """Given a backup directory, return its complete backups, oldest first.
+    """Given a backup directory, return the complete backups this tool provably wrote,
+    oldest first.
 
-    Creation times come from each manifest, or from the id when there is none; never
-    from file times. An archive is listed if its name is a backup id or it has a
-    manifest. Raise StorageError if the directory cannot be listed.
+    An archive is listed only if it is ours (see the module docstring): its manifest is
+    ours and names it, or, without such a manifest, its mark names its id. Anything
+    else, however much its name looks like a backup's, is not listed. Creation times
+    come from the manifest, or from the id when there is none; never from file times.
+    Raise StorageError if the directory cannot be listed.
     """
     storage = LocalStorage(backup_dir)
     names = storage.names()
     present = set(names)
     backups = []
     for name in names:
-        split = split_archive_name(name)
+        split = _split_own_archive_name(name)
         if split is None:
             continue
         backup_id, compression = split
         parsed = parse_backup_id(backup_id)
         if prefix is not None and (parsed is None or parsed[0] != prefix):
             continue
-        manifest_name = backup_id + MANIFEST_SUFFIX
-        if parsed is None and manifest_name not in present:
+        archive = storage.path(name)
+        if not _is_regular_file(archive):
             continue
-        backups.append(_describe(storage.path(name), backup_id, compression, parsed, manifest_name in present))
+        manifest_name = backup_id + MANIFEST_SUFFIX
+        manifest, why_not = None, None
+        if manifest_name in present:
+            manifest, why_not = _read_own_manifest(storage.path(manifest_name), backup_id)
+        if manifest is not None and manifest.archive is not None and manifest.archive.name == name:
+            backups.append(_describe(archive, backup_id, compression, parsed, manifest))
+        elif read_archive_marker(archive) == backup_id:
+            problem = None
+            if manifest_name in present:
+                # Not removed with the archive either: nothing proves it is ours.
+                problem = f"{storage.path(manifest_name)}: not this backup's manifest ({why_not or 'it names another archive'})"
+            backups.append(_describe(archive, backup_id, compression, parsed, None, problem))
     return sorted(backups, key=_oldest_first_key)
+
+
+def _read_own_manifest(path: Path, backup_id: str) -> tuple[BackupManifest | None, str | None]:
+    """Given a manifest file and the backup id its name gives, return ``(manifest, None)``
+    if it is ours (see the module docstring), else ``(None, why not)``. Never raises.
+
+    The file is read without following a symlink, and only if it is a regular file.
+    """
+    try:
+        # O_NONBLOCK so that a FIFO under a manifest's name cannot hang the listing.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return None, f"cannot read it: {exc.strerror or exc}"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, "not a regular file"
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            raw = handle.read()
+    except OSError as exc:
+        return None, f"cannot read it: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None, "not valid JSON"
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        return None, f'no "format": "{MANIFEST_FORMAT}"'
+    try:
+        manifest = BackupManifest.from_dict(data)
+    except ManifestError as exc:
+        return None, str(exc)
+    if manifest.backup_id != backup_id:
+        return None, f"it is the manifest of {manifest.backup_id!r}"
+    archive = manifest.archive
+    if archive is None:
+        return None, "it names no archive"
+    split = _split_own_archive_name(archive.name)
+    if split is None or split[0] != backup_id:
+        return None, f"it names the archive {archive.name!r}"
+    return manifest, None
+
+
+def _split_own_archive_name(name: str) -> tuple[str, str] | None:
+    """Given a file name, return ``(stem, compression)`` if it is spelled the way this
+    tool names archives (``.tgz`` and other spellings are other tools')."""
+    split = split_archive_name(name)
+    if split is None or name != split[0] + archive_suffix(split[1]):
+        return None
+    return split
+
+
+def _is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _oldest_first_key(backup: BackupInfo) -> tuple[datetime, str, int]:
@@ -125,27 +212,22 @@ def _describe(
     backup_id: str,
     compression: str,
     parsed: tuple[str, datetime, int] | None,
-    has_manifest: bool,
+    manifest: BackupManifest | None,
+    problem: str | None = None,
 ) -> BackupInfo:
     created_at = parsed[1] if parsed else None
     file_count = None
-    problem = None
-    manifest_path = manifest_path_for(archive) if has_manifest else None
-    if manifest_path is not None:
+    manifest_path = manifest_path_for(archive) if manifest is not None else None
+    if manifest is not None:
+        file_count = manifest.file_count
         try:
-            manifest = load_manifest(manifest_path)
-        except ManifestError as exc:
-            problem = str(exc)
-        else:
-            file_count = manifest.file_count
-            try:
-                created_at = datetime.fromisoformat(manifest.created_at)
-            except ValueError:
-                problem = f"{manifest_path}: created_at {manifest.created_at!r} is not ISO 8601"
-            if created_at is not None and created_at.tzinfo is None:
-                created_at = created_at.astimezone()  # seed-era manifests wrote local naive times
+            created_at = datetime.fromisoformat(manifest.created_at)
+        except ValueError:
+            problem = f"{manifest_path}: created_at {manifest.created_at!r} is not ISO 8601"
+        if created_at is not None and created_at.tzinfo is None:
+            created_at = created_at.astimezone()  # seed-era manifests wrote local naive times
     try:
-        size = archive.stat().st_size
+        size = archive.lstat().st_size
     except OSError:
         size = 0
     return BackupInfo(
@@ -162,10 +244,12 @@ def _describe(
 
 
 def clean_leftovers(backup_dir: Path) -> list[str]:
-    """Given a backup directory, remove what interrupted runs left there; return the names.
+    """Given a backup directory, remove what interrupted runs of this tool left there;
+    return the names.
 
-    Removes partial files of dead writers and manifests whose archive never landed.
-    Leaves alone everything a live writer is still working on.
+    Removes partial files of our own making whose writers are dead, and manifests of
+    ours (see the module docstring) whose archive never landed. Leaves alone everything
+    a live writer is still working on, and everything it cannot prove is ours.
     """
     storage = LocalStorage(backup_dir)
     removed = storage.clean_partials()
@@ -173,13 +257,21 @@ def clean_leftovers(backup_dir: Path) -> list[str]:
     archived = _archive_ids(names)
     for name in names:
         backup_id = name[: -len(MANIFEST_SUFFIX)]
+        # Only manifests with no archive of their id at all are read: every other one is
+        # kept without a look, however large it is.
         if not name.endswith(MANIFEST_SUFFIX) or backup_id in archived:
+            continue
+        manifest, _ = _read_own_manifest(storage.path(name), backup_id)
+        if manifest is None or manifest.archive is None:
+            continue
+        archive_name = manifest.archive.name
+        if os.path.lexists(storage.path(archive_name)):
             continue
         # A writer drops its partial only after its archive has landed, so look for the
         # partial first and for the archive again after it.
-        if os.path.lexists(storage.path(f".{backup_id}{PARTIAL_SUFFIX}")):
+        if any(os.path.lexists(storage.path(f".{key}{PARTIAL_SUFFIX}")) for key in (backup_id, archive_name)):
             continue
-        if backup_id in _archive_ids(storage.names()):
+        if os.path.lexists(storage.path(archive_name)):
             continue
         try:
             storage.delete(name)

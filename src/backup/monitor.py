@@ -38,6 +38,9 @@ class RunRecord:
     file_count: int = 0
     error: str | None = None
     removed: list[str] = field(default_factory=list)
+    # Backups of this prefix dated after the run's clock (None: retention did not run,
+    # so they were not counted).
+    future_dated_backups: int | None = None
 
     @property
     def duration_seconds(self) -> float:
@@ -94,6 +97,11 @@ def render_metrics(record: RunRecord, entry: dict[str, Any]) -> str:
             float(last_success.get("archive_size", 0)),
         ),
         ("obs_backup_last_files", "Files in the last successful backup.", float(last_success.get("file_count", 0))),
+        (
+            "obs_backup_future_dated_backups",
+            "Backups dated after the clock at the last retention: kept; check the clock.",
+            float(_future_dated(record, last_success)),
+        ),
     ]
     lines = []
     for name, help_text, value in rows:
@@ -101,6 +109,15 @@ def render_metrics(record: RunRecord, entry: dict[str, Any]) -> str:
         lines.append(f"# TYPE {name} gauge")
         lines.append(f"{name}{labels} {round(value, 6)!r}")
     return "\n".join(lines) + "\n"
+
+
+def _future_dated(record: RunRecord, last_success: dict[str, Any]) -> int:
+    # A run whose retention did not run counted nothing; the last count stands until
+    # one does, so a failing backup does not hide a wrong clock.
+    if record.future_dated_backups is not None:
+        return record.future_dated_backups
+    count = last_success.get("future_dated_backups")
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
 def _timestamp(value: object) -> float:

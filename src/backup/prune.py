@@ -8,8 +8,9 @@ recognises as a leftover and removes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 from .catalog import clean_leftovers, list_backups
@@ -44,28 +45,47 @@ class PruneResult:
         }
 
 
-def plan_prune(backup_dir: Path, policy: RetentionPolicy, zone: tzinfo, prefix: str | None = None) -> RetentionPlan:
-    """Given a backup directory and a policy, return what to keep and remove; touch nothing.
+def _utc_now() -> datetime:
+    """Return the real time, aware, in UTC: the clock ``plan_prune`` uses by default."""
+    return datetime.now(UTC)
+
+
+def plan_prune(
+    backup_dir: Path,
+    policy: RetentionPolicy,
+    zone: tzinfo,
+    prefix: str | None = None,
+    *,
+    now: Callable[[], datetime] = _utc_now,
+) -> RetentionPlan:
+    """Given a backup directory, a policy and a clock, return what to keep and remove;
+    touch nothing.
 
     With ``prefix`` only that prefix's backups are considered; without, the policy is
-    applied to each prefix separately. Raise ConfigError if the policy keeps nothing.
+    applied to each prefix separately. The clock is read once: backups dated after that
+    moment are kept and listed in the plan's ``future``. Raise ConfigError if the policy
+    keeps nothing, ValueError if the clock returns a naive time.
     """
+    moment = now()
     backups = list_backups(backup_dir)
     prefixes = [prefix] if prefix is not None else sorted({b.prefix for b in backups if b.prefix is not None})
     keep: list[RetentionDecision] = []
     remove: list[RetentionDecision] = []
+    future: list[RetentionDecision] = []
     for group in prefixes:
-        plan = apply_policy(backups, policy, zone, prefix=group)
+        plan = apply_policy(backups, policy, zone, prefix=group, now=moment)
         keep += plan.keep
         remove += plan.remove
+        future += plan.future
     if not prefixes:
-        apply_policy([], policy, zone)  # still refuses an empty policy
+        apply_policy([], policy, zone, now=moment)  # still refuses an empty policy
     chosen = set(prefixes)
     return RetentionPlan(
         policy=policy,
         keep=tuple(keep),
         remove=tuple(remove),
         ignored=tuple(b for b in backups if b.prefix not in chosen),
+        future=tuple(future),
     )
 
 

@@ -2,19 +2,29 @@
 
 ``apply_policy`` touches no file. Its semantics follow restic's ``forget`` policy:
 
+* Backups dated after ``now`` are set aside first (see below); the rules are applied
+  to the rest exactly as if those did not exist.
 * Backups are walked newest to oldest.
 * ``keep_last=N`` keeps the N newest.
-* ``keep_within=D`` keeps every backup created within D of the *newest* backup (not of
-  now: if backups stop succeeding, the history they left does not expire).
+* ``keep_within=D`` keeps every backup created within D of the newest backup that is
+  not dated after now (not of now itself: if backups stop succeeding, the history they
+  left does not expire; restic measures it the same way).
 * ``keep_hourly/daily/weekly/monthly/yearly=N``: each of the N most recent periods that
   has a backup keeps its newest backup. Periods are taken in the configured time zone;
   weeks are ISO weeks (Monday to Sunday). If a rule still has count left when the walk
   reaches the oldest backup, the oldest is kept too, which keeps the history longest.
 * One backup may be kept by several rules; all its reasons are listed.
 
-On top of that, for safety: the newest backup is always kept, whatever the policy; a
-policy that keeps nothing at all is refused; backups whose creation time is unknown
-are kept; only backups with the given prefix are considered.
+On top of that, for safety: the newest backup (not dated after now) is always kept,
+whatever the policy; a policy that keeps nothing at all is refused; backups whose
+creation time is unknown are kept; only backups with the given prefix are considered.
+
+A backup dated after ``now`` was made while the clock was wrong (a dead RTC battery
+before NTP synced, say). Counted as the newest, it would make every real backup look
+old and ``keep_within`` would delete the whole history, and each later backup seconds
+after it was made. So such backups are always kept, with the reason
+:data:`FUTURE_REASON`, count towards no rule, and are listed in ``RetentionPlan.future``
+so that callers can warn about the clock.
 """
 
 from __future__ import annotations
@@ -27,7 +37,17 @@ from datetime import datetime, timedelta, tzinfo
 from .catalog import BackupInfo, parse_backup_id
 from .errors import ConfigError
 
-__all__ = ["RetentionDecision", "RetentionPlan", "RetentionPolicy", "apply_policy", "parse_duration"]
+__all__ = [
+    "FUTURE_REASON",
+    "RetentionDecision",
+    "RetentionPlan",
+    "RetentionPolicy",
+    "apply_policy",
+    "is_dated_in_future",
+    "parse_duration",
+]
+
+FUTURE_REASON = "dated in the future: kept; check the clock"
 
 # Weeks, days and hours only: in restic "m" means months and elsewhere minutes, so a
 # unit that could be read either way is refused rather than guessed.
@@ -110,12 +130,17 @@ class RetentionDecision:
 
 @dataclass(frozen=True)
 class RetentionPlan:
-    """The outcome of a policy: what to keep and what to remove, newest first."""
+    """The outcome of a policy: what to keep and what to remove, newest first.
+
+    ``future`` repeats the decisions of ``keep`` whose backups are dated after the
+    plan's ``now``: kept whatever the policy, and worth a warning about the clock.
+    """
 
     policy: RetentionPolicy
     keep: tuple[RetentionDecision, ...] = ()
     remove: tuple[RetentionDecision, ...] = ()
     ignored: tuple[BackupInfo, ...] = field(default_factory=tuple)
+    future: tuple[RetentionDecision, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         """Return the plan as JSON-ready data."""
@@ -133,6 +158,7 @@ class RetentionPlan:
             "policy": self.policy.describe(),
             "keep": [row(d) for d in self.keep],
             "remove": [row(d) for d in self.remove],
+            "future": [row(d) for d in self.future],
         }
 
 
@@ -146,29 +172,44 @@ _RULES: tuple[tuple[str, str, _Bucket], ...] = (
 )
 
 
+def is_dated_in_future(backup: BackupInfo, now: datetime) -> bool:
+    """Given a backup and an aware ``now``, return whether it claims to be created after now."""
+    return backup.created_at is not None and backup.created_at > now
+
+
 def apply_policy(
     backups: Sequence[BackupInfo],
     policy: RetentionPolicy,
     zone: tzinfo,
     prefix: str | None = None,
+    *,
+    now: datetime,
 ) -> RetentionPlan:
-    """Given complete backups, a policy and the zone that periods are counted in,
-    return what to keep and what to remove, with reasons; touch nothing.
+    """Given complete backups, a policy, the zone that periods are counted in and the
+    current time, return what to keep and what to remove, with reasons; touch nothing.
 
     Backups with another prefix (when ``prefix`` is given) are neither kept nor removed:
-    they come back in ``ignored``. Raise ConfigError if the policy keeps nothing.
+    they come back in ``ignored``. Backups dated after ``now`` are kept and come back in
+    ``future`` too; the policy is applied to the others as if those did not exist.
+    Raise ConfigError if the policy keeps nothing, ValueError if ``now`` is naive.
     """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("apply_policy needs an aware now")
     if policy.is_empty():
         raise ConfigError("refusing a retention policy that keeps nothing; set keep_within or a keep_* count")
     considered = [b for b in backups if prefix is None or b.prefix == prefix]
     ignored = tuple(b for b in backups if prefix is not None and b.prefix != prefix)
-    dated = sorted((b for b in considered if b.created_at is not None), key=_newest_first_key)
+    future = sorted((b for b in considered if is_dated_in_future(b, now)), key=_newest_first_key)
+    dated = sorted(
+        (b for b in considered if b.created_at is not None and not is_dated_in_future(b, now)),
+        key=_newest_first_key,
+    )
     undated = [b for b in considered if b.created_at is None]
 
     counts = {attr: getattr(policy, attr) for attr, _, _ in _RULES}
     last_bucket: dict[str, Hashable] = {}
     newest_time = dated[0].created_at if dated else None
-    decisions = []
+    decisions = [RetentionDecision(b, (FUTURE_REASON,)) for b in future]
     for index, backup in enumerate(dated):
         moment = backup.created_at
         assert moment is not None and newest_time is not None
@@ -198,6 +239,7 @@ def apply_policy(
         keep=tuple(d for d in decisions if d.keep),
         remove=tuple(d for d in decisions if not d.keep),
         ignored=ignored,
+        future=tuple(decisions[: len(future)]),
     )
 
 

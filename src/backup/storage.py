@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import stat
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -29,7 +30,20 @@ from .errors import StorageError
 __all__ = ["BackupStorage", "LocalStorage", "PendingObject", "PARTIAL_SUFFIX"]
 
 PARTIAL_SUFFIX = ".partial"
-_PARTIAL = re.compile(r"^\..+\.partial$")
+# Only the temporary names this tool makes, so that another program's ".download.partial"
+# is never taken for a dead writer's: ".<id>.partial" (an archive claimed by its backup
+# id), ".<id><archive suffix>.partial" and ".<id>.manifest.json.partial" (objects begun
+# under their own name), and durable.atomic_write_bytes's ".<name>.<pid>.partial" for a
+# manifest or the state file. <id> is catalog.format_backup_id's, with a prefix as
+# config.BackupConfig allows it; the suffixes are compression.COMPRESSIONS's.
+_PARTIAL = re.compile(
+    r"""^\.(?:
+        [A-Za-z0-9][A-Za-z0-9_.-]*_\d{8}_\d{6}(?:-\d+)?
+        (?:\.tar(?:\.gz|\.bz2|\.xz|\.zst)?|\.manifest\.json(?:\.\d+)?)?
+      | \.obs-backup-state\.json\.\d+
+    )\.partial$""",
+    re.VERBOSE,
+)
 
 
 class PendingObject(Protocol):
@@ -172,19 +186,22 @@ class LocalStorage:
         for name in candidates:
             path = self.directory / name
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                # O_NONBLOCK: a FIFO under such a name must not hang the clean-up.
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
             except OSError:
                 continue
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue  # a live writer holds it
-            try:
-                os.unlink(path)
-                removed.append(name)
-            except FileNotFoundError:
-                pass
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue  # writers leave regular files; anything else is not theirs
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer holds it
+                try:
+                    os.unlink(path)
+                    removed.append(name)
+                except FileNotFoundError:
+                    pass
             finally:
                 os.close(fd)
         return removed

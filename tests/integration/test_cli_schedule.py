@@ -20,7 +20,7 @@ from backup.catalog import list_backups
 from backup.cli import main
 from backup.monitor import STATE_NAME
 
-from .conftest import SRC
+from .conftest import SRC, backup, fixed_now
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -194,6 +194,65 @@ def test_prune_text_then_real_run(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert f"keep   {db[1]}: within 25h of the newest" in out
     assert f"remove {db[0]}" in out
     assert [b.backup_id for b in list_backups(backup_dir)] == db[1:]
+
+
+FUTURE_REASON = "dated in the future: kept; check the clock"
+
+
+def backups_around_now(tmp_path: Path) -> tuple[list[str], str]:
+    """Real backups made 0 to 10 days ago (newest first) and one made while the clock
+    was a year ahead; return their ids."""
+    source = make_source(tmp_path / "source")
+    now = datetime.now(UTC).replace(microsecond=0)
+    real = [
+        backup(source, tmp_path / "backups", prefix="db", now=fixed_now(now - timedelta(days=age, minutes=1))).backup_id
+        for age in range(11)
+    ]
+    ahead = backup(source, tmp_path / "backups", prefix="db", now=fixed_now(now + timedelta(days=365))).backup_id
+    assert None not in real and ahead is not None
+    return real, ahead  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("prefix", [(), ("--prefix", "db")], ids=["each-prefix", "one-prefix"])
+def test_prune_keep_within_survives_a_backup_dated_a_year_ahead(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], prefix: tuple[str, ...]
+) -> None:
+    """One backup made while the clock was a year ahead used to become "the newest", and
+    ``--keep-within 7d`` then removed every real backup. Now it is kept with a warning
+    and every real backup within 7 days of now survives."""
+    real, ahead = backups_around_now(tmp_path)
+    backup_dir = tmp_path / "backups"
+
+    code, out, err = run(capsys, "prune", str(backup_dir), "--keep-within", "7d", *prefix)
+
+    assert code == 0, err
+    assert [b.backup_id for b in list_backups(backup_dir)] == [*reversed(real[:7]), ahead]
+    created = next(b.created_at for b in list_backups(backup_dir) if b.backup_id == ahead)
+    assert created is not None
+    assert (
+        err == f"obs-backup: warning: {ahead} is dated in the future ({created.isoformat()}): kept; check the clock\n"
+    )
+    assert f"keep   {ahead}: {FUTURE_REASON}" in out
+    assert f"keep   {real[0]}: newest backup (always kept), within 7d of the newest" in out
+    for gone in real[7:]:
+        assert f"remove {gone}" in out
+
+
+def test_prune_json_reports_backups_dated_in_the_future(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    real, ahead = backups_around_now(tmp_path)
+    backup_dir = tmp_path / "backups"
+    before = everything(backup_dir)
+
+    code, out, err = run(capsys, "prune", str(backup_dir), "--keep-last", "2", "--dry-run", "--json")
+
+    assert code == 0, err
+    data = json.loads(out)
+    assert [row["backup_id"] for row in data["future"]] == [ahead]
+    assert data["future"][0]["reasons"] == [FUTURE_REASON]
+    assert [row["backup_id"] for row in data["keep"]] == [ahead, real[0], real[1]]
+    assert [row["backup_id"] for row in data["remove"]] == real[2:]
+    assert f"{ahead} is dated in the future" in err
+    assert everything(backup_dir) == before
 
 
 @pytest.mark.parametrize(

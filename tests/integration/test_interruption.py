@@ -183,7 +183,10 @@ def test_leftovers_of_dead_runs_are_removed_by_the_next_backup(tmp_path: Path) -
     (backups / ".backup_20230304_050608.partial").write_bytes(b"half an archive")
     (backups / ".backup_20230304_050609.manifest.json.partial").write_bytes(b"{")
     orphan = backups / "backup_20230304_050608.manifest.json"
-    orphan.write_bytes((backups / earlier_manifest).read_bytes())
+    # A manifest of ours (as a writer killed between its two commits leaves it): the
+    # earlier backup's, renamed to the id of an archive that never landed.
+    text = (backups / earlier_manifest).read_text().replace("backup_20230304_050607", "backup_20230304_050608")
+    orphan.write_text(text)
     result = create_backup(BackupConfig(source, backups))
     assert result.success, result.error
     assert listing(backups) == sorted([*before, result.backup_path.name, result.manifest_path.name])
@@ -196,7 +199,9 @@ def test_a_live_writers_partial_and_manifest_are_left_alone(tmp_path: Path) -> N
     source, backups, _before = _with_earlier_backup(tmp_path)
     live = backups / ".backup_20230304_050700.partial"
     live_manifest = backups / "backup_20230304_050700.manifest.json"
-    live_manifest.write_text("{}")
+    earlier_manifest = next(name for name in _before if name.endswith(".manifest.json"))
+    earlier_id = earlier_manifest.removesuffix(".manifest.json")
+    live_manifest.write_text((backups / earlier_manifest).read_text().replace(earlier_id, "backup_20230304_050700"))
     fd = os.open(live, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # what a writer still at work holds

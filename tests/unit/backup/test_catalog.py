@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
+import gzip
+import io
+import json
 import os
+import tarfile
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+import zstandard
 
 from backup.catalog import (
     BackupInfo,
@@ -17,8 +23,9 @@ from backup.catalog import (
     manifest_path_for,
     parse_backup_id,
 )
-from backup.manifest import BackupManifest, ManifestEntry
+from backup.manifest import ArchiveInfo, BackupManifest, ManifestEntry
 from backup.storage import LocalStorage
+from backup.tarformat import writer_comment
 
 UTC = UTC
 
@@ -102,22 +109,54 @@ def test_manifest_path_for_non_archive(tmp_path: Path) -> None:
 # --- list_backups ---------------------------------------------------------------------
 
 
-def _manifest(backup_id: str, created_at: str, sizes: tuple[int, ...] = (1, 2)) -> BackupManifest:
+def _manifest(
+    backup_id: str, created_at: str, sizes: tuple[int, ...] = (1, 2), archive: str | None = ".tar.gz"
+) -> BackupManifest:
+    """Our manifest of ``backup_id``, naming the archive ``<backup_id><archive>`` (a
+    suffix) or, with a full name, that archive; None names no archive at all."""
     files = [ManifestEntry("d", 0, "", created_at, "dir")]
     files += [ManifestEntry(f"d/f{i}", size, "00" * 32, created_at) for i, size in enumerate(sizes)]
-    return BackupManifest(backup_id=backup_id, created_at=created_at, source_dir="/src", files=files)
+    info = None
+    if archive is not None:
+        name = backup_id + archive if archive.startswith(".") else archive
+        info = ArchiveInfo(name, 7, "00" * 32, "gz")
+    return BackupManifest(backup_id=backup_id, created_at=created_at, source_dir="/src", files=files, archive=info)
+
+
+def _tar(comment: str | None, suffix: str = ".tar.gz") -> bytes:
+    """A small archive; with ``comment``, one that starts as ours does (a pax global
+    header whose comment marks it); compressed as ``suffix`` says."""
+    raw = io.BytesIO()
+    marks = {"comment": comment} if comment is not None else None
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT, pax_headers=marks) as tar:
+        info = tarfile.TarInfo("data.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"data\n"))
+    data = raw.getvalue()
+    if suffix in (".tar.gz", ".tgz"):
+        return gzip.compress(data, mtime=0)
+    if suffix == ".tar.zst":
+        return zstandard.ZstdCompressor().compress(data)
+    assert suffix == ".tar", suffix
+    return data
+
+
+def _marked(backup_id: str, suffix: str = ".tar.gz") -> bytes:
+    """An archive carrying our mark for ``backup_id``, as one made with --no-manifest does."""
+    return _tar(writer_comment(backup_id), suffix)
 
 
 def _add(
     directory: Path,
     backup_id: str,
     suffix: str = ".tar.gz",
-    data: bytes = b"archive",
+    data: bytes | None = None,
     manifest: BackupManifest | None = None,
 ) -> Path:
+    """An archive (by default one marked as ours for ``backup_id``) and, if given, its manifest."""
     directory.mkdir(parents=True, exist_ok=True)
     archive = directory / (backup_id + suffix)
-    archive.write_bytes(data)
+    archive.write_bytes(_marked(backup_id, suffix) if data is None else data)
     if manifest is not None:
         manifest.save(directory / (backup_id + ".manifest.json"))
     return archive
@@ -173,8 +212,9 @@ def test_list_backups_only_complete_backups(tmp_path: Path) -> None:
 
 
 def test_list_backups_archive_without_manifest(tmp_path: Path) -> None:
-    """An id-named archive without a manifest is listed, timed by its id."""
-    archive = _add(tmp_path, "backup_20240101_020304-2", suffix=".tar.zst", data=b"abc")
+    """An archive without a manifest is listed, timed by its id, when its mark names that id."""
+    data = _marked("backup_20240101_020304-2", ".tar.zst")
+    archive = _add(tmp_path, "backup_20240101_020304-2", suffix=".tar.zst", data=data)
     assert list_backups(tmp_path) == [
         BackupInfo(
             backup_id="backup_20240101_020304-2",
@@ -182,7 +222,7 @@ def test_list_backups_archive_without_manifest(tmp_path: Path) -> None:
             archive_path=archive,
             manifest_path=None,
             created_at=datetime(2024, 1, 1, 2, 3, 4, tzinfo=UTC),
-            size_bytes=3,
+            size_bytes=len(data),
             file_count=None,
             compression="zst",
         )
@@ -190,12 +230,74 @@ def test_list_backups_archive_without_manifest(tmp_path: Path) -> None:
 
 
 def test_list_backups_foreign_archives(tmp_path: Path) -> None:
-    """An archive not named like an id counts only if it has a manifest."""
-    _add(tmp_path, "random", suffix=".tar.gz")
-    foreign = _add(tmp_path, "photos", suffix=".tgz", manifest=_manifest("photos", "2024-03-01T00:00:00+00:00"))
+    """An archive not named like an id counts only if our manifest names it."""
+    _add(tmp_path, "random", suffix=".tar.gz", data=_tar(None))
+    _add(tmp_path, "photos", suffix=".tgz", manifest=_manifest("photos", "2024-03-01T00:00:00+00:00", archive=".tgz"))
+    ours = _add(
+        tmp_path, "album", suffix=".tar", manifest=_manifest("album", "2024-03-01T00:00:00+00:00", archive=".tar")
+    )
     listed = list_backups(tmp_path)
-    assert [(b.backup_id, b.prefix, b.archive_path, b.compression) for b in listed] == [("photos", None, foreign, "gz")]
+    assert [(b.backup_id, b.prefix, b.archive_path, b.compression) for b in listed] == [("album", None, ours, "")]
     assert listed[0].created_at == datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def test_list_backups_skips_id_named_archives_that_are_not_ours(tmp_path: Path) -> None:
+    """Names alone prove nothing: another tool's archive named like a backup id, a copy
+    of ours under another id, our archive under a name we never use, a symlink to one of
+    ours and a directory are not backups (they used to be listed, and so pruned)."""
+    ours = _add(tmp_path, "db_20240105_000000")
+    _add(tmp_path, "db_20240101_000000", data=_tar(None))  # a dump script's, made by tar
+    _add(tmp_path, "db_20240102_000000", data=_marked("db_20240105_000000"))  # a renamed copy of ours
+    _add(tmp_path, "db_20240103_000000", suffix=".tgz")  # marked, but .tgz is never our spelling
+    (tmp_path / "db_20240104_000000.tar.gz").symlink_to(ours.name)
+    (tmp_path / "db_20240106_000000.tar.gz").mkdir()
+    _add(tmp_path, "db_20240107_000000", data=b"not even an archive")
+    assert [b.backup_id for b in list_backups(tmp_path)] == ["db_20240105_000000"]
+    assert [b.backup_id for b in list_backups(tmp_path, prefix="db")] == ["db_20240105_000000"]
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "other-tools-json",
+        "no-format-tag",
+        "wrong-format-tag",
+        "another-backup-id",
+        "names-another-archive",
+        "no-archive",
+    ],
+)
+def test_list_backups_needs_our_manifest_or_our_mark(tmp_path: Path, variant: str) -> None:
+    """An id-named archive without our mark is listed only if its manifest is ours in
+    every respect: our format tag, its own id, and naming this very archive."""
+    backup_id = "backup_20240101_000000"
+    _add(tmp_path, backup_id, data=_tar(None))
+    path = tmp_path / f"{backup_id}.manifest.json"
+    ours = _manifest(backup_id, "2024-01-01T00:00:00+00:00").to_dict()
+    if variant == "other-tools-json":
+        _write_json(path, {"id": backup_id, "tables": ["users"], "created": "2024-01-01"})
+    elif variant == "no-format-tag":
+        _write_json(path, {key: value for key, value in ours.items() if key != "format"})
+    elif variant == "wrong-format-tag":
+        _write_json(path, {**ours, "format": "another-backup-tool"})
+    elif variant == "another-backup-id":
+        _write_json(path, {**ours, "backup_id": "backup_20240101_000001"})
+    elif variant == "names-another-archive":
+        _write_json(path, {**ours, "archive": {**ours["archive"], "name": "backup_20240101_000000.tar.zst"}})
+    else:
+        _write_json(path, {**ours, "archive": None})
+    assert list_backups(tmp_path) == []
+
+    # Our mark in the archive is proof enough; the manifest that is not ours is reported,
+    # and not taken as the backup's (so never removed with it).
+    _add(tmp_path, backup_id)
+    (info,) = list_backups(tmp_path)
+    assert info.manifest_path is None and info.file_count is None
+    assert info.problem is not None and info.problem.startswith(f"{path}: not this backup's manifest")
 
 
 def test_list_backups_prefix_filter_and_order(tmp_path: Path) -> None:
@@ -205,7 +307,7 @@ def test_list_backups_prefix_filter_and_order(tmp_path: Path) -> None:
     _add(tmp_path, "db_20240101_000000-2")
     _add(tmp_path, "web_20240102_000000")
     _add(tmp_path, "db_x_20240102_000000")
-    _add(tmp_path, "photos", manifest=_manifest("photos", "2024-01-01T00:00:00+00:00"))
+    _add(tmp_path, "photos", data=b"x", manifest=_manifest("photos", "2024-01-01T00:00:00+00:00"))
     assert [b.backup_id for b in list_backups(tmp_path, prefix="db")] == [
         "db_20240101_000000",
         "db_20240101_000000-2",
@@ -222,14 +324,15 @@ def test_list_backups_prefix_filter_and_order(tmp_path: Path) -> None:
 
 
 def test_list_backups_damaged_manifest_reported(tmp_path: Path) -> None:
-    """A manifest that cannot be read is reported as the backup's problem, not raised."""
+    """A manifest that cannot be read is reported as the backup's problem, not raised;
+    the archive, marked as ours, is still listed (timed by its id)."""
     _add(tmp_path, "backup_20240101_000000")
     manifest = tmp_path / "backup_20240101_000000.manifest.json"
     manifest.write_text("{oops")
     (info,) = list_backups(tmp_path)
-    assert info.problem is not None and info.problem.startswith(f"{manifest}: manifest is not valid JSON")
+    assert info.problem == f"{manifest}: not this backup's manifest (not valid JSON)"
     assert info.created_at == datetime(2024, 1, 1, tzinfo=UTC)
-    assert info.file_count is None
+    assert info.file_count is None and info.manifest_path is None
 
 
 def test_list_backups_missing_directory(tmp_path: Path) -> None:
@@ -246,7 +349,7 @@ def test_backup_info_to_dict(tmp_path: Path) -> None:
         "archive_path": str(archive),
         "manifest_path": None,
         "created_at": "2024-01-01T00:00:00+00:00",
-        "size_bytes": 7,
+        "size_bytes": archive.stat().st_size,
         "file_count": None,
         "compression": "gz",
         "problem": None,
@@ -294,9 +397,118 @@ def test_clean_leftovers_keeps_manifest_of_live_writer(tmp_path: Path) -> None:
 
 def test_clean_leftovers_keeps_foreign_backup_manifest(tmp_path: Path) -> None:
     """A manifest beside any archive with its stem is not an orphan."""
-    _add(tmp_path, "photos", suffix=".tar", manifest=_manifest("photos", "2024-01-01T00:00:00+00:00"))
+    _add(tmp_path, "photos", suffix=".tar", manifest=_manifest("photos", "2024-01-01T00:00:00+00:00", archive=".tar"))
     assert clean_leftovers(tmp_path) == []
     assert sorted(os.listdir(tmp_path)) == ["photos.manifest.json", "photos.tar"]
+
+
+def test_clean_leftovers_keeps_manifest_of_live_writer_of_an_unclaimed_archive(tmp_path: Path) -> None:
+    """A writer may hold ``.<archive name>.partial`` rather than ``.<id>.partial``: its
+    committed manifest is not a leftover either."""
+    storage = LocalStorage(tmp_path)
+    backup_id = "b_20240101_000000"
+    archive = storage.begin(backup_id + ".tar.gz")
+    _manifest(backup_id, "2024-01-01T00:00:00+00:00").save(tmp_path / f"{backup_id}.manifest.json")
+    assert clean_leftovers(tmp_path) == []
+    archive.commit()
+    assert [b.backup_id for b in list_backups(tmp_path)] == [backup_id]
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "other-tools-json",
+        "named-like-ours",
+        "no-format-tag",
+        "another-backup-id",
+        "names-an-archive-elsewhere",
+        "names-a-tgz",
+        "no-archive",
+        "symlink-to-ours",
+    ],
+)
+def test_clean_leftovers_removes_only_manifests_that_are_ours(tmp_path: Path, variant: str) -> None:
+    """A manifest without its archive is removed only if it is ours in every respect;
+    anyone else's JSON stays byte for byte (it used to be removed by every create)."""
+    backup_id = "backup_20240101_000000"
+    ours = _manifest(backup_id, "2024-01-01T00:00:00+00:00").to_dict()
+    name = f"{backup_id}.manifest.json"
+    if variant == "other-tools-json":
+        name = "notes.manifest.json"
+        data: object = {"notes": ["call the vendor"]}
+    elif variant == "named-like-ours":
+        data = {"tables": ["users", "orders"], "taken_at": "2024-01-01T00:00:00Z"}
+    elif variant == "no-format-tag":
+        data = {key: value for key, value in ours.items() if key != "format"}
+    elif variant == "another-backup-id":
+        data = {**ours, "backup_id": "backup_20231231_000000"}
+    elif variant == "names-an-archive-elsewhere":
+        data = {**ours, "archive": {**ours["archive"], "name": "../elsewhere/backup_20240101_000000.tar.gz"}}
+    elif variant == "names-a-tgz":
+        data = {**ours, "archive": {**ours["archive"], "name": "backup_20240101_000000.tgz"}}
+    elif variant == "no-archive":
+        data = {**ours, "archive": None}
+    else:
+        data = ours
+    if variant == "symlink-to-ours":
+        (tmp_path / "elsewhere").mkdir()
+        _write_json(tmp_path / "elsewhere" / name, data)
+        (tmp_path / name).symlink_to(Path("elsewhere") / name)
+    else:
+        _write_json(tmp_path / name, data)
+    before = {p: os.readlink(p) if p.is_symlink() else p.read_bytes() for p in tmp_path.rglob("*") if not p.is_dir()}
+
+    assert clean_leftovers(tmp_path) == []
+
+    after = {p: os.readlink(p) if p.is_symlink() else p.read_bytes() for p in tmp_path.rglob("*") if not p.is_dir()}
+    assert after == before
+
+
+def test_clean_leftovers_removes_only_partials_of_our_own_making(tmp_path: Path) -> None:
+    """Dead writers' partials with names this tool makes go; another program's hidden
+    ``.partial`` files (and anything that is not a regular file) stay, locked or not."""
+    ours = [
+        ".b_20240101_000000.partial",
+        ".b_20240101_000000-2.partial",
+        ".b_20240101_000000.tar.zst.partial",
+        ".b_20240101_000000.tar.partial",
+        ".b_20240101_000000.manifest.json.partial",
+        ".b_20240101_000000.manifest.json.4242.partial",
+        "..obs-backup-state.json.4242.partial",
+    ]
+    theirs = [
+        ".download.partial",
+        ".foo.partial",
+        ".notes.tar.gz.partial",
+        ".b_20240101_000000.tgz.partial",
+        ".b_20240101_000000.zip.partial",
+        ".settings.json.4242.partial",
+        ".b_2024_000000.partial",
+    ]
+    for name in ours + theirs:
+        (tmp_path / name).write_bytes(b"half of something")
+    (tmp_path / ".b_20240102_000000.partial").mkdir()  # a directory under one of our names
+    os.mkfifo(tmp_path / ".b_20240103_000000.partial")
+    before = {name: (tmp_path / name).read_bytes() for name in theirs}
+
+    assert sorted(clean_leftovers(tmp_path)) == sorted(ours)
+
+    assert {name: (tmp_path / name).read_bytes() for name in theirs} == before
+    assert (tmp_path / ".b_20240102_000000.partial").is_dir()
+    assert (tmp_path / ".b_20240103_000000.partial").exists()
+
+
+def test_clean_leftovers_spares_a_live_partial_of_our_own_making(tmp_path: Path) -> None:
+    """A name of ours is removed only if its writer is gone: a held lock keeps it."""
+    live = tmp_path / ".b_20240101_000000.manifest.json.4242.partial"
+    fd = os.open(live, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert clean_leftovers(tmp_path) == []
+        assert live.exists()
+    finally:
+        os.close(fd)
+    assert clean_leftovers(tmp_path) == [live.name]
 
 
 def test_clean_leftovers_missing_directory(tmp_path: Path) -> None:

@@ -49,6 +49,9 @@ obs_backup_last_archive_size_bytes{prefix="db"} 1234.0
 # HELP obs_backup_last_files Files in the last successful backup.
 # TYPE obs_backup_last_files gauge
 obs_backup_last_files{prefix="db"} 5.0
+# HELP obs_backup_future_dated_backups Backups dated after the clock at the last retention: kept; check the clock.
+# TYPE obs_backup_future_dated_backups gauge
+obs_backup_future_dated_backups{prefix="db"} 0.0
 """
 
 
@@ -121,3 +124,27 @@ def test_state_that_is_not_an_object_is_ignored(tmp_path: Path) -> None:
     (tmp_path / STATE_NAME).write_text("[1, 2, 3]")
     assert load_state(tmp_path) == {}
     assert load_state(tmp_path / "missing") == {}
+
+
+def test_future_dated_backups_are_recorded_and_exported(tmp_path: Path) -> None:
+    """The count of backups dated after the clock goes into the run record and the gauge."""
+    metrics = tmp_path / "obs.prom"
+
+    state = record_run(tmp_path, record(future_dated_backups=2), metrics)
+
+    assert state["db"]["last_run"]["future_dated_backups"] == 2
+    assert 'obs_backup_future_dated_backups{prefix="db"} 2.0\n' in metrics.read_text()
+
+
+def test_a_run_that_counted_nothing_keeps_the_last_count_of_future_dated_backups(tmp_path: Path) -> None:
+    """A failed run applies no retention and counts nothing; the gauge keeps the last
+    count rather than dropping to 0 and hiding a clock that is still wrong."""
+    metrics = tmp_path / "obs.prom"
+    record_run(tmp_path, record(future_dated_backups=1), metrics)
+
+    record_run(tmp_path, record(success=False, at=STARTED + timedelta(days=1)), metrics)
+
+    assert load_state(tmp_path)["db"]["last_run"]["future_dated_backups"] is None
+    assert 'obs_backup_future_dated_backups{prefix="db"} 1.0\n' in metrics.read_text()
+    record_run(tmp_path, record(future_dated_backups=0, at=STARTED + timedelta(days=2)), metrics)
+    assert 'obs_backup_future_dated_backups{prefix="db"} 0.0\n' in metrics.read_text()

@@ -18,11 +18,13 @@ from hypothesis import strategies as st
 
 from backup.catalog import BackupInfo, format_backup_id, parse_backup_id
 from backup.errors import ConfigError
-from backup.retention import RetentionPlan, RetentionPolicy, apply_policy, parse_duration
+from backup.retention import FUTURE_REASON, RetentionPlan, RetentionPolicy, apply_policy, parse_duration
 
 SEOUL = ZoneInfo("Asia/Seoul")
 KOLKATA = ZoneInfo("Asia/Kolkata")
 NEW_YORK = ZoneInfo("America/New_York")
+# A "now" after every backup of the tables below, so none of them is dated in the future.
+LATER = datetime(2099, 1, 1, tzinfo=UTC)
 
 
 def info(moment: datetime | None, prefix: str = "b", sequence: int = 1, backup_id: str | None = None) -> BackupInfo:
@@ -227,7 +229,7 @@ CASES: list[tuple[str, list[str], RetentionPolicy, tzinfo, list[str]]] = [
 def test_policy_table(times: list[str], policy: RetentionPolicy, zone: tzinfo, expected: list[str]) -> None:
     backups = [info(t(text)) for text in times]
 
-    plan = apply_policy(backups, policy, zone, prefix="b")
+    plan = apply_policy(backups, policy, zone, prefix="b", now=LATER)
 
     assert kept_times(plan) == {t(text) for text in expected}
     check_partition(plan, backups)
@@ -240,15 +242,15 @@ def test_policy_table(times: list[str], policy: RetentionPolicy, zone: tzinfo, e
 def test_input_order_does_not_matter() -> None:
     backups = [info(t(text)) for text in MIXED]
     policy = RetentionPolicy(keep_daily=2, keep_weekly=2, keep_monthly=2)
-    forward = apply_policy(backups, policy, UTC)
-    backward = apply_policy(list(reversed(backups)), policy, UTC)
+    forward = apply_policy(backups, policy, UTC, now=LATER)
+    backward = apply_policy(list(reversed(backups)), policy, UTC, now=LATER)
     assert [d.backup.backup_id for d in forward.keep] == [d.backup.backup_id for d in backward.keep]
     assert [d.reasons for d in forward.keep] == [d.reasons for d in backward.keep]
 
 
 def test_one_backup_carries_every_reason_that_keeps_it() -> None:
     backups = [info(t(text)) for text in MIXED]
-    plan = apply_policy(backups, RetentionPolicy(keep_daily=2, keep_weekly=2, keep_monthly=2), UTC)
+    plan = apply_policy(backups, RetentionPolicy(keep_daily=2, keep_weekly=2, keep_monthly=2), UTC, now=LATER)
 
     reasons = {d.backup.created_at: d.reasons for d in plan.keep}
     newest = reasons[t("2026-05-05T12:00")]
@@ -261,7 +263,7 @@ def test_one_backup_carries_every_reason_that_keeps_it() -> None:
 
 def test_keep_within_and_keep_last_reasons() -> None:
     backups = [info(t("2026-05-01T00:00")), info(t("2026-05-02T00:00")), info(t("2026-05-03T00:00"))]
-    plan = apply_policy(backups, RetentionPolicy(keep_last=1, keep_within=timedelta(hours=30)), UTC)
+    plan = apply_policy(backups, RetentionPolicy(keep_last=1, keep_within=timedelta(hours=30)), UTC, now=LATER)
     reasons = {d.backup.created_at: d.reasons for d in plan.keep}
     assert reasons[t("2026-05-03T00:00")] == ("newest backup (always kept)", "last 1", "within 30h of the newest")
     assert reasons[t("2026-05-02T00:00")] == ("within 30h of the newest",)
@@ -276,7 +278,7 @@ def test_restic_example_one_backup_every_sunday_keep_daily_4() -> None:
     sundays = [datetime(2019, 9, 1, 11, 0, tzinfo=UTC) + timedelta(weeks=n) for n in range(12)]
     backups = [info(moment, prefix="work") for moment in sundays]
 
-    plan = apply_policy(backups, RetentionPolicy(keep_daily=4), UTC)
+    plan = apply_policy(backups, RetentionPolicy(keep_daily=4), UTC, now=LATER)
 
     assert sorted(m.date() for m in kept_times(plan)) == [
         date(2019, 10, 27),
@@ -301,7 +303,9 @@ def test_restic_example_a_century_of_daily_backups() -> None:
     series = [first + timedelta(days=n) for n in range((last - first).days + 1)]
     backups = [info(datetime.combine(day, datetime.min.time(), tzinfo=UTC).replace(hour=12)) for day in series]
 
-    plan = apply_policy(backups, RetentionPolicy(keep_daily=7, keep_weekly=5, keep_monthly=12, keep_yearly=75), UTC)
+    plan = apply_policy(
+        backups, RetentionPolicy(keep_daily=7, keep_weekly=5, keep_monthly=12, keep_yearly=75), UTC, now=LATER
+    )
 
     dailies = {last - timedelta(days=n) for n in range(7)}
     week_ends = {last - timedelta(weeks=n) for n in range(5)}
@@ -332,7 +336,7 @@ def test_restic_example_a_century_of_daily_backups() -> None:
 
 def test_the_newest_is_kept_and_says_so() -> None:
     backups = [info(t("2026-05-01T00:00")), info(t("2026-05-03T00:00")), info(t("2026-05-02T00:00"))]
-    plan = apply_policy(backups, RetentionPolicy(keep_within=timedelta(hours=1)), UTC)
+    plan = apply_policy(backups, RetentionPolicy(keep_within=timedelta(hours=1)), UTC, now=LATER)
     assert [d.backup.created_at for d in plan.keep] == [t("2026-05-03T00:00")]
     assert plan.keep[0].reasons[0] == "newest backup (always kept)"
 
@@ -342,7 +346,7 @@ def test_same_second_duplicates_the_later_sequence_is_the_newest() -> None:
     moment = t("2026-05-01T03:00")
     backups = [info(moment, sequence=n) for n in (1, 2, 3, 10)]
 
-    plan = apply_policy(backups, RetentionPolicy(keep_last=1), UTC)
+    plan = apply_policy(backups, RetentionPolicy(keep_last=1), UTC, now=LATER)
 
     assert [d.backup.backup_id for d in plan.keep] == ["b_20260501_030000-10"]
     assert [d.backup.backup_id for d in plan.remove] == [
@@ -359,9 +363,9 @@ def test_same_second_duplicates_the_later_sequence_is_the_newest() -> None:
 )
 def test_an_empty_policy_is_refused(policy: RetentionPolicy) -> None:
     with pytest.raises(ConfigError, match="keeps nothing"):
-        apply_policy([info(t("2026-05-01T00:00"))], policy, UTC)
+        apply_policy([info(t("2026-05-01T00:00"))], policy, UTC, now=LATER)
     with pytest.raises(ConfigError):
-        apply_policy([], policy, UTC)
+        apply_policy([], policy, UTC, now=LATER)
 
 
 COUNTS = ["keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly"]
@@ -389,7 +393,7 @@ def test_only_the_prefix_is_considered() -> None:
     mine = [info(t("2026-05-01T00:00"), "db"), info(t("2026-05-02T00:00"), "db")]
     theirs = [info(t("2026-04-01T00:00"), "web"), info(t("2026-05-03T00:00"), "web")]
 
-    plan = apply_policy(mine + theirs, RetentionPolicy(keep_last=1), UTC, prefix="db")
+    plan = apply_policy(mine + theirs, RetentionPolicy(keep_last=1), UTC, prefix="db", now=LATER)
 
     assert [d.backup.backup_id for d in plan.keep] == [mine[1].backup_id]
     assert [d.backup.backup_id for d in plan.remove] == [mine[0].backup_id]
@@ -398,7 +402,7 @@ def test_only_the_prefix_is_considered() -> None:
 
 def test_without_a_prefix_everything_is_one_group() -> None:
     backups = [info(t("2026-05-01T00:00"), "db"), info(t("2026-05-02T00:00"), "web")]
-    plan = apply_policy(backups, RetentionPolicy(keep_last=1), UTC)
+    plan = apply_policy(backups, RetentionPolicy(keep_last=1), UTC, now=LATER)
     assert [d.backup.prefix for d in plan.keep] == ["web"]
     assert plan.ignored == ()
 
@@ -407,7 +411,7 @@ def test_backups_of_unknown_time_are_kept_and_use_no_count() -> None:
     undated = info(None, backup_id="b_imported")
     dated = [info(t("2026-05-01T00:00")), info(t("2026-05-02T00:00"))]
 
-    plan = apply_policy([undated, *dated], RetentionPolicy(keep_last=1), UTC)
+    plan = apply_policy([undated, *dated], RetentionPolicy(keep_last=1), UTC, now=LATER)
 
     assert {d.backup.backup_id for d in plan.keep} == {undated.backup_id, dated[1].backup_id}
     assert [d.backup.backup_id for d in plan.remove] == [dated[0].backup_id]
@@ -420,7 +424,7 @@ def test_describe_and_to_dict() -> None:
     assert policy.describe() == "keep-within 7d, keep-daily 7, keep-weekly 4"
     assert RetentionPolicy(keep_within=timedelta(hours=36)).describe() == "keep-within 36h"
     backups = [info(t("2026-05-01T00:00")), info(t("2026-05-02T00:00"))]
-    data = apply_policy(backups, RetentionPolicy(keep_last=1), UTC).to_dict()
+    data = apply_policy(backups, RetentionPolicy(keep_last=1), UTC, now=LATER).to_dict()
     assert data["policy"] == "keep-last 1"
     assert data["keep"] == [
         {
@@ -510,7 +514,7 @@ def _order(backup: BackupInfo) -> tuple[datetime, int]:
 def test_property_partition_and_newest_kept(
     backups: list[BackupInfo], policy: RetentionPolicy, zone: tzinfo, prefix: str
 ) -> None:
-    plan = apply_policy(backups, policy, zone, prefix=prefix)
+    plan = apply_policy(backups, policy, zone, prefix=prefix, now=LATER)
 
     mine = [b for b in backups if b.prefix == prefix]
     others = [b for b in backups if b.prefix != prefix]
@@ -534,7 +538,7 @@ def test_keep_within_is_strictly_newer_than_the_cut_off() -> None:
     """restic's rule: a backup exactly D older than the newest is outside "within D"."""
     newest = datetime(2026, 5, 3, 3, 0, tzinfo=UTC)
     backups = [info(newest - timedelta(days=1)), info(newest - timedelta(days=1, seconds=-1)), info(newest)]
-    plan = apply_policy(backups, RetentionPolicy(keep_within=timedelta(days=1)), UTC, prefix="b")
+    plan = apply_policy(backups, RetentionPolicy(keep_within=timedelta(days=1)), UTC, prefix="b", now=LATER)
     assert sorted(d.backup.created_at for d in plan.keep) == [
         newest - timedelta(hours=23, minutes=59, seconds=59),
         newest,
@@ -546,3 +550,177 @@ def test_keep_within_is_strictly_newer_than_the_cut_off() -> None:
 def test_parse_duration_refuses_ambiguous_or_zero(text: str) -> None:
     with pytest.raises(ConfigError, match="invalid duration"):
         parse_duration(text)
+
+
+# -- backups dated in the future (a clock that ran ahead) ---------------------------------------
+
+# Now is Sunday 2026-05-10 12:00 UTC (ISO week 19). The real backups ran daily at 03:00
+# from April 1, the last one this morning; two more were made while the clock was wrong:
+# one dated a year ahead (a dead RTC battery before NTP synced) and one five minutes ahead.
+CLOCK_NOW = t("2026-05-10T12:00")
+REAL_DAYS = [date(2026, 4, 1) + timedelta(days=n) for n in range(40)]
+AHEAD = [t("2027-05-10T03:00"), t("2026-05-10T12:05")]
+
+
+def real(month: int, day: int) -> datetime:
+    return datetime(2026, month, day, 3, 0, tzinfo=UTC)
+
+
+FUTURE_CASES: list[tuple[str, RetentionPolicy, list[datetime]]] = [
+    ("keep-last", RetentionPolicy(keep_last=3), [real(5, 8), real(5, 9), real(5, 10)]),
+    # Within 7 days of the newest backup not after now (May 10, 03:00), strictly.
+    ("keep-within", RetentionPolicy(keep_within=timedelta(days=7)), [real(5, d) for d in range(4, 11)]),
+    ("keep-hourly", RetentionPolicy(keep_hourly=2), [real(5, 9), real(5, 10)]),
+    ("keep-daily", RetentionPolicy(keep_daily=3), [real(5, 8), real(5, 9), real(5, 10)]),
+    ("keep-weekly", RetentionPolicy(keep_weekly=2), [real(5, 3), real(5, 10)]),
+    ("keep-monthly", RetentionPolicy(keep_monthly=2), [real(4, 30), real(5, 10)]),
+    # Count left at the oldest backup: it is kept too.
+    ("keep-yearly", RetentionPolicy(keep_yearly=2), [real(4, 1), real(5, 10)]),
+    (
+        "daily-weekly-monthly",
+        RetentionPolicy(keep_daily=2, keep_weekly=2, keep_monthly=2),
+        [real(4, 30), real(5, 3), real(5, 9), real(5, 10)],
+    ),
+    ("last-and-within", RetentionPolicy(keep_last=1, keep_within=timedelta(days=2)), [real(5, 9), real(5, 10)]),
+    (
+        "everything",
+        RetentionPolicy(
+            keep_within=timedelta(hours=30),
+            keep_last=2,
+            keep_hourly=1,
+            keep_daily=3,
+            keep_weekly=1,
+            keep_monthly=1,
+            keep_yearly=1,
+        ),
+        [real(5, 8), real(5, 9), real(5, 10)],
+    ),
+]
+
+
+@pytest.mark.parametrize(("policy", "expected"), [c[1:] for c in FUTURE_CASES], ids=[c[0] for c in FUTURE_CASES])
+def test_future_dated_backups_are_set_aside_under_every_rule(policy: RetentionPolicy, expected: list[datetime]) -> None:
+    """Backups dated after now are kept, say why, and count towards no rule: the real
+    history is kept exactly as the policy says, as if they did not exist."""
+    reals = [info(datetime.combine(day, datetime.min.time(), tzinfo=UTC).replace(hour=3)) for day in REAL_DAYS]
+    ahead = [info(moment) for moment in AHEAD]
+
+    plan = apply_policy(ahead + reals, policy, UTC, prefix="b", now=CLOCK_NOW)
+
+    assert kept_times(plan) == set(expected) | set(AHEAD)
+    check_partition(plan, ahead + reals)
+    assert [d.backup for d in plan.future] == ahead  # newest first
+    assert all(d.reasons == (FUTURE_REASON,) for d in plan.future)
+    assert plan.keep[: len(ahead)] == plan.future
+    reasons = {d.backup.created_at: d.reasons for d in plan.keep}
+    assert reasons[real(5, 10)][0] == "newest backup (always kept)"
+    without = apply_policy(reals, policy, UTC, prefix="b", now=CLOCK_NOW)
+    assert plan.keep[len(ahead) :] == without.keep
+    assert plan.remove == without.remove
+
+
+def test_keep_within_is_measured_from_the_newest_backup_not_after_now() -> None:
+    """One backup dated a year ahead no longer makes every real backup look a year old."""
+    reals = [info(t("2026-05-03T03:00")), info(t("2026-05-09T03:00")), info(t("2026-05-10T03:00"))]
+    ahead = info(t("2027-05-10T03:00"))
+
+    plan = apply_policy([*reals, ahead], RetentionPolicy(keep_within=timedelta(days=7)), UTC, now=CLOCK_NOW)
+
+    assert [d.backup for d in plan.keep] == [ahead, reals[2], reals[1]]
+    assert [d.backup for d in plan.remove] == [reals[0]]
+    assert plan.keep[1].reasons == ("newest backup (always kept)", "within 7d of the newest")
+
+
+def test_only_future_dated_backups_are_all_kept() -> None:
+    ahead = [info(t("2027-01-01T00:00")), info(t("2027-01-02T00:00"))]
+    plan = apply_policy(ahead, RetentionPolicy(keep_last=1), UTC, now=CLOCK_NOW)
+    assert [d.backup for d in plan.keep] == [ahead[1], ahead[0]]
+    assert [d.backup for d in plan.future] == [ahead[1], ahead[0]]
+    assert plan.remove == ()
+
+
+def test_a_backup_made_exactly_now_is_not_in_the_future() -> None:
+    backups = [info(t("2026-05-09T12:00")), info(CLOCK_NOW)]
+    plan = apply_policy(backups, RetentionPolicy(keep_last=1), UTC, now=CLOCK_NOW)
+    assert plan.future == ()
+    assert [d.backup for d in plan.keep] == [backups[1]]
+    assert plan.keep[0].reasons == ("newest backup (always kept)", "last 1")
+
+
+def test_future_dated_backups_of_another_prefix_are_ignored_not_kept() -> None:
+    theirs = info(t("2027-01-01T00:00"), prefix="web")
+    mine = info(t("2026-05-01T00:00"), prefix="db")
+    plan = apply_policy([theirs, mine], RetentionPolicy(keep_last=1), UTC, prefix="db", now=CLOCK_NOW)
+    assert plan.future == ()
+    assert plan.ignored == (theirs,)
+
+
+def test_future_dated_backups_in_to_dict() -> None:
+    ahead = info(t("2027-05-10T03:00"))
+    plan = apply_policy([info(t("2026-05-10T03:00")), ahead], RetentionPolicy(keep_last=1), UTC, now=CLOCK_NOW)
+    row = {
+        "backup_id": "b_20270510_030000",
+        "created_at": "2027-05-10T03:00:00+00:00",
+        "archive_path": "/backups/b_20270510_030000.tar.gz",
+        "reasons": [FUTURE_REASON],
+    }
+    data = plan.to_dict()
+    assert data["future"] == [row]
+    assert isinstance(data["keep"], list) and data["keep"][0] == row
+
+
+def test_now_must_be_aware() -> None:
+    with pytest.raises(ValueError, match="aware"):
+        apply_policy([info(t("2026-05-10T03:00"))], RetentionPolicy(keep_last=1), UTC, now=datetime(2026, 5, 10))
+
+
+@st.composite
+def future_backups(draw: st.DrawFn, now: datetime) -> list[BackupInfo]:
+    """Backups dated after ``now``: seconds to ten years ahead, with ids distinct from
+    ``backup_lists``' (sequences from 100 up)."""
+    ahead = st.one_of(st.sampled_from([1, 60, 86400, 365 * 86400]), st.integers(1, 10 * 365 * 86400))
+    moments = draw(st.lists(ahead, max_size=6))
+    prefixes = draw(st.lists(st.sampled_from(PREFIXES), min_size=len(moments), max_size=len(moments)))
+    return [
+        info(now + timedelta(seconds=offset), prefix, 100 + index)
+        for index, (offset, prefix) in enumerate(zip(moments, prefixes, strict=True))
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.data(),
+    backups=backup_lists(),
+    policy=policies,
+    zone=st.sampled_from([UTC, SEOUL, NEW_YORK, KOLKATA]),
+    prefix=st.sampled_from(PREFIXES),
+    now_offset=st.integers(0, 130 * 86400),
+)
+def test_property_future_dated_backups_change_nothing_else(
+    data: st.DataObject,
+    backups: list[BackupInfo],
+    policy: RetentionPolicy,
+    zone: tzinfo,
+    prefix: str,
+    now_offset: int,
+) -> None:
+    """Adding backups dated after now never changes the decision for any other backup,
+    and every one of them (of the prefix) is kept, as dated in the future."""
+    now = BASE + timedelta(seconds=now_offset)
+    extra = data.draw(future_backups(now))
+    combined = data.draw(st.permutations(backups + extra))
+
+    before = apply_policy(backups, policy, zone, prefix=prefix, now=now)
+    after = apply_policy(combined, policy, zone, prefix=prefix, now=now)
+
+    def decisions(plan: RetentionPlan) -> dict[str, tuple[str, ...]]:
+        return {d.backup.backup_id: d.reasons for d in plan.keep + plan.remove}
+
+    added = {b.backup_id for b in extra}
+    assert {k: v for k, v in decisions(after).items() if k not in added} == decisions(before)
+    mine = {b.backup_id for b in extra if b.prefix == prefix}
+    assert {d.backup.backup_id for d in after.keep if d.reasons == (FUTURE_REASON,)} >= mine
+    assert {d.backup.backup_id for d in after.future} == {
+        b.backup_id for b in backups + extra if b.prefix == prefix and b.created_at is not None and b.created_at > now
+    }
+    assert all(d.reasons == (FUTURE_REASON,) for d in after.future)

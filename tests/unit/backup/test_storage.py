@@ -83,7 +83,7 @@ def test_pending_invisible_until_commit(harness: Harness) -> None:
 def test_abort_leaves_nothing(harness: Harness) -> None:
     """An aborted write leaves no object and no partial, and frees the name."""
     storage = harness.storage
-    pending = storage.begin("a.tar", claim="a")
+    pending = storage.begin("a_20240101_000000.tar", claim="a_20240101_000000")
     pending.stream.write(b"half")
     pending.abort()
     assert storage.names() == []
@@ -216,18 +216,18 @@ def test_dead_writer_blocks_its_key_until_cleaned(harness: Harness) -> None:
     """A writer that vanished (its stream closed, as when a process dies) leaves a partial
     that holds its key until clean_partials() removes it."""
     storage = harness.storage
-    pending = storage.begin("a.tar", claim="a")
+    pending = storage.begin("a_20240101_000000.tar", claim="a_20240101_000000")
     pending.stream.write(b"half")
     pending.stream.close()
     del pending
     gc.collect()
     assert storage.names() == []
     with pytest.raises(FileExistsError):
-        storage.begin("a.tar", claim="a")
-    assert storage.clean_partials() == [".a.partial"]
+        storage.begin("a_20240101_000000.tar", claim="a_20240101_000000")
+    assert storage.clean_partials() == [".a_20240101_000000.partial"]
     assert storage.clean_partials() == []
-    _put(storage, "a.tar", b"whole", claim="a")
-    assert harness.read("a.tar") == b"whole"
+    _put(storage, "a_20240101_000000.tar", b"whole", claim="a_20240101_000000")
+    assert harness.read("a_20240101_000000.tar") == b"whole"
 
 
 # --- LocalStorage specifics -----------------------------------------------------------
@@ -284,12 +284,12 @@ def test_local_clean_partials_removes_unlocked_partial(store: LocalStorage) -> N
 
 def test_local_clean_partials_spares_locked_partial(store: LocalStorage) -> None:
     """A partial whose writer is alive (still open, holding its lock) survives."""
-    pending = store.begin("b.tar", claim="b")
-    (store.directory / ".dead.partial").write_bytes(b"")
-    assert store.clean_partials() == [".dead.partial"]
-    assert os.listdir(store.directory) == [".b.partial"]
+    pending = store.begin("b_20240101_000000.tar", claim="b_20240101_000000")
+    (store.directory / ".b_20240101_000001.partial").write_bytes(b"")
+    assert store.clean_partials() == [".b_20240101_000001.partial"]
+    assert os.listdir(store.directory) == [".b_20240101_000000.partial"]
     pending.commit()
-    assert os.listdir(store.directory) == ["b.tar"]
+    assert os.listdir(store.directory) == ["b_20240101_000000.tar"]
 
 
 def test_local_names_of_missing_directory_is_empty(tmp_path: Path) -> None:
