@@ -4,11 +4,14 @@ This does not rely on ``tarfile``'s extraction filters (Python 3.11.7 has known
 bypasses). Every member name and link target is normalised and resolved here,
 against the links the archive itself has already declared, and anything that could
 write or point outside the target is refused.
+
+The members seen so far are kept as a tree (one node per name component), so each
+check walks a name once: the work is linear in the length of the names, however deep
+they are. Names deeper than ``MAX_DEPTH`` components are refused outright.
 """
 
 from __future__ import annotations
 
-import posixpath
 import stat
 import tarfile
 from collections.abc import Sequence
@@ -17,11 +20,16 @@ from typing import Literal
 
 from .errors import UnsafeArchiveError
 
-__all__ = ["MemberChecker", "SafeMember", "is_selected", "normalize_member_name"]
+__all__ = ["MAX_DEPTH", "MemberChecker", "SafeMember", "is_selected", "normalize_member_name", "shown_name"]
 
 MemberKind = Literal["file", "dir", "symlink", "hardlink"]
 # Linux follows at most 40 symlinks while resolving one path, then fails with ELOOP.
 _MAX_LINKS_FOLLOWED = 40
+# Far deeper than any real tree (GNU tar and the kernel have no such limit, but a
+# name of 200,000 components is an attack, not a backup).
+MAX_DEPTH = 1024
+_SET_ID_BITS = stat.S_ISUID | stat.S_ISGID
+_SHOWN_CHARS = 120
 
 
 class _TooManyLinks(Exception):
@@ -40,18 +48,32 @@ class SafeMember:
     link_target: str | None = None
 
 
+def shown_name(name: str) -> str:
+    """Given a member name, return its repr, shortened if it is very long (for messages)."""
+    if len(name) <= _SHOWN_CHARS:
+        return repr(name)
+    return repr(name[: _SHOWN_CHARS // 2]) + f"...({len(name)} characters)"
+
+
 def normalize_member_name(raw: str, archive: str = "archive") -> str:
     """Given a member name, return it relative and normalised ('' for the root itself).
 
-    Raise UnsafeArchiveError for absolute names, '..' components and NUL bytes.
+    Raise UnsafeArchiveError for absolute names, '..' components, NUL bytes, and names
+    deeper than MAX_DEPTH. A name such as ``c:notes.txt`` is an ordinary relative
+    name on POSIX, and is kept as it is.
     """
     if "\x00" in raw:
-        raise UnsafeArchiveError(f"{archive}: member {raw!r} has a NUL byte in its name", raw)
-    if raw.startswith("/") or (len(raw) > 1 and raw[1] == ":" and raw[0].isalpha()):
-        raise UnsafeArchiveError(f"{archive}: member {raw!r} has an absolute path", raw)
+        raise UnsafeArchiveError(f"{archive}: member {shown_name(raw)} has a NUL byte in its name", raw)
+    if raw.startswith("/"):
+        raise UnsafeArchiveError(f"{archive}: member {shown_name(raw)} has an absolute path", raw)
     parts = [part for part in raw.split("/") if part not in ("", ".")]
     if ".." in parts:
-        raise UnsafeArchiveError(f"{archive}: member {raw!r} has a '..' component", raw)
+        raise UnsafeArchiveError(f"{archive}: member {shown_name(raw)} has a '..' component", raw)
+    if len(parts) > MAX_DEPTH:
+        raise UnsafeArchiveError(
+            f"{archive}: member {shown_name(raw)} is {len(parts)} directories deep, more than the {MAX_DEPTH} allowed",
+            raw,
+        )
     return "/".join(parts)
 
 
@@ -62,48 +84,90 @@ def is_selected(name: str, paths: Sequence[str] | None) -> bool:
     return any(not path or name == path or name.startswith(path + "/") for path in paths)
 
 
+class _Node:
+    """One name seen in the archive: what it is, and (for directories) what is in it.
+
+    ``kind`` "implied" is a directory no member declared, only used as a parent.
+    """
+
+    __slots__ = ("children", "kind", "target")
+
+    def __init__(self, kind: str, target: str | None = None) -> None:
+        self.kind = kind
+        self.target = target
+        self.children: dict[str, _Node] | None = {} if kind in ("dir", "implied") else None
+
+
 class MemberChecker:
-    """Checks an archive's members in order; remembers what earlier members declared."""
+    """Checks an archive's members in order; remembers what earlier members declared.
+
+    ``setid_stripped`` lists the members whose set-user-id or set-group-id bits were
+    removed from the mode returned (ownership is not restored, so keeping them would
+    hand the restoring user's identity to whoever wrote the archive).
+    """
 
     def __init__(self, archive: str, allow_external_links: bool = False) -> None:
         self.archive = archive
         self.allow_external_links = allow_external_links
-        self.kinds: dict[str, MemberKind] = {}
-        self.symlinks: dict[str, str] = {}
+        self._root = _Node("dir")
+        # (name, parent components, target) of each symlink that will be written.
+        self._written_links: list[tuple[str, list[str], str]] = []
+        self.setid_stripped: list[str] = []
 
-    def check(self, member: tarfile.TarInfo) -> SafeMember | None:
-        """Given the next member, return it made safe, or None for the archive's root entry.
+    def check(self, member: tarfile.TarInfo, writes: bool = True) -> SafeMember | None:
+        """Given the next member, return it made safe, or None for the archive's root entry
+        or a repeated directory.
 
-        Raise UnsafeArchiveError naming the member if it must not be extracted.
+        ``writes`` says whether the member will be written: the rule against symlinks
+        pointing outside the target applies only to those (what is merely read, by a
+        verify or a selective restore, may point anywhere). Raise UnsafeArchiveError
+        naming the member if it must not be extracted.
         """
         raw = member.name
         name = normalize_member_name(raw, self.archive)
         if not name:
             if member.isdir():
                 return None
-            raise UnsafeArchiveError(f"{self.archive}: member {raw!r} has an empty name", raw)
+            raise UnsafeArchiveError(f"{self.archive}: member {shown_name(raw)} has an empty name", raw)
         kind = self._kind(member, raw)
-        self._check_parents(name, raw)
-        previous = self.kinds.get(name)
+        parts = name.split("/")
+        parent = self._parent_node(parts, raw)
+        assert parent.children is not None
+        previous = parent.children.get(parts[-1])
         if previous is not None:
-            if previous == "dir" and kind == "dir":
-                return None
-            raise UnsafeArchiveError(f"{self.archive}: member {raw!r} appears more than once", raw)
+            if kind == "dir" and previous.kind in ("dir", "implied"):
+                if previous.kind == "dir":
+                    return None
+                previous.kind = "dir"  # declared after members inside it: fine
+                return self._safe(member, name, kind, None)
+            if previous.kind == "implied":
+                raise UnsafeArchiveError(
+                    f"{self.archive}: member {shown_name(raw)} would replace a directory that earlier members "
+                    "were written into",
+                    raw,
+                )
+            raise UnsafeArchiveError(f"{self.archive}: member {shown_name(raw)} appears more than once", raw)
         target = None
         if kind == "symlink":
-            target = self._check_symlink(name, member.linkname, raw)
-            self.symlinks[name] = target
+            target = self._check_symlink(name, parts, member.linkname, raw, writes)
         elif kind == "hardlink":
             target = normalize_member_name(member.linkname, self.archive)
-            if self.kinds.get(target) not in ("file", "hardlink"):
+            if self._lookup(target) not in ("file", "hardlink"):
                 raise UnsafeArchiveError(
-                    f"{self.archive}: hard link {raw!r} points to {member.linkname!r}, "
+                    f"{self.archive}: hard link {shown_name(raw)} points to {shown_name(member.linkname)}, "
                     "which is not an earlier file in the archive",
                     raw,
                 )
-        self.kinds[name] = kind
-        # Set-user-id, set-group-id and sticky bits are never restored.
-        mode = stat.S_IMODE(member.mode) & 0o777
+        parent.children[parts[-1]] = _Node(kind, target)
+        return self._safe(member, name, kind, target)
+
+    def _safe(self, member: tarfile.TarInfo, name: str, kind: MemberKind, target: str | None) -> SafeMember:
+        mode = stat.S_IMODE(member.mode)
+        if mode & _SET_ID_BITS and kind in ("file", "dir", "hardlink"):
+            self.setid_stripped.append(name)
+        # The sticky bit is kept (a shared 1777 directory must stay one); set-id bits
+        # are not, since ownership is not restored.
+        mode &= ~_SET_ID_BITS
         return SafeMember(name, kind, member.size if kind == "file" else 0, mode, float(member.mtime), target)
 
     def _kind(self, member: tarfile.TarInfo, raw: str) -> MemberKind:
@@ -121,53 +185,93 @@ class MemberChecker:
             what = "a FIFO"
         else:
             what = f"of unsupported type {member.type!r}"
-        raise UnsafeArchiveError(f"{self.archive}: member {raw!r} is {what}; refused", raw)
+        raise UnsafeArchiveError(f"{self.archive}: member {shown_name(raw)} is {what}; refused", raw)
 
-    def _check_parents(self, name: str, raw: str) -> None:
-        parts = name.split("/")
-        for depth in range(1, len(parts)):
-            parent = "/".join(parts[:depth])
-            kind = self.kinds.get(parent)
-            if kind == "symlink":
+    def _parent_node(self, parts: list[str], raw: str) -> _Node:
+        """Walk to the directory that will hold ``parts[-1]``, creating implied ones."""
+        node = self._root
+        for depth, part in enumerate(parts[:-1]):
+            assert node.children is not None
+            child = node.children.get(part)
+            if child is None:
+                child = node.children[part] = _Node("implied")
+            elif child.kind == "symlink":
                 raise UnsafeArchiveError(
-                    f"{self.archive}: member {raw!r} would be written through the symlink {parent!r}", raw
+                    f"{self.archive}: member {shown_name(raw)} would be written through the symlink "
+                    f"{shown_name('/'.join(parts[: depth + 1]))}",
+                    raw,
                 )
-            if kind in ("file", "hardlink"):
+            elif child.kind in ("file", "hardlink"):
                 raise UnsafeArchiveError(
-                    f"{self.archive}: member {raw!r} would be written inside the file {parent!r}", raw
+                    f"{self.archive}: member {shown_name(raw)} would be written inside the file "
+                    f"{shown_name('/'.join(parts[: depth + 1]))}",
+                    raw,
                 )
+            node = child
+        return node
 
-    def _check_symlink(self, name: str, target: str, raw: str) -> str:
+    def _lookup(self, name: str) -> str | None:
+        node: _Node | None = self._root
+        for part in name.split("/") if name else ():
+            if node is None or node.children is None:
+                return None
+            node = node.children.get(part)
+        return None if node is None else node.kind
+
+    def _check_symlink(self, name: str, parts: list[str], target: str, raw: str, writes: bool) -> str:
         if not target or "\x00" in target:
-            raise UnsafeArchiveError(f"{self.archive}: symlink {raw!r} has an empty or invalid target", raw)
-        if self.allow_external_links:
+            raise UnsafeArchiveError(f"{self.archive}: symlink {shown_name(raw)} has an empty or invalid target", raw)
+        if self.allow_external_links or not writes:
             return target
         if target.startswith("/"):
-            raise UnsafeArchiveError(f"{self.archive}: symlink {raw!r} points to the absolute path {target!r}", raw)
-        if self._leads_outside(name, target):
-            raise UnsafeArchiveError(f"{self.archive}: symlink {raw!r} points outside the target: {target!r}", raw)
+            raise UnsafeArchiveError(
+                f"{self.archive}: symlink {shown_name(raw)} points to the absolute path {shown_name(target)}; "
+                "--allow-external-links (allow_external_links=True) restores it",
+                raw,
+            )
+        if self._leads_outside(parts[:-1], target):
+            raise self._outside_error(raw, target)
+        self._written_links.append((name, parts[:-1], target))
         return target
 
-    def _leads_outside(self, name: str, target: str) -> bool:
-        """Return whether the symlink ``name`` -> ``target`` resolves outside the target.
+    def _outside_error(self, raw: str, target: str) -> UnsafeArchiveError:
+        return UnsafeArchiveError(
+            f"{self.archive}: symlink {shown_name(raw)} points outside the target: {shown_name(target)}; "
+            "--allow-external-links (allow_external_links=True) restores it",
+            raw,
+        )
+
+    def _leads_outside(self, base: list[str], target: str) -> bool:
+        """Return whether a symlink in directory ``base`` pointing to ``target`` resolves
+        outside the target.
 
         A link whose resolution follows more links than the kernel does (a loop, say)
         resolves to nothing (ELOOP), so it cannot lead outside.
         """
         try:
-            return self._resolve(posixpath.dirname(name), target, [_MAX_LINKS_FOLLOWED]) is None
+            return self._resolve(base, target, [_MAX_LINKS_FOLLOWED]) is None
         except _TooManyLinks:
             return False
 
-    def _resolve(self, base: str, target: str, budget: list[int]) -> list[str] | None:
+    def _nodes_along(self, parts: list[str]) -> list[_Node | None]:
+        nodes: list[_Node | None] = []
+        node: _Node | None = self._root
+        for part in parts:
+            node = None if node is None or node.children is None else node.children.get(part)
+            nodes.append(node)
+        return nodes
+
+    def _resolve(self, base: list[str], target: str, budget: list[int]) -> list[str] | None:
         """Resolve ``target`` from directory ``base`` through the archive's own links.
 
-        Return the resolved parts, or None if the path leaves the target at any step.
-        ``budget`` holds how many more links may be followed, shared by the whole
+        Return the resolved components, or None if the path leaves the target at any
+        step. ``budget`` holds how many more links may be followed, shared by the whole
         resolution (as the kernel counts them, which also keeps this linear); raise
-        _TooManyLinks when it runs out.
+        _TooManyLinks when it runs out. The tree nodes along the way are kept beside
+        the components, so each step is one dictionary look-up.
         """
-        parts = [p for p in base.split("/") if p]
+        parts = list(base)
+        nodes = self._nodes_along(parts)
         for component in target.split("/"):
             if component in ("", "."):
                 continue
@@ -175,31 +279,34 @@ class MemberChecker:
                 if not parts:
                     return None
                 parts.pop()
+                nodes.pop()
                 continue
+            current = nodes[-1] if nodes else self._root
+            node = None if current is None or current.children is None else current.children.get(component)
             parts.append(component)
-            link = self.symlinks.get("/".join(parts))
-            if link is not None:
+            nodes.append(node)
+            if node is not None and node.kind == "symlink" and node.target is not None:
                 budget[0] -= 1
                 if budget[0] < 0:
                     raise _TooManyLinks
-                if link.startswith("/"):
+                if node.target.startswith("/"):
                     return None
-                resolved = self._resolve("/".join(parts[:-1]), link, budget)
+                resolved = self._resolve(parts[:-1], node.target, budget)
                 if resolved is None:
                     return None
                 parts = resolved
+                nodes = self._nodes_along(parts)
         return parts
 
     def recheck_links(self) -> None:
-        """Re-resolve every symlink against all the archive's links, once all are known.
+        """Re-resolve every symlink to be written against all the archive's links, once
+        all are known.
 
         A link checked early may lead outside only through a link declared after it.
         Raise UnsafeArchiveError naming the first such link.
         """
         if self.allow_external_links:
             return
-        for name, target in self.symlinks.items():
-            if self._leads_outside(name, target):
-                raise UnsafeArchiveError(
-                    f"{self.archive}: symlink {name!r} points outside the target: {target!r}", name
-                )
+        for name, base, target in self._written_links:
+            if self._leads_outside(base, target):
+                raise self._outside_error(name, target)
