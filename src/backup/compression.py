@@ -164,8 +164,31 @@ def open_compressor(raw: BinaryIO, compression: str, level: int, size_hint: int 
     raise ConfigError(f"unknown compression {compression!r}")
 
 
+_TAR_BLOCK = 512
+
+
+def _is_tar_header(block: bytes) -> bool:
+    """Return whether a 512-byte block is a tar header with a valid checksum."""
+    if len(block) != _TAR_BLOCK or not any(block):
+        return False
+    try:
+        recorded = int(block[148:156].replace(b"\x00", b" ").strip() or b"-1", 8)
+    except ValueError:
+        return False
+    unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
+    signed = unsigned - 2 * sum(byte for byte in block[:148] + block[156:] if byte >= 0x80)
+    return recorded in (unsigned, signed)
+
+
 def detect_compression(head: bytes) -> str:
-    """Given the first bytes of an archive, return its compression key ('' if uncompressed)."""
+    """Given the first bytes of an archive (512 or more, or all of a shorter file),
+    return its compression key ('' if uncompressed).
+
+    As GNU tar does, a first block that is a valid tar header means an uncompressed
+    archive, whatever its first bytes look like: a member named "BZh..." is not bzip2.
+    """
+    if _is_tar_header(head[:_TAR_BLOCK]):
+        return ""
     for spec in COMPRESSIONS.values():
         if spec.magic and head.startswith(spec.magic):
             return spec.name
@@ -191,4 +214,4 @@ def open_decompressor(raw: BinaryIO, compression: str) -> BinaryIO:
 def sniff_file(path: Path) -> str:
     """Given an archive path, return its compression key from its first bytes."""
     with open(path, "rb") as handle:
-        return detect_compression(handle.read(8))
+        return detect_compression(handle.read(_TAR_BLOCK))

@@ -60,12 +60,15 @@ class ArchiveReader:
     Use as a context manager; iterate :meth:`members`, read a file member's data with
     :meth:`chunks` before moving on (data not read is skipped), then call
     :meth:`finish` to drain the stream and learn the archive's size and checksum.
+    ``compression`` is the archive's compression when known; None detects it.
     """
 
-    def __init__(self, path: Path, algorithm: str = DEFAULT_ALGORITHM) -> None:
+    def __init__(self, path: Path, algorithm: str = DEFAULT_ALGORITHM, compression: str | None = None) -> None:
         self.path = Path(path)
         try:
-            self.compression = sniff_file(self.path)
+            # Our own archives' compression is known (from the manifest); only an
+            # archive of unknown origin is recognised by its first bytes.
+            self.compression = sniff_file(self.path) if compression is None else compression
             self._raw: BinaryIO = open(self.path, "rb", buffering=0)
         except FileNotFoundError as exc:
             raise ArchiveError(f"{self.path}: archive not found", self.path) from exc

@@ -194,3 +194,20 @@ def test_open_decompressor_unknown_raises_archive_error() -> None:
     """A non-canonical key is refused when opening a decompressor."""
     with pytest.raises(ArchiveError):
         open_decompressor(io.BytesIO(), "lz4")
+
+
+@pytest.mark.parametrize("magic", [b"\x1f\x8b", b"BZh", b"BZh91AY&SY", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd"])
+def test_uncompressed_archive_whose_first_name_looks_like_magic_is_uncompressed(magic: bytes) -> None:
+    """An uncompressed archive starts with its first member's name: a member named
+    "BZh91..." must not make the archive look like bzip2 (GNU tar checks the header first)."""
+    info = tarfile.TarInfo(magic.decode("latin-1") + "notes.txt")
+    head = info.tobuf(tarfile.GNU_FORMAT, "latin-1", "strict")  # raw bytes in the name field, as GNU tar writes
+    assert head.startswith(magic)
+    assert detect_compression(head) == ""
+
+
+def test_a_block_with_a_bad_checksum_is_not_taken_for_a_tar_header() -> None:
+    """Bytes that merely begin like a compressed stream are still recognised by magic."""
+    block = bytearray(tarfile.TarInfo("BZh9x").tobuf(tarfile.USTAR_FORMAT))
+    block[150] ^= 1
+    assert detect_compression(bytes(block)) == "bz2"
