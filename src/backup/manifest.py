@@ -8,6 +8,8 @@ archive's own name, size and digest to the seed's shape; a manifest without a
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import stat
@@ -29,6 +31,7 @@ __all__ = [
     "BackupManifest",
     "ManifestEntry",
     "create_manifest",
+    "encode_json_text",
     "load_manifest",
 ]
 
@@ -38,6 +41,34 @@ MANIFEST_SUFFIX = ".manifest.json"
 SUPPORTED_VERSIONS = frozenset({1, 2})
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "))
 ENTRY_TYPES = frozenset({"file", "dir", "symlink"})
+
+
+def encode_json_text(text: str) -> bytes:
+    """Given JSON text, return it as UTF-8 bytes.
+
+    Text from file names that are not valid UTF-8 holds surrogate escapes (PEP 383),
+    which strict UTF-8 cannot encode; each is written as a JSON ``\\udcXX`` escape
+    instead, which JSON readers accept and Python reads back as the same string.
+    """
+    return text.encode("utf-8", "backslashreplace")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _raw_bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def display_name(text: str) -> str:
+    """Given a name that may hold undecodable bytes, return it readable: each such byte
+    as ``\\xNN``."""
+    return _raw_bytes(text).decode("utf-8", "backslashreplace")
 
 
 def iso_from_timestamp(timestamp: float) -> str:
@@ -51,7 +82,13 @@ class ManifestEntry:
 
     ``checksum`` is the hex digest of the file's archived bytes (empty for directories
     and symlinks); ``modified`` is ISO 8601 with offset; ``mode`` holds permission
-    bits; ``warning`` says what went wrong while the entry was read, if anything.
+    bits; ``warning`` says what went wrong while the entry was read, if anything, and
+    ``changed_during_backup`` whether the file kept changing while it was read (the
+    archived copy may mix old and new data).
+
+    A ``path`` or ``link_target`` that is not valid UTF-8 is held as Python holds such
+    names (surrogate escapes); in JSON it is written readable (``\\xNN`` per bad byte)
+    beside its exact bytes in base64 (``path_bytes``, ``link_target_bytes``).
     """
 
     path: str
@@ -62,6 +99,7 @@ class ManifestEntry:
     mode: int | None = None
     link_target: str | None = None
     warning: str | None = None
+    changed_during_backup: bool = False
 
     @classmethod
     def from_file(
@@ -83,7 +121,7 @@ class ManifestEntry:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the entry as plain data ready for JSON."""
-        return {
+        data: dict[str, Any] = {
             "path": self.path,
             "size": self.size,
             "checksum": self.checksum,
@@ -93,6 +131,14 @@ class ManifestEntry:
             "link_target": self.link_target,
             "warning": self.warning,
         }
+        if self.changed_during_backup:
+            data["changed_during_backup"] = True
+        for key in ("path", "link_target"):
+            value = data[key]
+            if value is not None and not _is_utf8(value):
+                data[key] = display_name(value)
+                data[key + "_bytes"] = base64.b64encode(_raw_bytes(value)).decode("ascii")
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> ManifestEntry:
@@ -104,15 +150,35 @@ class ManifestEntry:
             raise ManifestError(f"manifest entry is not an object: {data!r:.80}")
         known = {f.name for f in fields(cls)}
         values = {key: value for key, value in data.items() if key in known}
-        for key, kind in (("path", str), ("size", int), ("checksum", str), ("modified", str)):
+        for key in ("path", "link_target"):
+            encoded = data.get(key + "_bytes")
+            if encoded is None:
+                continue
+            try:
+                values[key] = base64.b64decode(str(encoded), validate=True).decode("utf-8", "surrogateescape")
+            except (binascii.Error, ValueError) as exc:
+                raise ManifestError(f"manifest entry {data.get('path')!r:.80}: {key}_bytes is not base64") from exc
+        required: tuple[tuple[str, type], ...] = (("path", str), ("size", int), ("checksum", str), ("modified", str))
+        for key, kind in required:
             if not isinstance(values.get(key), kind) or isinstance(values.get(key), bool):
                 raise ManifestError(
                     f"manifest entry {data.get('path')!r:.80}: field {key!r} missing or not {kind.__name__}"
                 )
-        for key, kind in (("type", str), ("mode", int), ("link_target", str), ("warning", str)):
+        optional: tuple[tuple[str, type], ...] = (
+            ("type", str),
+            ("mode", int),
+            ("link_target", str),
+            ("warning", str),
+            ("changed_during_backup", bool),
+        )
+        for key, expected in optional:
             value = values.get(key)
-            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-                raise ManifestError(f"manifest entry {data.get('path')!r:.80}: field {key!r} is not {kind.__name__}")
+            if value is not None and (
+                not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))
+            ):
+                raise ManifestError(
+                    f"manifest entry {data.get('path')!r:.80}: field {key!r} is not {expected.__name__}"
+                )
         entry = cls(**values)
         if entry.type not in ENTRY_TYPES:
             raise ManifestError(f"manifest entry {entry.path!r}: unknown type {entry.type!r}")
@@ -198,7 +264,7 @@ class BackupManifest:
 
     def save(self, path: Path) -> None:
         """Write the manifest to ``path`` atomically, mode 0600; raise OSError on failure."""
-        atomic_write_bytes(path, self.to_json().encode("utf-8"))
+        atomic_write_bytes(path, encode_json_text(self.to_json()))
 
     def entry_map(self) -> dict[str, ManifestEntry]:
         """Return the entries keyed by path."""

@@ -1,9 +1,10 @@
 """The tar format itself: building member headers fast, and parsing a tar stream.
 
-Headers for the common case (a short ASCII name and link target, sizes and times that
-fit the octal fields) are packed directly; anything else goes through ``tarfile``'s
-pax encoder, so long and non-ASCII names still get their pax records. The output is
-byte-for-byte what ``tarfile`` writes in pax format.
+Headers are packed here, a ustar block preceded, when a field does not fit it (a long
+or non-ASCII name, a size or time beyond the octal fields), by a pax extended header.
+For names that are valid UTF-8 the output is byte for byte what ``tarfile`` writes in
+pax format; a name that is not (an old Latin-1 file name) keeps its raw bytes in its
+pax record, as GNU tar writes it.
 
 The reader parses one header block at a time with ``tarfile.TarInfo.frombuf`` (which
 checks the header checksum) and handles pax and GNU long-name records itself, with a
@@ -61,46 +62,67 @@ def encode_header(
     """Given a member's fields, return its header block(s) in pax format."""
     if kind == tarfile.DIRTYPE and not name.endswith("/"):
         name += "/"
-    if (
-        len(name) <= 100
-        and len(linkname) <= 100
-        and name.isascii()
-        and linkname.isascii()
-        and 0 <= size < _OCTAL_LIMIT_11
-        and 0 <= mtime < _OCTAL_LIMIT_11
-        and 0 <= uid < _OCTAL_LIMIT_7
-        and 0 <= gid < _OCTAL_LIMIT_7
-    ):
-        block = _HEADER.pack(
-            name.encode("ascii"),
-            _octal(mode & 0o7777, 8),
-            _octal(uid, 8),
-            _octal(gid, 8),
-            _octal(size, 12),
-            _octal(mtime, 12),
-            b"        ",
-            kind,
-            linkname.encode("ascii"),
-            tarfile.POSIX_MAGIC,
-            b"",  # uname: numeric ids only, no name look-ups
-            b"",  # gname
-            b"",  # devmajor: only for device members, which are never written
-            b"",  # devminor
-            b"",  # prefix: long names take the pax path instead
-            b"",
-        )
-        checksum = sum(block)
-        return block[:148] + b"%06o\x00 " % checksum + block[156:]
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.size = size
-    info.mode = mode
-    info.mtime = mtime
-    info.uid = uid
-    info.gid = gid
-    info.uname = info.gname = ""
-    info.linkname = linkname
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    records: dict[str, str] = {}
+    if len(name) > 100 or not name.isascii():
+        records["path"] = name
+    if len(linkname) > 100 or not linkname.isascii():
+        records["linkpath"] = linkname
+    numbers = {"uid": uid, "gid": gid, "size": size, "mtime": mtime}
+    for key, value in numbers.items():
+        if not 0 <= value < (_OCTAL_LIMIT_7 if key in ("uid", "gid") else _OCTAL_LIMIT_11):
+            records[key] = str(value)
+            numbers[key] = 0
+    return _pax_block(records, tarfile.XHDTYPE) + _ustar_block(
+        name, kind, mode, numbers["uid"], numbers["gid"], numbers["size"], numbers["mtime"], linkname
+    )
+
+
+def _field(text: str, width: int) -> bytes:
+    # As tarfile does: the ustar field holds an ASCII rendering, the pax record the truth.
+    return text.encode("ascii", "replace")[:width]
+
+
+def _ustar_block(name: str, kind: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, linkname: str) -> bytes:
+    block = _HEADER.pack(
+        _field(name, 100),
+        _octal(mode & 0o7777, 8),
+        _octal(uid, 8),
+        _octal(gid, 8),
+        _octal(size, 12),
+        _octal(mtime, 12),
+        b"        ",
+        kind,
+        _field(linkname, 100),
+        tarfile.POSIX_MAGIC,
+        b"",  # uname: numeric ids only, no name look-ups
+        b"",  # gname
+        b"",  # devmajor: only for device members, which are never written
+        b"",  # devminor
+        b"",  # prefix: long names take the pax path instead
+        b"",
+    )
+    checksum = sum(block)
+    return block[:148] + b"%06o\x00 " % checksum + block[156:]
+
+
+def _pax_record(key: str, value: str) -> bytes:
+    """One ``"<length> <key>=<value>\\n"`` record; the length counts its own digits."""
+    # A name that is not UTF-8 keeps its original bytes (surrogate escapes undone), as
+    # GNU tar writes them; no hdrcharset record, which GNU tar 1.34 warns about.
+    payload = b" " + key.encode("utf-8") + b"=" + value.encode("utf-8", "surrogateescape") + b"\n"
+    length = len(payload)
+    total = length + len(str(length))
+    if len(str(total)) > len(str(length)):
+        total += 1
+    return str(total).encode("ascii") + payload
+
+
+def _pax_block(records: dict[str, str], kind: bytes) -> bytes:
+    if not records:
+        return b""
+    payload = b"".join(_pax_record(key, value) for key, value in records.items())
+    header = _ustar_block("././@PaxHeader", kind, 0, 0, 0, len(payload), 0, "")
+    return header + payload + bytes(-len(payload) % BLOCK)
 
 
 _MARKER_PREFIX = "obs-backup "
@@ -124,7 +146,7 @@ def encode_global_header(records: dict[str, str]) -> bytes:
     Readers apply its records to every later member; ``comment`` is a keyword every
     pax reader knows and ignores, which is how an archive says who wrote it.
     """
-    return tarfile.TarInfo.create_pax_global_header(records)
+    return _pax_block(records, tarfile.XGLTYPE)
 
 
 class TarStreamReader:
