@@ -7,6 +7,7 @@ keeps working.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,13 @@ class BackupConfig:
             raise ConfigError(
                 f"invalid prefix {self.prefix!r}: use letters, digits, '_', '-' or '.', starting with a letter or digit"
             )
+        if _same_directory(self.source_dir, self.backup_dir):
+            # Every backup would hold all the earlier ones: 1, 2, 4, 8 ... times the data.
+            raise ConfigError(
+                f"{self.backup_dir}: the backup directory is the source directory; keep backups outside it "
+                "(or in a directory below it, which backups leave out)",
+                self.backup_dir,
+            )
         compression = normalize_compression(self.compression)
         level = check_level(compression, self.compression_level)
         new_hasher(self.checksum_algorithm)
@@ -80,6 +88,13 @@ class BackupConfig:
         )
 
 
+def _same_directory(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False  # one does not exist (yet): it cannot be the other
+
+
 @dataclass
 class BackupResult:
     """The outcome of a create or restore.
@@ -87,7 +102,9 @@ class BackupResult:
     On failure ``success`` is False and ``error`` is one line naming the path at fault.
     For a restore, ``backup_path`` is the directory restored into. ``warnings`` lists
     everything that did not stop the operation but that its user should know (a file
-    that changed while it was read, a file skipped, an archive with no manifest).
+    that changed while it was read, a file skipped, an archive with no manifest);
+    ``changed_files`` names the files whose archived copy may mix old and new data
+    because they kept changing while they were read.
     """
 
     success: bool
@@ -101,3 +118,4 @@ class BackupResult:
     archive_size: int = 0
     entry_count: int = 0
     verified: bool = False
+    changed_files: list[str] = field(default_factory=list)

@@ -24,7 +24,7 @@ from .compression import archive_suffix, open_compressor
 from .config import BackupResult
 from .durable import write_all
 from .errors import BackupError, StorageError
-from .manifest import MANIFEST_SUFFIX, ArchiveInfo, BackupManifest
+from .manifest import MANIFEST_SUFFIX, ArchiveInfo, BackupManifest, encode_json_text
 from .storage import LocalStorage, PendingObject
 from .tarwriter import HashingSink, ProgressCallback, write_entries
 
@@ -60,6 +60,7 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
         outcome = write_entries(
             compressor,
             plan.entries,
+            root=str(Path(config.source_dir).absolute()),
             algorithm=config.checksum_algorithm,
             on_read_error=config.on_read_error,
             progress=progress,
@@ -88,6 +89,10 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
     except OSError as exc:
         where = exc.filename or config.backup_dir
         return _failed(started, f"{where}: cannot write backup: {exc.strerror or exc}", backup_id)
+    except Exception as exc:  # a bug: still a failed result (and no backup), never an exception
+        return _failed(
+            started, f"{config.backup_dir}: backup failed: internal error: {type(exc).__name__}: {exc}", backup_id
+        )
     finally:
         for pending in (manifest_pending, archive):
             if pending is not None:
@@ -104,6 +109,7 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
         backup_id=backup_id,
         archive_size=sink.size,
         entry_count=len(outcome.entries),
+        changed_files=list(outcome.changed),
     )
 
 
@@ -115,9 +121,9 @@ def _write_manifest(stream: BinaryIO, manifest: BackupManifest) -> None:
         pending.append(piece)
         size += len(piece)
         if size >= 1 << 20:
-            write_all(stream, "".join(pending).encode("utf-8"))
+            write_all(stream, encode_json_text("".join(pending)))
             pending, size = [], 0
-    write_all(stream, "".join(pending).encode("utf-8"))
+    write_all(stream, encode_json_text("".join(pending)))
 
 
 def _claim(storage: LocalStorage, plan: BackupPlan) -> tuple[str, PendingObject]:

@@ -1,12 +1,15 @@
 """Walking the source directory: what would be archived, and what is left out and why.
 
-One ``scandir`` walk, one ``lstat`` per entry, no user or group name look-ups.
-Symlinks are recorded as symlinks and never followed. Directories matched by an
-exclude pattern are not descended into (as with ``.gitignore``).
+One walk, one ``lstat`` per entry, no user or group name look-ups. Directories are
+opened relative to their parent's descriptor without following links, so a directory
+swapped for a symlink during the walk is never followed out of the source, and paths
+of any length work. Symlinks are recorded as symlinks and never followed. Directories
+matched by an exclude pattern are not descended into (as with ``.gitignore``).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,15 +20,28 @@ from typing import Literal
 import pathspec
 
 from .errors import ConfigError, SourceError
+from .fstree import STAGING_NAME, DirectoryChain
+from .safety import MAX_DEPTH
 
 __all__ = ["EntryKind", "Exclusion", "ScanResult", "SourceEntry", "compile_excludes", "scan_source"]
 
 EntryKind = Literal["file", "dir", "symlink"]
 
+_SPECIAL = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class SourceEntry:
-    """One thing to archive, as ``lstat`` saw it during the walk."""
+    """One thing to archive, as ``lstat`` saw it during the walk.
+
+    ``path`` is relative to the source, with ``/`` between components; ``abspath``
+    is for messages only: files are opened relative to their directory.
+    """
 
     path: str
     kind: EntryKind
@@ -53,6 +69,7 @@ class ScanResult:
     entries: tuple[SourceEntry, ...]
     excluded: tuple[Exclusion, ...]
     problems: tuple[str, ...]
+    root: str = ""
 
 
 class _Excluder:
@@ -89,25 +106,40 @@ def scan_source(
     ``files`` restricts the backup to those paths (directories include their contents);
     each must lie inside ``source_dir``. ``skip_dir`` (the backup directory) is never
     archived, even when it sits inside the source. Sockets, FIFOs and devices are left
-    out with a reason. Raise SourceError if the source or a named file is missing or
-    outside the source, or if a directory cannot be listed and ``on_error`` is "fail".
+    out, each with a reason and a warning. Raise ConfigError if ``skip_dir`` is the
+    source itself; SourceError if the source or a named file is missing or outside the
+    source, or if a directory cannot be listed and ``on_error`` is "fail".
     """
     root = os.path.abspath(source_dir)
     try:
-        root_info = os.stat(root)
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise SourceError(f"{source_dir}: source directory does not exist", source_dir) from exc
+    except NotADirectoryError as exc:
+        raise SourceError(f"{source_dir}: source is not a directory", source_dir) from exc
     except OSError as exc:
         raise SourceError(f"{source_dir}: source directory {_reason(exc)}", source_dir) from exc
-    if not stat.S_ISDIR(root_info.st_mode):
-        raise SourceError(f"{source_dir}: source is not a directory", source_dir)
-
-    walker = _Walker(root, _Excluder(exclude), _dir_key(skip_dir), on_error)
-    if files is None:
-        walker.walk_directory(root, "")
-    else:
-        for relative in _relative_paths(root, files):
-            walker.add_path(relative)
+    try:
+        root_info = os.fstat(root_fd)
+        skip_key = _dir_key(skip_dir)
+        if skip_key == (root_info.st_dev, root_info.st_ino):
+            # Every backup would hold all the earlier ones: 1, 2, 4, 8 ... times the data.
+            raise ConfigError(
+                f"{skip_dir}: the backup directory is the source directory; keep backups outside it "
+                "(or in a directory below it, which backups leave out)",
+                skip_dir,
+            )
+        with DirectoryChain(root_fd) as chain:
+            walker = _Walker(root, chain, _Excluder(exclude), skip_key, on_error)
+            if files is None:
+                walker.walk_directory([], "")
+            else:
+                for relative in _relative_paths(root, files):
+                    walker.add_path(relative)
+    finally:
+        os.close(root_fd)
     entries = walker.entries if files is None else sorted(walker.entries, key=lambda e: e.path)
-    return ScanResult(tuple(entries), tuple(walker.excluded), tuple(walker.problems))
+    return ScanResult(tuple(entries), tuple(walker.excluded), tuple(walker.problems), root)
 
 
 def _dir_key(directory: Path | None) -> tuple[int, int] | None:
@@ -138,11 +170,13 @@ class _Walker:
     def __init__(
         self,
         root: str,
+        chain: DirectoryChain,
         excluder: _Excluder,
         skip_key: tuple[int, int] | None,
         on_error: Literal["fail", "skip"],
     ) -> None:
         self.root = root
+        self.chain = chain
         self.excluder = excluder
         self.skip_key = skip_key
         self.on_error = on_error
@@ -151,77 +185,104 @@ class _Walker:
         self.problems: list[str] = []
         self._seen: set[str] = set()
 
+    def _absolute(self, relative: str) -> str:
+        return os.path.join(self.root, relative) if relative else self.root
+
     def add_path(self, relative: str) -> None:
         """Add one named path (and, for a directory, everything under it)."""
-        absolute = os.path.join(self.root, relative)
+        absolute = self._absolute(relative)
         parts = relative.split("/")
-        for depth in range(1, len(parts)):
-            parent = os.path.join(self.root, *parts[:depth])
-            if os.path.islink(parent):
-                # lstat below would follow it, and read from wherever it points.
-                raise SourceError(f"{absolute}: lies under the symlink {parent}, which is not followed", absolute)
         try:
-            info = os.lstat(absolute)
+            parent = self.chain.fd(parts[:-1])
+            info = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
         except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                # A component on the way is a symlink (or not a directory): following it
+                # would read from wherever it points.
+                raise SourceError(
+                    f"{absolute}: lies under a symlink or a file, which is not followed", absolute
+                ) from exc
             raise SourceError(f"{absolute}: {_reason(exc)}", absolute) from exc
-        if self._consider(relative, absolute, info) == "dir":
-            self.walk_directory(absolute, relative + "/")
+        if self._consider(relative, parts[-1], info) == "dir":
+            self.walk_directory(parts, relative + "/")
 
-    def walk_directory(self, absolute: str, prefix: str) -> None:
+    def walk_directory(self, parts: list[str], prefix: str) -> None:
         """Add everything under one directory, depth first, parents before children."""
-        stack: list[Iterator[tuple[str, str]]] = [self._children(absolute, prefix)]
+        stack: list[tuple[list[str], Iterator[str]]] = [(parts, self._children(parts, prefix))]
         while stack:
-            child = next(stack[-1], None)
-            if child is None:
+            dir_parts, names = stack[-1]
+            name = next(names, None)
+            if name is None:
                 stack.pop()
                 continue
-            child_abs, child_rel = child
+            relative = "/".join([*dir_parts, name])
             try:
-                info = os.lstat(child_abs)
+                info = os.stat(name, dir_fd=self.chain.fd(dir_parts), follow_symlinks=False)
             except FileNotFoundError:
-                self.problems.append(f"{child_abs}: disappeared during the walk; not archived")
+                self.problems.append(f"{self._absolute(relative)}: disappeared during the walk; not archived")
                 continue
             except OSError as exc:
-                self._problem(child_abs, f"cannot be examined: {exc.strerror or exc}")
+                self._problem(self._absolute(relative), f"cannot be examined: {exc.strerror or exc}")
                 continue
-            if self._consider(child_rel, child_abs, info) == "dir":
-                stack.append(self._children(child_abs, child_rel + "/"))
+            if self._consider(relative, name, info) == "dir":
+                child = [*dir_parts, name]
+                stack.append((child, self._children(child, relative + "/")))
 
-    def _children(self, absolute: str, prefix: str) -> Iterator[tuple[str, str]]:
+    def _children(self, parts: list[str], prefix: str) -> Iterator[str]:
+        absolute = self._absolute(prefix.rstrip("/"))
         try:
-            with os.scandir(absolute) as listing:
-                names = sorted(item.name for item in listing)
+            names = sorted(os.listdir(self.chain.fd(parts)))
         except OSError as exc:
-            self._problem(absolute, f"directory cannot be listed: {exc.strerror or exc}")
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                self._problem(absolute, "was replaced by a symlink or a file during the walk; not followed")
+            else:
+                self._problem(absolute, f"directory cannot be listed: {exc.strerror or exc}")
             return
-        for name in names:
-            yield os.path.join(absolute, name), prefix + name
+        yield from names
 
     def _problem(self, absolute: str, message: str) -> None:
         if self.on_error == "fail":
             raise SourceError(f"{absolute}: {message}", absolute)
         self.problems.append(f"{absolute}: {message}; skipped")
 
-    def _consider(self, relative: str, absolute: str, info: os.stat_result) -> str | None:
+    def _leave_out(self, relative: str, info: os.stat_result, name: str) -> str | None:
+        mode = info.st_mode
+        is_dir = stat.S_ISDIR(mode)
+        reason = self.excluder.reason(relative, is_dir)
+        if reason is not None:
+            return reason
+        if is_dir and (info.st_dev, info.st_ino) == self.skip_key:
+            return "is the backup directory"
+        if is_dir and STAGING_NAME.match(name):
+            return "is the staging directory of an unfinished restore"
+        for test, what in _SPECIAL:
+            if test(mode):
+                self.problems.append(
+                    f"{self._absolute(relative)}: is {what}; not archived (only files, directories and symlinks are)"
+                )
+                return f"is {what}; only files, directories and symlinks are archived"
+        return None
+
+    def _consider(self, relative: str, name: str, info: os.stat_result) -> str | None:
         """Record one path as an entry or an exclusion; return its kind if it was kept."""
         if relative in self._seen:
             return None
         self._seen.add(relative)
-        mode = info.st_mode
-        is_dir = stat.S_ISDIR(mode)
-        reason = self.excluder.reason(relative, is_dir)
-        if reason is None and is_dir and (info.st_dev, info.st_ino) == self.skip_key:
-            reason = "is the backup directory"
-        if reason is None and not (is_dir or stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-            reason = "is a socket, FIFO or device file; only files, directories and symlinks are archived"
+        absolute = self._absolute(relative)
+        reason = self._leave_out(relative, info, name)
         if reason is not None:
             self.excluded.append(Exclusion(relative, reason))
             return None
-        kind: EntryKind = "dir" if is_dir else "symlink" if stat.S_ISLNK(mode) else "file"
+        if relative.count("/") >= MAX_DEPTH:
+            self._problem(absolute, f"is more than {MAX_DEPTH} directories deep, which restores refuse")
+            return None
+        mode = info.st_mode
+        kind: EntryKind = "dir" if stat.S_ISDIR(mode) else "symlink" if stat.S_ISLNK(mode) else "file"
         link_target = None
         if kind == "symlink":
             try:
-                link_target = os.readlink(absolute)
+                parent = self.chain.fd(relative.split("/")[:-1])
+                link_target = os.readlink(name, dir_fd=parent)
             except OSError as exc:
                 self._problem(absolute, f"symlink cannot be read: {exc.strerror or exc}")
                 return None

@@ -93,22 +93,24 @@ def _run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, 
 
 
 def _refuse_listing(monkeypatch: pytest.MonkeyPatch, victim: Path) -> None:
-    """Fault injection (we run as root, so chmod 000 would not stop us): os.scandir
-    raises PermissionError for ``victim``, and only for it."""
-    real_scandir = os.scandir
+    """Fault injection (we run as root, so chmod 000 would not stop us): os.listdir
+    raises PermissionError for ``victim``, and only for it. The walk lists directories
+    by descriptor; /proc tells which directory a descriptor is."""
+    real_listdir = os.listdir
 
-    def scandir(path=".", *args, **kwargs):
-        if os.fspath(path) == str(victim):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
-        return real_scandir(path, *args, **kwargs)
+    def listdir(path="."):
+        where = os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else os.fspath(path)
+        if where == str(victim):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_listdir(path)
 
-    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "listdir", listdir)
 
 
 def test_unlistable_directory_with_fail_policy_fails_and_writes_nothing(
     tmp_path: Path, setup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Fault injection: os.scandir refuses sub/deeper (see _refuse_listing).
+    # Fault injection: os.listdir refuses sub/deeper (see _refuse_listing).
     source, _expected, backups, before = setup
     victim = source / "sub" / "deeper"
     _refuse_listing(monkeypatch, victim)
@@ -127,7 +129,7 @@ def test_unlistable_directory_with_fail_policy_fails_and_writes_nothing(
 def test_unlistable_directory_with_skip_policy_is_recorded_and_the_rest_archived(
     tmp_path: Path, setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Fault injection: os.scandir refuses sub/deeper (see _refuse_listing).
+    # Fault injection: os.listdir refuses sub/deeper (see _refuse_listing).
     source, expected, backups, before = setup
     victim = source / "sub" / "deeper"
     _refuse_listing(monkeypatch, victim)
@@ -169,7 +171,7 @@ def _make_it_vanish(source: Path, how: str, tmp_path: Path) -> tuple[Path, str]:
     outside = tmp_path / "outside-secret.txt"
     outside.write_bytes(b"OUTSIDE-THE-SOURCE-7c1e\n" * 100)
     os.symlink(outside, victim)
-    return victim, "cannot be opened: Too many levels of symbolic links"
+    return victim, "it or a directory above it was replaced by a symlink; not followed"
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced-by-symlink"])

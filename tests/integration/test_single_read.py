@@ -1,8 +1,9 @@
 """Each source file is read once; files that change or fail while read are handled openly.
 
 We run as root, so permission bits cannot make a file unreadable: faults are injected
-by wrapping ``backup.tarwriter._open_source`` (the open of each source file) and
-``backup.tarwriter._read_into`` (each read of its data) with monkeypatch.
+by wrapping ``backup.tarwriter._open_source`` (the open of each source file, by name
+relative to its directory's descriptor) and ``backup.tarwriter._read_into`` (each read
+of its data) with monkeypatch.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ CHUNK = 1 << 20
 BIG_SIZE = 3 * CHUNK + 12345
 
 
+def _path_of(name, dir_fd) -> str:
+    """The absolute path a descriptor-relative open names (for matching in the wrappers)."""
+    return os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), os.fspath(name))
+
+
 def _files_under(root: Path) -> list[str]:
     return sorted(str(root / p) for p, v in snapshot(root).items() if v[0] == "file")
 
@@ -41,9 +47,9 @@ def test_each_source_file_is_opened_exactly_once(tmp_path: Path, corpus, monkeyp
     real_os_open = os.open
     real_builtin_open = builtins.open
 
-    def counting_open_source(path, flags, *args):
-        opened.append(os.fspath(path))
-        return real_open_source(path, flags, *args)
+    def counting_open_source(name, flags, *args, dir_fd):
+        opened.append(_path_of(name, dir_fd))
+        return real_open_source(name, flags, *args, dir_fd=dir_fd)
 
     # Any other way of opening a source file (os.open, open) would also be caught.
     def spying_os_open(path, flags, *args, **kwargs):
@@ -85,9 +91,9 @@ def _wrap_reads(monkeypatch, target: Path, after_first_chunk) -> None:
     fds: set[int] = set()
     state = {"done": False}
 
-    def open_source(path, flags, *args):
-        fd = real_open(path, flags, *args)
-        if os.fspath(path) == str(target):
+    def open_source(name, flags, *args, dir_fd):
+        fd = real_open(name, flags, *args, dir_fd=dir_fd)
+        if _path_of(name, dir_fd) == str(target):
             fds.add(fd)
         return fd
 
@@ -179,10 +185,10 @@ def _earlier_backup(tmp_path: Path, source: Path) -> tuple[Path, dict]:
 def _refuse_open(monkeypatch, victim: Path) -> None:
     real_open = tarwriter._open_source
 
-    def open_source(path, flags, *args):
-        if os.fspath(path) == str(victim):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
-        return real_open(path, flags, *args)
+    def open_source(name, flags, *args, dir_fd):
+        if _path_of(name, dir_fd) == str(victim):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(name))
+        return real_open(name, flags, *args, dir_fd=dir_fd)
 
     monkeypatch.setattr(tarwriter, "_open_source", open_source)
 
@@ -235,9 +241,9 @@ def _eio_on_second_chunk(monkeypatch, victim: Path) -> None:
     fds: set[int] = set()
     calls = {"n": 0}
 
-    def open_source(path, flags, *args):
-        fd = real_open(path, flags, *args)
-        if os.fspath(path) == str(victim):
+    def open_source(name, flags, *args, dir_fd):
+        fd = real_open(name, flags, *args, dir_fd=dir_fd)
+        if _path_of(name, dir_fd) == str(victim):
             fds.add(fd)
         return fd
 

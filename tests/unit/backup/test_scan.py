@@ -162,14 +162,77 @@ def test_backup_dir_inside_source_is_excluded(source: Path) -> None:
     assert list(result.excluded) == [Exclusion("a/backups", "is the backup directory")]
 
 
-def test_fifo_is_excluded_with_reason(source: Path) -> None:
-    """A FIFO is left out with a reason (and the walk does not block on it)."""
+def test_fifo_and_socket_are_excluded_with_reason_and_a_warning(source: Path) -> None:
+    """A FIFO or a socket is left out with a reason (and the walk does not block on it),
+    and each is a problem, so that a real backup's result and manifest record it."""
+    import socket
+
     os.mkfifo(source / "a" / "pipe")
-    result = scan_source(source)
-    assert "a/pipe" not in _paths(result)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(source / "a" / "sock"))
+    try:
+        result = scan_source(source)
+    finally:
+        listener.close()
+    assert "a/pipe" not in _paths(result) and "a/sock" not in _paths(result)
     assert list(result.excluded) == [
-        Exclusion("a/pipe", "is a socket, FIFO or device file; only files, directories and symlinks are archived")
+        Exclusion("a/pipe", "is a FIFO; only files, directories and symlinks are archived"),
+        Exclusion("a/sock", "is a socket; only files, directories and symlinks are archived"),
     ]
+    assert result.problems == (
+        f"{source / 'a' / 'pipe'}: is a FIFO; not archived (only files, directories and symlinks are)",
+        f"{source / 'a' / 'sock'}: is a socket; not archived (only files, directories and symlinks are)",
+    )
+
+
+def test_backup_dir_that_is_the_source_is_refused(source: Path) -> None:
+    """create D D would archive every earlier backup into the next one (1, 2, 4, 8 MB ...)."""
+    with pytest.raises(ConfigError) as info:
+        scan_source(source, skip_dir=source / "a" / "..")
+    assert "the backup directory is the source directory" in str(info.value)
+
+
+def test_staging_directory_of_a_killed_restore_is_left_out(source: Path) -> None:
+    """A restore killed while staging inside its target (a mount point) leaves a hidden
+    directory there; the next backup of that directory must not archive it."""
+    _tree(source / ".data.obs-restore-4242-0a1b2c3d", {"half.bin": b"x"})
+    result = scan_source(source)
+    assert not any("obs-restore" in path for path in _paths(result))
+    assert Exclusion(".data.obs-restore-4242-0a1b2c3d", "is the staging directory of an unfinished restore") in (
+        result.excluded
+    )
+
+
+def test_paths_longer_than_path_max_are_walked(tmp_path: Path) -> None:
+    """Each call names one component, so a tree deeper than 4096 bytes is walked."""
+    source = tmp_path / "deep"
+    source.mkdir()
+    fd = os.open(source, os.O_RDONLY)
+    parts = ["d" * 200] * 30  # 6,000 bytes
+    try:
+        for part in parts:
+            os.mkdir(part, dir_fd=fd)
+            child = os.open(part, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        with open(os.open("leaf.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as leaf:
+            leaf.write(b"deep")
+    finally:
+        os.close(fd)
+    result = scan_source(source)
+    deepest = "/".join(parts) + "/leaf.txt"
+    assert len(deepest) > 4096
+    assert _paths(result)[-1] == deepest
+    assert result.entries[-1].size == 4
+
+
+def test_a_directory_swapped_for_a_symlink_is_not_followed(tmp_path: Path, source: Path) -> None:
+    """Naming a path under a directory that is now a symlink must not read through it."""
+    outside = _tree(tmp_path / "outside", {"secret": b"s"})
+    os.rename(source / "a", tmp_path / "a-moved")
+    os.symlink(outside, source / "a")
+    result = scan_source(source, files=["a"])
+    assert [(e.path, e.kind) for e in result.entries] == [("a", "symlink")]
 
 
 def test_files_restricts_to_given_paths(source: Path) -> None:
@@ -245,18 +308,20 @@ def test_source_that_is_a_file_raises(tmp_path: Path) -> None:
 
 
 def _fail_scandir_for(monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
-    """Make os.scandir fail with EACCES for one directory.
+    """Make listing one directory fail with EACCES.
 
-    We run as root, so chmod 000 would not stop the listing; simulate it instead.
+    We run as root, so chmod 000 would not stop the listing; simulate it instead. The
+    walk lists directories by descriptor; /proc tells which directory one is.
     """
-    real: Callable[..., Any] = os.scandir
+    real: Callable[..., Any] = os.listdir
 
     def fake(path: Any = ".") -> Any:
-        if os.fspath(path) == str(target):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        where = os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else os.fspath(path)
+        if where == str(target):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
         return real(path)
 
-    monkeypatch.setattr(os, "scandir", fake)
+    monkeypatch.setattr(os, "listdir", fake)
 
 
 def test_unlistable_directory_fails_by_default(monkeypatch: pytest.MonkeyPatch, source: Path) -> None:
