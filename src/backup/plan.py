@@ -213,7 +213,7 @@ def plan_restore(
     if manifest is not None:
         entries = [RestoreEntry(e.path, e.type, e.size) for e in manifest.files]
     elif list_archive or selection is not None:
-        entries = _list_archive(archive_path, allow_external_links)
+        entries = _list_archive(archive_path, allow_external_links, selection)
     else:
         entries = []
     chosen = tuple(entry for entry in entries if is_selected(entry.path, selection))
@@ -247,12 +247,14 @@ def _normalize_selection(paths: Sequence[str] | None) -> tuple[str, ...] | None:
     return None if "" in selection else tuple(selection)
 
 
-def _list_archive(archive_path: Path, allow_external_links: bool) -> list[RestoreEntry]:
+def _list_archive(
+    archive_path: Path, allow_external_links: bool, selection: tuple[str, ...] | None
+) -> list[RestoreEntry]:
     checker = MemberChecker(str(archive_path), allow_external_links)
     entries = []
     with ArchiveReader(archive_path) as reader:
         for member in reader.members():
-            safe = checker.check(member)
+            safe = checker.check(member, writes=is_selected(normalize_member_name(member.name), selection))
             if safe is not None:
                 kind = "file" if safe.kind == "hardlink" else safe.kind
                 entries.append(RestoreEntry(safe.name, kind, safe.size))

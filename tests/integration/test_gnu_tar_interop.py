@@ -156,7 +156,7 @@ def test_archive_without_manifest_still_refuses_to_overwrite(tmp_path: Path) -> 
     result = restore_backup(archive, target)
 
     assert result.success is False
-    assert "1 entries already exist" in (result.error or "")
+    assert "1 entry already exists" in (result.error or "")
     assert clash.name in (result.error or "")
     assert snapshot(target) == before
     assert staging_leftovers(tmp_path) == []

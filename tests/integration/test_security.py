@@ -45,7 +45,9 @@ def _mode(path: Path) -> int:
 # --- set-user-id, set-group-id and sticky bits ---------------------------------------------
 
 SPECIAL = {"suid": 0o4755, "sgid": 0o2755, "sticky": 0o1777}  # two files and a directory
-STRIPPED = {"suid": 0o755, "sgid": 0o755, "sticky": 0o777}
+# Set-id bits are dropped (ownership is not restored, so they would grant the restoring
+# user's identity); the sticky bit of a shared directory is kept.
+RESTORED = {"suid": 0o755, "sgid": 0o755, "sticky": 0o1777}
 
 
 def _special_tree(root: Path) -> Path:
@@ -78,7 +80,7 @@ def _special_archive(tmp_path: Path, how: str) -> Path:
 
 
 @pytest.mark.parametrize("how", ["tarfile", "gnu-tar", "obs-backup"])
-def test_restore_never_sets_setuid_setgid_or_sticky_bits(tmp_path: Path, how: str) -> None:
+def test_restore_never_sets_set_id_bits_and_keeps_the_sticky_bit(tmp_path: Path, how: str) -> None:
     archive = _special_archive(tmp_path, how)
     with tarfile.open(archive) as tf:  # the archive really asks for them
         modes = {member.name.removeprefix("./"): member.mode for member in tf.getmembers()}
@@ -87,7 +89,10 @@ def test_restore_never_sets_setuid_setgid_or_sticky_bits(tmp_path: Path, how: st
     result = restore_backup(archive, target)
     assert result.success, result.error
     assert result.verified is (how == "obs-backup")
-    assert {name: _mode(target / name) for name in SPECIAL} == STRIPPED
+    assert {name: _mode(target / name) for name in SPECIAL} == RESTORED
+    stripped = [warning for warning in result.warnings if "set-user-id and set-group-id bits" in warning]
+    assert len(stripped) == 1 and "2 entries (" in stripped[0], result.warnings
+    assert "suid" in stripped[0] and "sgid" in stripped[0] and "sticky" not in stripped[0]
     assert (target / "sticky" / "inside.txt").read_bytes() == b"inside\n"
     assert _mode(target / "sticky" / "inside.txt") == 0o644
 
@@ -312,19 +317,19 @@ def test_restoring_never_exposes_a_private_directory(
         target.mkdir()
         (target / "mine.txt").write_text("keep")
     seen: list[tuple[str, int]] = []
-    real_rename = os.rename
+    real_move = restore_module.rename_noreplace
 
-    def watching_rename(source: str | Path, destination: str | Path) -> None:
-        source_path = Path(source)
-        if ".obs-restore-" in str(source_path) and source_path.is_dir():
+    def watching_move(source_fd: int, source: str, target_fd: int, destination: str) -> None:
+        info = os.stat(source, dir_fd=source_fd, follow_symlinks=False)
+        if stat.S_ISDIR(info.st_mode):
             # Whatever is about to become visible: the staging root or one of its directories.
-            seen.append((source_path.name, stat.S_IMODE(source_path.stat().st_mode)))
-            if source_path.name.startswith(".target.obs-restore-"):
-                private = source_path / "private"
-                seen.append(("private-inside-staging", stat.S_IMODE(private.stat().st_mode)))
-        real_rename(source, destination)
+            seen.append((source, stat.S_IMODE(info.st_mode)))
+            if source.startswith(".target.obs-restore-"):
+                private = os.stat(os.path.join(source, "private"), dir_fd=source_fd)
+                seen.append(("private-inside-staging", stat.S_IMODE(private.st_mode)))
+        real_move(source_fd, source, target_fd, destination)
 
-    monkeypatch.setattr(restore_module.os, "rename", watching_rename)
+    monkeypatch.setattr(restore_module, "rename_noreplace", watching_move)
     previous = os.umask(0o022)
     try:
         restored = restore_backup(result.backup_path, target)
