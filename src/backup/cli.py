@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import json
 import logging
 import signal
@@ -25,6 +26,7 @@ from .catalog import list_backups
 from .config import BackupConfig, BackupResult
 from .errors import BackupError, ConfigError, StorageError
 from .lock import backup_dir_lock
+from .manifest import display_name
 from .plan import BackupPlan, RestorePlan, execute_plan, plan_backup, plan_restore
 from .prune import execute_prune, plan_prune
 from .retention import RetentionPolicy, parse_duration
@@ -269,6 +271,7 @@ def _resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpa
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    _tolerate_undecodable_names()
     parser = build_parser()
     try:
         args = _resolve(parser, parser.parse_args(argv))
@@ -297,6 +300,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def _escape_undecodable(error: UnicodeError) -> tuple[str, int]:
+    """An encoding error handler: a byte of a file name that was not valid UTF-8 (held
+    as a surrogate escape) prints as ``\\xNN``, as the manifest shows it; anything else
+    the terminal cannot show prints as ``\\uNNNN``."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    text = error.object[error.start : error.end]
+    shown = "".join(f"\\x{ord(ch) - 0xDC00:02x}" if 0xDC80 <= ord(ch) <= 0xDCFF else f"\\u{ord(ch):04x}" for ch in text)
+    return shown, error.end
+
+
+codecs.register_error("obs-backup-escape", _escape_undecodable)
+
+
+def _tolerate_undecodable_names() -> None:
+    """File names that are not valid UTF-8 reach us as surrogate escapes, which a strict
+    UTF-8 stream cannot print: print each such byte escaped instead of crashing."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="obs-backup-escape")
+            except (ValueError, OSError):
+                pass
+
+
 def _backup_config(args: argparse.Namespace) -> BackupConfig:
     exclude = args.exclude if isinstance(args.exclude, list) else [args.exclude]
     return BackupConfig(
@@ -312,7 +341,7 @@ def _backup_config(args: argparse.Namespace) -> BackupConfig:
 
 
 def _cmd_create(args: argparse.Namespace) -> int:
-    config = _backup_config(args)
+    config = _backup_config(args).validated()  # a bad setting fails before the lock file is made
     if args.dry_run:
         _print_backup_plan(plan_backup(config), args)
         return EXIT_OK
@@ -355,9 +384,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from .retention import FUTURE_REASON, is_dated_in_future
+
     backups = list_backups(args.backup_dir, prefix=args.prefix)
+    now = datetime.now(UTC)
     if args.json:
-        _print_json([backup.to_dict() for backup in backups])
+        _print_json([{**backup.to_dict(), "future": is_dated_in_future(backup, now)} for backup in backups])
         return EXIT_OK
     if args.quiet:
         return EXIT_OK
@@ -371,6 +405,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(
             f"{backup.backup_id:<36} {created:<25} {_size(backup.size_bytes):>10} {files:>7}  {backup.archive_path.name}"
         )
+        if is_dated_in_future(backup, now):
+            print(f"  warning: {FUTURE_REASON}")
         if backup.problem:
             print(f"  problem: {backup.problem}")
     return EXIT_OK
@@ -421,7 +457,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 
     def done(result: BackupResult) -> None:
         if args.json:
-            print(json.dumps(_result_dict(result), ensure_ascii=False), flush=True)
+            print(json.dumps(_printable(_result_dict(result)), ensure_ascii=False), flush=True)
 
     scheduler = BackupScheduler(config, on_complete=done)
     print(
@@ -461,6 +497,13 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     else:
         with backup_dir_lock(args.backup_dir, args.lock_timeout):
             result = execute_prune(args.backup_dir, plan_prune(args.backup_dir, policy, zone, args.prefix))
+    for decision in result.plan.future:
+        created = decision.backup.created_at
+        moment = created.isoformat() if created is not None else "?"
+        print(
+            f"obs-backup: warning: {decision.backup.backup_id} is dated in the future ({moment}): kept; check the clock",
+            file=sys.stderr,
+        )
     if args.json:
         _print_json(result.to_dict())
     elif not args.quiet:
@@ -568,8 +611,20 @@ def _print_restore_plan(plan: RestorePlan, args: argparse.Namespace) -> None:
 
 
 def _print_json(data: object) -> None:
-    json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
+    # Names that are not valid UTF-8 appear as in the manifest's ``path`` ("caf\\xe9"):
+    # valid JSON, unlike the raw byte or a lone surrogate escape.
+    json.dump(_printable(data), sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
+
+
+def _printable(data: object) -> object:
+    if isinstance(data, str):
+        return display_name(data)
+    if isinstance(data, dict):
+        return {_printable(key): _printable(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_printable(item) for item in data]
+    return data
 
 
 def _size(count: int) -> str:

@@ -2,7 +2,9 @@
 
 Each is a plan followed by its execution (see ``backup.plan``). Operational failures
 (an unreadable file, a full disk, a damaged archive) come back as a result with
-``success=False`` and a one-line ``error`` naming the path; they are not raised.
+``success=False`` and a one-line ``error`` naming the path; they are not raised. Nor
+is anything else: an unexpected error (a bug) is a failed result too, so that a
+scheduled run records it and reaches ``on_error`` instead of dying.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ def create_backup(
         plan = plan_backup(config, files, metadata, now=now)
     except BackupError as exc:
         return BackupResult(success=False, error=str(exc), duration_seconds=time.monotonic() - started)
+    except OSError as exc:
+        where = exc.filename or getattr(config, "source_dir", "")
+        error = f"{where}: cannot plan the backup: {exc.strerror or exc}"
+        return BackupResult(success=False, error=error, duration_seconds=time.monotonic() - started)
+    except Exception as exc:
+        error = f"backup failed: internal error: {type(exc).__name__}: {exc}"
+        return BackupResult(success=False, error=error, duration_seconds=time.monotonic() - started)
     return execute_plan(plan, progress)
 
 
@@ -74,7 +83,13 @@ def restore_backup(
             list_archive=False,  # no manifest: one pass, the restore itself, reads the archive
         )
     except BackupError as exc:
-        return BackupResult(
-            success=False, backup_path=Path(restore_dir), error=str(exc), duration_seconds=time.monotonic() - started
-        )
-    return execute_plan(plan, progress)
+        error = str(exc)
+    except OSError as exc:
+        error = f"{exc.filename or archive_path}: cannot plan the restore: {exc.strerror or exc}"
+    except Exception as exc:
+        error = f"{archive_path}: restore failed: internal error: {type(exc).__name__}: {exc}"
+    else:
+        return execute_plan(plan, progress)
+    return BackupResult(
+        success=False, backup_path=Path(restore_dir), error=error, duration_seconds=time.monotonic() - started
+    )

@@ -11,7 +11,11 @@ milliseconds. The rules it keeps:
   time, so a clock change or a suspended machine neither shifts nor skips a run (nor
   repeats one, if the clock is stepped back while it runs).
 * If the last complete backup predates the most recent scheduled time when the
-  scheduler starts, one backup runs at once (catch-up), once.
+  scheduler starts, one backup runs at once (catch-up), once. A backup dated after
+  now (made while the clock ran ahead) does not count as the last one, or it would
+  suppress the catch-up until the clock caught up with it.
+* Retention is measured against the scheduler's own clock; backups dated after it
+  are kept, logged as warnings and counted in the run record and the metrics.
 * The backup runs in a worker thread; the event loop stays free. A failed backup
   reaches ``on_error``; an exception raised by a callback is logged and ignored.
 * ``stop()`` lets a backup in progress finish, so it either completes or (if the
@@ -38,7 +42,7 @@ from .errors import BackupError
 from .lock import backup_dir_lock
 from .monitor import RunRecord, record_run
 from .prune import PruneResult, execute_prune, plan_prune
-from .retention import RetentionPolicy
+from .retention import RetentionPolicy, is_dated_in_future
 
 __all__ = ["BackupScheduler", "RunOutcome", "SchedulerConfig"]
 
@@ -175,8 +179,9 @@ class BackupScheduler(TimeAwareMixin):
     def run_once(self) -> RunOutcome:
         """Back up now, then apply retention if the backup succeeded; record the outcome.
 
-        Blocks; holds the backup directory's lock throughout. Never raises for an
-        operational failure: it is in the outcome's result.
+        Blocks; holds the backup directory's lock throughout. Never raises: an
+        operational failure, or any unexpected error, is in the outcome's result, and
+        so in the state file and the metrics.
         """
         config = self.config
         started = self._now()
@@ -207,8 +212,14 @@ class BackupScheduler(TimeAwareMixin):
         except BackupError as exc:
             result = BackupResult(success=False, error=str(exc))
             logger.error("backup not started: %s", exc)
+        except Exception as exc:  # a bug: recorded as a failed run, and the schedule goes on
+            logger.exception("scheduled backup crashed")
+            result = BackupResult(success=False, error=f"backup failed: internal error: {type(exc).__name__}: {exc}")
         outcome = RunOutcome(result, prune)
-        self._record(outcome, started)
+        try:
+            self._record(outcome, started)
+        except Exception:
+            logger.exception("cannot record the run's outcome")
         return outcome
 
     def _apply_retention(self, log: logging.LoggerAdapter) -> PruneResult | None:  # type: ignore[type-arg]
@@ -216,11 +227,20 @@ class BackupScheduler(TimeAwareMixin):
         does not turn the backup that just succeeded into a failure."""
         config = self.config
         try:
-            plan = plan_prune(config.backup_dir, config.retention_policy(), self._tz, prefix=config.prefix)
+            plan = plan_prune(
+                config.backup_dir, config.retention_policy(), self._tz, prefix=config.prefix, now=self._now
+            )
             prune = execute_prune(config.backup_dir, plan)
         except (BackupError, OSError) as exc:
             log.error("retention not applied: %s", exc)
             return None
+        for decision in plan.future:
+            created = decision.backup.created_at
+            log.warning(
+                "%s is dated in the future (%s): kept; check the clock",
+                decision.backup.backup_id,
+                created.isoformat() if created else "?",
+            )
         for removed in prune.removed:
             log.info("retention removed %s", removed)
         for error in prune.errors:
@@ -240,6 +260,7 @@ class BackupScheduler(TimeAwareMixin):
             file_count=result.manifest.file_count if result.manifest else 0,
             error=result.error,
             removed=list(outcome.prune.removed) if outcome.prune else [],
+            future_dated_backups=len(outcome.prune.plan.future) if outcome.prune else None,
         )
         try:
             record_run(self.config.backup_dir, record, self.config.metrics_file)
@@ -294,10 +315,11 @@ class BackupScheduler(TimeAwareMixin):
         except BackupError as exc:
             logger.error("cannot list backups for catch-up: %s", exc)
             return False
-        times = [b.created_at for b in backups if b.created_at is not None]
+        now = self._now()
+        times = [b.created_at for b in backups if b.created_at is not None and not is_dated_in_future(b, now)]
         if not times:
             return True
-        return _utc(max(times, key=_utc)) < _utc(self.previous_run_at_or_before(self._now()))
+        return _utc(max(times, key=_utc)) < _utc(self.previous_run_at_or_before(now))
 
     async def _sleep_until(self, target: datetime) -> bool:
         """Sleep in slices until ``target``; return False if stopped first."""

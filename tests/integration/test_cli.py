@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from backup.cli import main
+
+from .conftest import backup, fixed_now
 
 
 def _source(root: Path) -> Path:
@@ -71,6 +74,26 @@ def test_list_text_and_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert created["backup_id"] in out
 
 
+def test_list_marks_backups_dated_in_the_future(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A backup made while the clock ran ahead is flagged in the table and in --json."""
+    source = _source(tmp_path / "src")
+    backups = tmp_path / "b"
+    now = datetime.now(UTC)
+    past = backup(source, backups, now=fixed_now(now - timedelta(days=1))).backup_id
+    ahead = backup(source, backups, now=fixed_now(now + timedelta(days=365))).backup_id
+
+    code, out, _ = _run(capsys, "list", str(backups), "--json")
+    assert code == 0
+    assert [(row["backup_id"], row["future"]) for row in json.loads(out)] == [(past, False), (ahead, True)]
+
+    code, out, _ = _run(capsys, "list", str(backups))
+    assert code == 0
+    lines = out.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith(str(ahead)))
+    assert lines[row + 1] == "  warning: dated in the future: kept; check the clock"
+    assert sum("dated in the future" in line for line in lines) == 1
+
+
 def test_create_dry_run_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = _source(tmp_path / "src")
 
@@ -117,7 +140,7 @@ def test_restore_conflict_then_overwrite(tmp_path: Path, capsys: pytest.CaptureF
     code, _, err = _run(capsys, "restore", created["path"], str(target))
     assert code == 1
     assert err.count("\n") == 1
-    assert "1 entries already exist (b.log)" in err
+    assert "1 entry already exists (b.log)" in err
     assert (target / "b.log").read_text() == "mine"
 
     code, _, err = _run(capsys, "restore", created["path"], str(target), "--overwrite")

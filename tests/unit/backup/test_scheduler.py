@@ -454,6 +454,29 @@ def test_another_prefix_does_not_count_as_the_last_backup(tmp_path: Path) -> Non
     assert h.instants() == [start]
 
 
+def test_a_backup_dated_in_the_future_does_not_suppress_the_catch_up(tmp_path: Path) -> None:
+    """A backup made while the clock ran a year ahead is not "the last backup": the
+    missed run is still caught up (it used to be suppressed until the clock got there)."""
+    start = at(SEOUL, 2026, 5, 10, 12, 0)
+    existing_backup(tmp_path, start - timedelta(days=2))
+    existing_backup(tmp_path, start + timedelta(days=365))
+    h = harness(tmp_path, start, catch_up=True)
+
+    run_until_runs(h, 2)
+
+    assert h.instants() == [start, at(SEOUL, 2026, 5, 11, 3)]
+
+
+def test_catch_up_with_only_a_backup_dated_in_the_future(tmp_path: Path) -> None:
+    start = at(SEOUL, 2026, 5, 10, 12, 0)
+    existing_backup(tmp_path, start + timedelta(minutes=5))
+    h = harness(tmp_path, start, catch_up=True)
+
+    run_until_runs(h, 1)
+
+    assert h.instants() == [start]
+
+
 def test_catch_up_disabled(tmp_path: Path) -> None:
     start = at(SEOUL, 2026, 5, 10, 12, 0)
     existing_backup(tmp_path, start - timedelta(days=2))
@@ -672,6 +695,7 @@ def test_run_once_records_state_and_metrics(tmp_path: Path) -> None:
         f"obs_backup_last_run_success{label}": 1.0,
         f"obs_backup_last_archive_size_bytes{label}": float(ok.archive_size),
         f"obs_backup_last_files{label}": 2.0,
+        f"obs_backup_future_dated_backups{label}": 0.0,
     }
     assert ok.archive_size > 0
     assert stat.S_IMODE(metrics.stat().st_mode) == 0o644
@@ -707,6 +731,49 @@ def test_run_once_records_state_and_metrics(tmp_path: Path) -> None:
     assert entry["last_run"]["success"] is False
     assert entry["last_run"]["error"] == failed.error
     assert entry["last_success"]["backup_id"] == ok.backup_id
+
+
+def test_run_once_keeps_the_real_history_when_a_backup_is_dated_in_the_future(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One backup made while the clock was a year ahead: retention (within 3 days) is
+    measured from the newest real backup, so the real history and each new backup stay;
+    the future one is kept, logged and counted in the state and the metrics."""
+    metrics = tmp_path / "obs.prom"
+    first = at(SEOUL, 2026, 5, 1, 3)
+    real = [existing_backup(tmp_path, first + timedelta(days=day)).backup_id for day in range(5)]
+    ahead = existing_backup(tmp_path, first + timedelta(days=365)).backup_id
+    clock = FakeClock(first + timedelta(days=5))
+    config = SchedulerConfig(tmp_path / "source", tmp_path / "backups", retention_days=3, metrics_file=metrics)
+    scheduler = BackupScheduler(config, now=clock.now)
+    caplog.set_level(logging.INFO, logger="backup.scheduler")
+
+    outcome = scheduler.run_once()
+
+    made = outcome.result.backup_id
+    assert outcome.result.success and made is not None
+    assert outcome.prune is not None
+    # Within 3 days of May 6, 03:00, strictly: May 4, 5 and 6; and the future one.
+    assert [b.backup_id for b in list_backups(config.backup_dir)] == [real[3], real[4], made, ahead]
+    assert outcome.prune.removed == [real[2], real[1], real[0]]
+    assert [d.backup.backup_id for d in outcome.prune.plan.future] == [ahead]
+    warnings = [r for r in caplog.records if "dated in the future" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert ahead in warnings[0].getMessage() and "check the clock" in warnings[0].getMessage()
+    assert getattr(warnings[0], "backup_id", None) == made
+    label = '{prefix="scheduled_backup"}'
+    assert metric_values(metrics.read_text())[f"obs_backup_future_dated_backups{label}"] == 1.0
+    assert load_state(config.backup_dir)["scheduled_backup"]["last_run"]["future_dated_backups"] == 1
+
+    # A week of daily runs later, every new backup has survived the runs after it.
+    for _ in range(7):
+        clock.advance(timedelta(days=1))
+        assert scheduler.run_once().result.success
+    listed = [b.backup_id for b in list_backups(config.backup_dir)]
+    assert len(listed) == 4 and listed[-1] == ahead
+    assert [parse_backup_id(i)[1] for i in listed[:-1]] == [  # type: ignore[index]
+        (first + timedelta(days=day)).astimezone(UTC) for day in (10, 11, 12)
+    ]
 
 
 def test_run_once_when_the_directory_is_locked(tmp_path: Path) -> None:
@@ -836,3 +903,26 @@ def test_a_crashing_run_is_reported_and_the_schedule_goes_on(
     assert h.runs[0].result.success is False
     assert h.runs[1].result.success, h.runs[1].result.error
     assert any(r.getMessage() == "scheduled backup crashed" and r.exc_info for r in caplog.records)
+
+
+def test_an_unexpected_error_inside_a_run_reaches_on_error_the_state_file_and_the_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug below run_once (simulated: the backup itself raises) is not a crash of the
+    schedule: the run is recorded as failed, with its error, where monitoring looks."""
+    import backup.scheduler as scheduler_module
+
+    metrics = tmp_path / "obs_backup.prom"
+    h = harness(tmp_path, at(SEOUL, 2026, 5, 1, 12), metrics_file=metrics)
+
+    def broken(*args: Any, **kwargs: Any) -> BackupResult:
+        raise TypeError("simulated bug")
+
+    monkeypatch.setattr(scheduler_module, "create_backup", broken)
+    run_until_runs(h, 1)
+    monkeypatch.undo()
+
+    assert h.errors == ["backup failed: internal error: TypeError: simulated bug"]
+    last = json.loads((tmp_path / "backups" / STATE_NAME).read_text())["scheduled_backup"]["last_run"]
+    assert last["success"] is False and last["error"] == h.errors[0]
+    assert metric_values(metrics.read_text())['obs_backup_last_run_success{prefix="scheduled_backup"}'] == 0.0
