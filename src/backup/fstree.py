@@ -150,6 +150,8 @@ class DirectoryChain:
         The descriptor stays valid until the next call or ``close()``. Raise OSError if
         a component is missing (without ``create``), a symlink or not a directory.
         """
+        if len(parts) == len(self._names) and parts == self._names:
+            return self._fd_at(len(parts) - 1)  # the same directory as last time: most calls
         common = 0
         limit = min(len(parts), len(self._names))
         while common < limit and self._names[common] == parts[common]:

@@ -165,7 +165,11 @@ class _Workspace:
             self.base_fd = self.parent_fd
             if self.target_fd is not None and os.fstat(self.target_fd).st_dev != os.fstat(self.parent_fd).st_dev:
                 self.base_fd = self.target_fd  # a mount point: stage inside it so the moves stay renames
-            _remove_dead_staging(self.base_fd, target.name)
+            # A killed restore leaves its staging directory beside the target, or inside
+            # it if the target was a mount point then: look in both places.
+            _remove_dead_staging(self.parent_fd, target.name)
+            if self.target_fd is not None:
+                _remove_dead_staging(self.target_fd, target.name)
             self.staging = staging_name(target.name, os.getpid(), secrets.token_hex(4))
             os.mkdir(self.staging, 0o777, dir_fd=self.base_fd)
             self.staging_fd = open_directory(self.staging, self.base_fd)

@@ -208,14 +208,14 @@ class _Walker:
 
     def walk_directory(self, parts: list[str], prefix: str) -> None:
         """Add everything under one directory, depth first, parents before children."""
-        stack: list[tuple[list[str], Iterator[str]]] = [(parts, self._children(parts, prefix))]
+        stack: list[tuple[list[str], str, Iterator[str]]] = [(parts, prefix, self._children(parts, prefix))]
         while stack:
-            dir_parts, names = stack[-1]
+            dir_parts, dir_prefix, names = stack[-1]
             name = next(names, None)
             if name is None:
                 stack.pop()
                 continue
-            relative = "/".join([*dir_parts, name])
+            relative = dir_prefix + name
             try:
                 info = os.stat(name, dir_fd=self.chain.fd(dir_parts), follow_symlinks=False)
             except FileNotFoundError:
@@ -226,7 +226,7 @@ class _Walker:
                 continue
             if self._consider(relative, name, info) == "dir":
                 child = [*dir_parts, name]
-                stack.append((child, self._children(child, relative + "/")))
+                stack.append((child, relative + "/", self._children(child, relative + "/")))
 
     def _children(self, parts: list[str], prefix: str) -> Iterator[str]:
         absolute = self._absolute(prefix.rstrip("/"))
@@ -255,6 +255,8 @@ class _Walker:
             return "is the backup directory"
         if is_dir and STAGING_NAME.match(name):
             return "is the staging directory of an unfinished restore"
+        if is_dir or stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+            return None
         for test, what in _SPECIAL:
             if test(mode):
                 self.problems.append(

@@ -62,6 +62,18 @@ def encode_header(
     """Given a member's fields, return its header block(s) in pax format."""
     if kind == tarfile.DIRTYPE and not name.endswith("/"):
         name += "/"
+    if (
+        len(name) <= 100
+        and len(linkname) <= 100
+        and name.isascii()
+        and linkname.isascii()
+        and 0 <= size < _OCTAL_LIMIT_11
+        and 0 <= mtime < _OCTAL_LIMIT_11
+        and 0 <= uid < _OCTAL_LIMIT_7
+        and 0 <= gid < _OCTAL_LIMIT_7
+    ):
+        # The common case, packed at once: it is most of the cost of a tree of small files.
+        return _ustar_block(name, kind, mode, uid, gid, size, mtime, linkname)
     records: dict[str, str] = {}
     if len(name) > 100 or not name.isascii():
         records["path"] = name
@@ -79,6 +91,8 @@ def encode_header(
 
 def _field(text: str, width: int) -> bytes:
     # As tarfile does: the ustar field holds an ASCII rendering, the pax record the truth.
+    if len(text) <= width and text.isascii():
+        return text.encode("ascii")
     return text.encode("ascii", "replace")[:width]
 
 

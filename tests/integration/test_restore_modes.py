@@ -209,3 +209,19 @@ def test_a_sticky_shared_directory_comes_back_sticky(tmp_path: Path) -> None:
     assert restored.success, restored.error
     assert _mode(target / "spool") == 0o1777
     assert restored.warnings == []
+
+
+def test_a_killed_restores_staging_inside_the_target_is_removed_by_the_next_restore(tmp_path: Path) -> None:
+    """Restoring into a mount point stages inside it; if that restore was killed, the next
+    restore into the target removes the leftover (its process is gone)."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "f.txt").write_bytes(b"f\n")
+    result = create_backup(BackupConfig(source, tmp_path / "backups"))
+    target = tmp_path / "target"
+    leftover = target / ".target.obs-restore-999999999-0a1b2c3d"
+    (leftover / "half").mkdir(parents=True)
+    (leftover / "half" / "x").write_bytes(b"x")
+    restored = restore_backup(result.backup_path, target)
+    assert restored.success, restored.error
+    assert sorted(os.listdir(target)) == ["f.txt"]
