@@ -3,10 +3,10 @@
 Everything a caller needs is importable from here; ``__all__`` is the public surface.
 """
 
-from .catalog import BackupInfo, clean_leftovers, list_backups
+from .catalog import BackupInfo
 from .checksum import calculate_checksum, verify_checksum
 from .config import BackupConfig, BackupResult
-from .core import create_backup, restore_backup
+from .core import create_backup, execute_plan, restore_backup
 from .errors import (
     ArchiveError,
     BackupError,
@@ -19,14 +19,14 @@ from .errors import (
     UnsafeArchiveError,
     VerificationError,
 )
-from .lock import backup_dir_lock
+from .listing import clean_leftovers, list_backups
 from .manifest import ArchiveInfo, BackupManifest, ManifestEntry, create_manifest, load_manifest
 from .monitor import RunRecord, load_state, record_run
-from .plan import BackupPlan, RestoreEntry, RestorePlan, execute_plan, plan_backup, plan_restore
+from .plan import BackupPlan, RestoreEntry, RestorePlan, plan_backup, plan_restore
 from .prune import PruneResult, execute_prune, plan_prune
 from .retention import RetentionDecision, RetentionPlan, RetentionPolicy, apply_policy, parse_duration
 from .scheduler import BackupScheduler, RunOutcome, SchedulerConfig
-from .storage import BackupStorage, LocalStorage
+from .storage import BackupStorage, LocalStorage, backup_dir_lock
 from .verify import Mismatch, VerifyReport, verify_backup
 
 __version__ = "0.1.0"

@@ -7,31 +7,14 @@ file on disk and want its digest.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .errors import ConfigError, SourceError
-
-if TYPE_CHECKING:
-    from hashlib import _Hash
+from .errors import SourceError
+from .hashing import CHUNK_SIZE, DEFAULT_ALGORITHM, new_hasher
 
 __all__ = ["CHUNK_SIZE", "DEFAULT_ALGORITHM", "calculate_checksum", "new_hasher", "verify_checksum"]
-
-DEFAULT_ALGORITHM = "sha256"
-CHUNK_SIZE = 1 << 20
-
-
-def new_hasher(algorithm: str = DEFAULT_ALGORITHM) -> _Hash:
-    """Given a hashlib algorithm name, return a fresh hash object; raise ConfigError if unknown."""
-    if algorithm not in hashlib.algorithms_guaranteed or algorithm.startswith("shake_"):
-        raise ConfigError(
-            f"unknown checksum algorithm {algorithm!r}; "
-            f"choose one of {', '.join(sorted(a for a in hashlib.algorithms_guaranteed if not a.startswith('shake_')))}"
-        )
-    return hashlib.new(algorithm)
 
 
 def calculate_checksum(path: str | Path, algorithm: str = DEFAULT_ALGORITHM) -> str:

@@ -15,24 +15,25 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import time as dt_time
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from shared.time_helpers import UnknownTimeZoneError, load_zone
 
 from . import __version__
-from .catalog import list_backups
-from .config import BackupConfig, BackupResult
+from .config import BackupConfig, BackupResult, SchedulerConfig
+from .core import execute_plan
 from .errors import BackupError, ConfigError, StorageError
-from .lock import backup_dir_lock
+from .listing import list_backups
 from .manifest import display_name
-from .plan import BackupPlan, RestorePlan, execute_plan, plan_backup, plan_restore
+from .plan import BackupPlan, RestorePlan, plan_backup, plan_restore
+from .progress import ProgressCallback
 from .prune import execute_prune, plan_prune
 from .retention import RetentionPolicy, parse_duration
-from .scheduler import BackupScheduler, SchedulerConfig
-from .settings import load_settings
-from .tarwriter import ProgressCallback
+from .scheduler import BackupScheduler
+from .settings import COMMANDS, Setting, load_settings, settings_for
+from .storage import open_storage
 from .verify import verify_backup
 
 __all__ = ["main"]
@@ -41,6 +42,9 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 DRY_RUN = "(dry run; not making any changes)"
+
+
+_Config = TypeVar("_Config", BackupConfig, SchedulerConfig)
 
 
 class _UsageError(Exception):
@@ -53,51 +57,21 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
-S = argparse.SUPPRESS
-
-# Built-in defaults, applied after the command line and the --config file.
-_DEFAULTS: dict[str, Any] = {
-    "compression": "gz",
-    "level": None,
-    "prefix": None,
-    "exclude": [],
-    "skip_unreadable": False,
-    "no_manifest": False,
-    "list": False,
-    "overwrite": False,
-    "no_verify": False,
-    "paths": None,
-    "allow_external_links": False,
-    "json": False,
-    "quiet": False,
-    "dry_run": False,
-    "at": "03:00",
-    "tz": "Asia/Seoul",
-    "retention_days": 7,
-    "keep_within": None,
-    "keep_last": 0,
-    "keep_hourly": 0,
-    "keep_daily": 0,
-    "keep_weekly": 0,
-    "keep_monthly": 0,
-    "keep_yearly": 0,
-    "metrics_file": None,
-    "lock_timeout": 60.0,
-    "catch_up": True,
-}
-_PREFIX_DEFAULT = {"create": "backup", "schedule": "scheduled_backup"}
-_POSITIONALS = {
-    "create": ("source", "backup_dir"),
-    "restore": ("archive", "target"),
-    "verify": ("archive",),
-    "list": ("backup_dir",),
-    "schedule": ("source", "backup_dir"),
-    "prune": ("backup_dir",),
+_COMMAND_HELP: dict[str, tuple[str, str]] = {
+    "create": ("back up a directory", "Back up SOURCE into BACKUP_DIR."),
+    "restore": ("restore an archive", "Restore ARCHIVE into TARGET."),
+    "verify": ("check an archive against its manifest", "Check ARCHIVE against its manifest."),
+    "list": ("list complete backups", "List the backups in BACKUP_DIR."),
+    "schedule": (
+        "back up every day and apply retention (runs in the foreground)",
+        "Back up SOURCE into BACKUP_DIR every day at --at in --tz, then remove old backups, until SIGINT or SIGTERM.",
+    ),
+    "prune": ("remove old backups by a retention policy", "Remove old backups from BACKUP_DIR."),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser for every sub-command."""
+    """Return the argument parser for every sub-command, derived from ``backup.settings``."""
     parser = _Parser(
         prog="obs-backup",
         description="Back up a directory to a standard tar archive with a SHA-256 manifest; "
@@ -107,166 +81,67 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, metavar="FILE.toml", help="read settings from a TOML file; flags win")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-
-    create = commands.add_parser("create", help="back up a directory", description="Back up SOURCE into BACKUP_DIR.")
-    _source_and_dir(create)
-    _archive_options(create)
-    create.add_argument("--no-manifest", action="store_true", default=S, help="write the archive only")
-    create.add_argument("--list", action="store_true", default=S, help="with --dry-run, list every entry")
-    _lock_option(create)
-    _common(create, dry_run=True)
-
-    restore = commands.add_parser("restore", help="restore an archive", description="Restore ARCHIVE into TARGET.")
-    restore.add_argument("archive", metavar="ARCHIVE", type=Path, nargs="?", default=None, help="archive to restore")
-    restore.add_argument(
-        "target",
-        metavar="TARGET",
-        type=Path,
-        nargs="?",
-        default=None,
-        help="directory to restore into (created if missing)",
-    )
-    restore.add_argument("--overwrite", action="store_true", default=S, help="replace entries that already exist")
-    restore.add_argument("--no-verify", action="store_true", default=S, help="do not check files against the manifest")
-    restore.add_argument(
-        "--path", action="append", dest="paths", metavar="PATH", default=S, help="only this path (repeatable)"
-    )
-    restore.add_argument(
-        "--allow-external-links", action="store_true", default=S, help="restore symlinks that point outside TARGET"
-    )
-    _common(restore, dry_run=True)
-
-    verify = commands.add_parser(
-        "verify", help="check an archive against its manifest", description="Check ARCHIVE against its manifest."
-    )
-    verify.add_argument("archive", metavar="ARCHIVE", type=Path, nargs="?", default=None, help="archive to check")
-    _common(verify, dry_run=False)
-
-    listing = commands.add_parser("list", help="list complete backups", description="List the backups in BACKUP_DIR.")
-    listing.add_argument(
-        "backup_dir", metavar="BACKUP_DIR", type=Path, nargs="?", default=None, help="backup directory"
-    )
-    listing.add_argument("--prefix", default=S, help="only backups with this prefix")
-    _common(listing, dry_run=False)
-
-    schedule = commands.add_parser(
-        "schedule",
-        help="back up every day and apply retention (runs in the foreground)",
-        description="Back up SOURCE into BACKUP_DIR every day at --at in --tz, then remove old backups, "
-        "until SIGINT or SIGTERM.",
-    )
-    _source_and_dir(schedule)
-    _archive_options(schedule)
-    schedule.add_argument("--at", default=S, metavar="HH:MM", help="wall-clock time of the daily run (default 03:00)")
-    schedule.add_argument("--tz", default=S, metavar="ZONE", help="IANA time zone (default Asia/Seoul)")
-    schedule.add_argument("--retention-days", type=int, default=S, metavar="N", help="keep N days (default 7)")
-    _policy_options(schedule, within=False)
-    schedule.add_argument("--metrics-file", type=Path, default=S, metavar="PATH", help="Prometheus textfile to write")
-    schedule.add_argument(
-        "--no-catch-up",
-        dest="catch_up",
-        action="store_false",
-        default=S,
-        help="do not run at start when the last scheduled run was missed",
-    )
-    _lock_option(schedule)
-    _common(schedule, dry_run=False)
-
-    prune = commands.add_parser(
-        "prune", help="remove old backups by a retention policy", description="Remove old backups from BACKUP_DIR."
-    )
-    prune.add_argument("backup_dir", metavar="BACKUP_DIR", type=Path, nargs="?", default=None, help="backup directory")
-    prune.add_argument("--prefix", default=S, help="only backups with this prefix (default: each prefix separately)")
-    prune.add_argument("--tz", default=S, metavar="ZONE", help="zone that days, weeks... are counted in")
-    _policy_options(prune, within=True)
-    _lock_option(prune)
-    _common(prune, dry_run=True)
+    for command in COMMANDS:
+        summary, description = _COMMAND_HELP[command]
+        sub = commands.add_parser(command, help=summary, description=description)
+        for setting in settings_for(command):
+            if setting.cli:
+                _add_option(sub, setting, command)
     return parser
 
 
-def _source_and_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="SOURCE", type=Path, nargs="?", default=None, help="directory to back up")
-    parser.add_argument(
-        "backup_dir", metavar="BACKUP_DIR", type=Path, nargs="?", default=None, help="directory that holds the backups"
-    )
-
-
-def _archive_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--compression", choices=["gz", "bz2", "xz", "zst", "none"], default=S, help="compression (default: gz)"
-    )
-    parser.add_argument("--level", type=int, default=S, help="compression level (default: the format's own)")
-    parser.add_argument("--prefix", default=S, help="backup id prefix")
-    parser.add_argument(
-        "--exclude",
-        action="append",
-        default=S,
-        metavar="PATTERN",
-        help="gitignore-style pattern to leave out (repeatable)",
-    )
-    parser.add_argument(
-        "--skip-unreadable", action="store_true", default=S, help="skip unreadable files (recorded) instead of failing"
-    )
-
-
-def _policy_options(parser: argparse.ArgumentParser, *, within: bool) -> None:
-    if within:
+def _add_option(parser: argparse.ArgumentParser, setting: Setting, command: str) -> None:
+    if setting.positional:
         parser.add_argument(
-            "--keep-within", default=S, metavar="DURATION", help="keep backups within e.g. 7d of the newest"
+            setting.key,
+            metavar=setting.key.upper(),
+            type=setting.kind.parse,
+            nargs="?",
+            default=None,
+            help=setting.help,
         )
-    for period in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
-        parser.add_argument(f"--keep-{period}", type=int, default=S, metavar="N", help=f"keep-{period} count")
+        return
+    options: dict[str, Any] = {"dest": setting.key, "action": setting.action, "default": argparse.SUPPRESS}
+    help_text = setting.help
+    if setting.action in ("store", "append"):
+        options["type"] = setting.kind.parse
+        if setting.metavar:
+            options["metavar"] = setting.metavar
+        if setting.choices:
+            options["choices"] = setting.choices
+    default = setting.default_for(command)
+    if setting.action == "store" and default not in (None, (), [], False):
+        help_text += f" (default: {default:g})" if isinstance(default, float) else f" (default: {default})"
+    parser.add_argument(*setting.flags, help=help_text, **options)
 
 
-def _lock_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--lock-timeout", type=float, default=S, metavar="SECONDS", help="wait this long for another run (default 60)"
-    )
-
-
-def _common(parser: argparse.ArgumentParser, *, dry_run: bool) -> None:
-    parser.add_argument("--json", action="store_true", default=S, help="print machine-readable JSON on stdout")
-    parser.add_argument("-q", "--quiet", action="store_true", default=S, help="print nothing but errors")
-    if dry_run:
-        parser.add_argument(
-            "--dry-run", action="store_true", default=S, help="print what would be done; change nothing"
-        )
-
-
-def _option_names(parser: argparse.ArgumentParser) -> dict[str, set[str]]:
-    names: dict[str, set[str]] = {}
-    for action in parser._actions:  # argparse has no public way to walk sub-parsers
-        if isinstance(action, argparse._SubParsersAction):
-            for command, sub in action.choices.items():
-                names[command] = {a.dest for a in sub._actions if a.dest not in ("help",)}
-    return names
-
-
-def _resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
-    """Fill every option not given on the command line from --config, then defaults."""
-    names = _option_names(parser)
-    known = names[args.command]
-    from_file: dict[str, Any] = {}
-    if args.config is not None:
-        from_file = load_settings(args.config, args.command, known, set().union(*names.values()))
-    for name in known:
-        if getattr(args, name, None) is not None or (hasattr(args, name) and name not in _POSITIONALS[args.command]):
+def _resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill every setting not given on the command line from --config, then defaults."""
+    command = args.command
+    from_file = load_settings(args.config, command) if args.config is not None else {}
+    for setting in settings_for(command):
+        given = getattr(args, setting.key, None) is not None if setting.positional else hasattr(args, setting.key)
+        if given:
             continue
-        if name in from_file:
-            value = from_file[name]
-            if name in ("source", "backup_dir", "archive", "target", "metrics_file") and value is not None:
-                # Relative paths in a config file are relative to the file, not to the
-                # directory a service manager happens to start in.
-                value = args.config.parent / Path(value)
-            setattr(args, name, value)
-        elif name == "prefix":
-            setattr(args, name, _PREFIX_DEFAULT.get(args.command))
+        if setting.key in from_file:
+            setattr(args, setting.key, from_file[setting.key])
         else:
-            setattr(args, name, _DEFAULTS.get(name))
-    for name in _POSITIONALS[args.command]:
-        if getattr(args, name, None) is None:
-            raise _UsageError(f"{args.command}: {name.upper()} is required (on the command line or in --config)")
+            setattr(args, setting.key, setting.default_for(command))
+    for setting in settings_for(command):
+        if setting.positional and getattr(args, setting.key) is None:
+            raise _UsageError(f"{command}: {setting.key.upper()} is required (on the command line or in --config)")
     return args
+
+
+def _config(kind: type[_Config], args: argparse.Namespace, **extra: Any) -> _Config:
+    """Build a configuration from the settings that fill its fields."""
+    names = {item.name for item in fields(kind)}
+    values = {
+        setting.field: setting.to_field(getattr(args, setting.key))
+        for setting in settings_for(args.command)
+        if setting.field in names
+    }
+    return kind(**values, **extra)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -274,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _tolerate_undecodable_names()
     parser = build_parser()
     try:
-        args = _resolve(parser, parser.parse_args(argv))
+        args = _resolve(parser.parse_args(argv))
     except _UsageError as exc:
         print(f"obs-backup: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -326,27 +201,14 @@ def _tolerate_undecodable_names() -> None:
                 pass
 
 
-def _backup_config(args: argparse.Namespace) -> BackupConfig:
-    exclude = args.exclude if isinstance(args.exclude, list) else [args.exclude]
-    return BackupConfig(
-        source_dir=args.source,
-        backup_dir=args.backup_dir,
-        prefix=args.prefix,
-        compression="" if args.compression in ("none", "") else args.compression,
-        include_manifest=not getattr(args, "no_manifest", False),
-        exclude=tuple(exclude),
-        compression_level=args.level,
-        on_read_error="skip" if args.skip_unreadable else "fail",
-    )
-
-
 def _cmd_create(args: argparse.Namespace) -> int:
-    config = _backup_config(args).validated()  # a bad setting fails before the lock file is made
+    config = _config(BackupConfig, args).validated()  # a bad setting fails before the lock file is made
     if args.dry_run:
         _print_backup_plan(plan_backup(config), args)
         return EXIT_OK
-    with backup_dir_lock(args.backup_dir, args.lock_timeout):
-        plan = plan_backup(config)
+    storage = open_storage(args.backup_dir)
+    with storage.lock(args.lock_timeout):
+        plan = plan_backup(config, storage=storage)
         with _progress(args, "backing up", plan.total_bytes) as progress:
             result = execute_plan(plan, progress)
     return _report(result, args, "backup")
@@ -388,7 +250,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     from .retention import FUTURE_REASON, is_dated_in_future
 
-    backups = list_backups(args.backup_dir, prefix=args.prefix)
+    backups = list_backups(open_storage(args.backup_dir), prefix=args.prefix)
     now = datetime.now(UTC)
     if args.json:
         _print_json([{**backup.to_dict(), "future": is_dated_in_future(backup, now)} for backup in backups])
@@ -402,9 +264,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for backup in backups:
         created = backup.created_at.isoformat(timespec="seconds") if backup.created_at else "?"
         files = "?" if backup.file_count is None else str(backup.file_count)
-        print(
-            f"{backup.backup_id:<36} {created:<25} {_size(backup.size_bytes):>10} {files:>7}  {backup.archive_path.name}"
-        )
+        print(f"{backup.backup_id:<36} {created:<25} {_size(backup.size_bytes):>10} {files:>7}  {backup.archive.name}")
         if is_dated_in_future(backup, now):
             print(f"  warning: {FUTURE_REASON}")
         if backup.problem:
@@ -423,32 +283,9 @@ def _policy(args: argparse.Namespace) -> RetentionPolicy | None:
     return RetentionPolicy(keep_within=None if within is None else parse_duration(str(within)), **counts)
 
 
-def _parse_at(text: str) -> dt_time:
-    try:
-        hour, minute = (int(part) for part in str(text).split(":"))
-        return dt_time(hour, minute)
-    except ValueError:
-        raise ConfigError(f"invalid --at {text!r}: use HH:MM, e.g. 03:00") from None
-
-
 def _cmd_schedule(args: argparse.Namespace) -> int:
-    backup = _backup_config(args).validated()
-    config = SchedulerConfig(
-        source_dir=backup.source_dir,
-        backup_dir=backup.backup_dir,
-        schedule_time=_parse_at(args.at),
-        retention_days=int(args.retention_days),
-        tz_name=str(args.tz),
-        prefix=backup.prefix,
-        compression=backup.compression,
-        compression_level=backup.compression_level,
-        exclude=backup.exclude,
-        policy=_policy(args),
-        catch_up=bool(args.catch_up),
-        metrics_file=args.metrics_file,
-        lock_timeout=float(args.lock_timeout),
-        on_read_error=backup.on_read_error,
-    )
+    config = _config(SchedulerConfig, args, policy=_policy(args))
+    config.backup_config().validated()  # refuse bad settings now, not at 03:00
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -490,13 +327,14 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             "prune needs a policy: --keep-within or one of --keep-last/-hourly/-daily/-weekly/-monthly/-yearly"
         )
     zone = load_zone(str(args.tz))
-    if not Path(args.backup_dir).is_dir():
+    storage = open_storage(args.backup_dir)
+    if not storage.exists():
         raise StorageError(f"{args.backup_dir}: backup directory does not exist", args.backup_dir)
     if args.dry_run:
-        result = execute_prune(args.backup_dir, plan_prune(args.backup_dir, policy, zone, args.prefix), dry_run=True)
+        result = execute_prune(storage, plan_prune(storage, policy, zone, args.prefix), dry_run=True)
     else:
-        with backup_dir_lock(args.backup_dir, args.lock_timeout):
-            result = execute_prune(args.backup_dir, plan_prune(args.backup_dir, policy, zone, args.prefix))
+        with storage.lock(args.lock_timeout):
+            result = execute_prune(storage, plan_prune(storage, policy, zone, args.prefix))
     for decision in result.plan.future:
         created = decision.backup.created_at
         moment = created.isoformat() if created is not None else "?"
@@ -549,7 +387,7 @@ def _result_line(result: BackupResult, what: str) -> str:
         files = manifest.file_count if manifest else 0
         total = manifest.total_size if manifest else 0
         return (
-            f"created {result.backup_path}: {files} files, {_size(total)} read, "
+            f"created {result.archive or result.backup_path}: {files} files, {_size(total)} read, "
             f"archive {_size(result.archive_size)}, {result.duration_seconds:.1f}s"
         )
     checked = "verified against the manifest" if result.verified else "not verified"
@@ -564,7 +402,7 @@ def _result_dict(result: BackupResult) -> dict[str, Any]:
         "success": result.success,
         "error": result.error,
         "backup_id": result.backup_id,
-        "path": None if result.backup_path is None else str(result.backup_path),
+        "path": result.archive if result.archive else (None if result.backup_path is None else str(result.backup_path)),
         "manifest_path": None if result.manifest_path is None else str(result.manifest_path),
         "archive_size": result.archive_size,
         "entry_count": result.entry_count,
@@ -583,7 +421,7 @@ def _print_backup_plan(plan: BackupPlan, args: argparse.Namespace) -> None:
             data.pop("entries")
         _print_json({"dry_run": True, **data})
         return
-    print(f"{DRY_RUN} would back up {plan.config.source_dir} to {plan.archive_path}")
+    print(f"{DRY_RUN} would back up {plan.config.source_dir} to {plan.archive_label}")
     print(f"{DRY_RUN} {plan.file_count} files, {len(plan.entries)} entries, {_size(plan.total_bytes)}")
     if args.list:
         for entry in plan.entries:
@@ -599,7 +437,7 @@ def _print_restore_plan(plan: RestorePlan, args: argparse.Namespace) -> None:
         _print_json({"dry_run": True, **plan.to_dict()})
         return
     verify = "with" if plan.verify_checksums and plan.manifest is not None else "without"
-    print(f"{DRY_RUN} would restore {plan.archive_path} into {plan.restore_dir} {verify} checksum verification")
+    print(f"{DRY_RUN} would restore {plan.archive.label} into {plan.restore_dir} {verify} checksum verification")
     print(f"{DRY_RUN} {len(plan.entries)} entries, {_size(plan.total_bytes)}")
     for entry in plan.entries:
         print(f"{DRY_RUN} write {entry.kind:<7} {entry.path}")

@@ -1,27 +1,32 @@
-"""The settings of a backup and the result of an operation.
+"""The configurations of a backup and of the scheduler, and the result of an operation.
 
-Both the planner and the executor need these, so they live here rather than in
-``core``; ``backup.core`` re-exports them so ``from backup.core import BackupConfig``
-keeps working.
+Both configurations are the seed's contract (names, fields and defaults), and both are
+built on ``backup.settings``: every default below is read from that table, so the
+library, the TOML file and the command line cannot disagree. ``backup.core`` and
+``backup.scheduler`` re-export them under their seed paths.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from datetime import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from .checksum import DEFAULT_ALGORITHM, new_hasher
-from .compression import check_level, normalize_compression
 from .errors import ConfigError
+from .hashing import new_hasher
+from .retention import RetentionPolicy
+from .settings import field_default
+from .stream.compression import check_level, normalize_compression
 
 if TYPE_CHECKING:
     from .manifest import BackupManifest
 
-__all__ = ["BackupConfig", "BackupResult", "ReadErrorPolicy"]
+__all__ = ["BackupConfig", "BackupResult", "ReadErrorPolicy", "SchedulerConfig"]
 
 ReadErrorPolicy = Literal["fail", "skip"]
 
@@ -40,15 +45,16 @@ class BackupConfig:
     it and record the problem in the result and the manifest.
     """
 
+    # Defaults are read from the settings table once, at import; all are immutable.
     source_dir: Path
     backup_dir: Path
-    prefix: str = "backup"
-    compression: str = "gz"
-    include_manifest: bool = True
-    exclude: Sequence[str] = ()
-    compression_level: int | None = None
-    checksum_algorithm: str = DEFAULT_ALGORITHM
-    on_read_error: ReadErrorPolicy = "fail"
+    prefix: str = field_default("prefix")
+    compression: str = field_default("compression")
+    include_manifest: bool = field_default("include_manifest")
+    exclude: Sequence[str] = field_default("exclude")
+    compression_level: int | None = field_default("compression_level")
+    checksum_algorithm: str = field_default("checksum_algorithm")
+    on_read_error: ReadErrorPolicy = field_default("on_read_error")  # noqa: RUF009
 
     def __post_init__(self) -> None:
         self.source_dir = Path(self.source_dir)
@@ -75,17 +81,7 @@ class BackupConfig:
         new_hasher(self.checksum_algorithm)
         if self.on_read_error not in ("fail", "skip"):
             raise ConfigError(f"on_read_error must be 'fail' or 'skip', not {self.on_read_error!r}")
-        return BackupConfig(
-            source_dir=self.source_dir,
-            backup_dir=self.backup_dir,
-            prefix=self.prefix,
-            compression=compression,
-            include_manifest=self.include_manifest,
-            exclude=self.exclude,
-            compression_level=level,
-            checksum_algorithm=self.checksum_algorithm,
-            on_read_error=self.on_read_error,
-        )
+        return dataclasses.replace(self, compression=compression, compression_level=level)
 
 
 def _same_directory(a: Path, b: Path) -> bool:
@@ -93,6 +89,44 @@ def _same_directory(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False  # one does not exist (yet): it cannot be the other
+
+
+@dataclass
+class SchedulerConfig:
+    """Configuration for the backup scheduler.
+
+    The first six fields are the seed's contract. ``policy`` replaces the plain
+    ``retention_days`` rule when given (``None`` keeps ``retention_days`` days).
+    ``lock_timeout`` is how long a run waits for another process using the same
+    backup directory. Every field a backup takes is here too, with the same meaning
+    as in ``BackupConfig`` (``backup_config()`` builds one from them).
+    """
+
+    source_dir: Path
+    backup_dir: Path
+    schedule_time: time = field_default("schedule_time", "schedule")  # noqa: RUF009
+    retention_days: int = field_default("retention_days", "schedule")
+    tz_name: str = field_default("tz_name", "schedule")
+    prefix: str = field_default("prefix", "schedule")
+    compression: str = field_default("compression", "schedule")
+    compression_level: int | None = field_default("compression_level", "schedule")
+    exclude: Sequence[str] = field_default("exclude", "schedule")
+    policy: RetentionPolicy | None = None
+    catch_up: bool = field_default("catch_up", "schedule")
+    metrics_file: Path | None = field_default("metrics_file", "schedule")  # noqa: RUF009
+    lock_timeout: float = field_default("lock_timeout")
+    on_read_error: ReadErrorPolicy = field_default("on_read_error", "schedule")  # noqa: RUF009
+    include_manifest: bool = field_default("include_manifest", "schedule")
+    checksum_algorithm: str = field_default("checksum_algorithm", "schedule")
+
+    def retention_policy(self) -> RetentionPolicy:
+        """Return the policy in force: ``policy`` if set, else ``retention_days`` days."""
+        return self.policy if self.policy is not None else RetentionPolicy.from_days(self.retention_days)
+
+    def backup_config(self) -> BackupConfig:
+        """Return the configuration of one scheduled backup (every field it shares)."""
+        shared: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(BackupConfig)}
+        return BackupConfig(**shared)
 
 
 @dataclass
@@ -104,7 +138,8 @@ class BackupResult:
     everything that did not stop the operation but that its user should know (a file
     that changed while it was read, a file skipped, an archive with no manifest);
     ``changed_files`` names the files whose archived copy may mix old and new data
-    because they kept changing while they were read.
+    because they kept changing while they were read. ``archive`` says where the archive
+    is in any storage (a path, a URL); ``backup_path`` is its local file, if it has one.
     """
 
     success: bool
@@ -119,3 +154,4 @@ class BackupResult:
     entry_count: int = 0
     verified: bool = False
     changed_files: list[str] = field(default_factory=list)
+    archive: str | None = None

@@ -17,12 +17,35 @@ from pathlib import Path
 from typing import Any
 
 from .config import BackupConfig, BackupResult
+from .create import execute_backup
 from .errors import BackupError
-from .plan import execute_plan, plan_backup, plan_restore, utc_now
-from .tarwriter import ProgressCallback
+from .fstree import LOCAL_FILESYSTEM, FileSystem
+from .plan import BackupPlan, RestorePlan, plan_backup, plan_restore, utc_now
+from .progress import ProgressCallback
+from .restore import execute_restore
+from .storage.base import BackupStorage
 from .verify import VerifyReport, verify_backup
 
-__all__ = ["BackupConfig", "BackupResult", "create_backup", "restore_backup", "verify_backup", "VerifyReport"]
+__all__ = [
+    "BackupConfig",
+    "BackupResult",
+    "VerifyReport",
+    "create_backup",
+    "execute_plan",
+    "restore_backup",
+    "verify_backup",
+]
+
+
+def execute_plan(plan: BackupPlan | RestorePlan, progress: ProgressCallback | None = None) -> BackupResult:
+    """Given a backup or restore plan, carry it out and return the result.
+
+    Operational failures, and unexpected ones, come back as ``success=False`` with a
+    one-line ``error``; nothing is raised.
+    """
+    if isinstance(plan, BackupPlan):
+        return execute_backup(plan, progress)
+    return execute_restore(plan, progress)
 
 
 def create_backup(
@@ -32,15 +55,19 @@ def create_backup(
     *,
     progress: ProgressCallback | None = None,
     now: Callable[[], datetime] = utc_now,
+    storage: BackupStorage | None = None,
+    filesystem: FileSystem = LOCAL_FILESYSTEM,
 ) -> BackupResult:
     """Given a configuration (and optionally the files to include), write one backup.
 
-    Return the result: the archive and manifest paths and the manifest on success, or
-    ``success=False`` and a one-line ``error``.
+    ``storage`` is where it goes (default: ``config.backup_dir``); ``filesystem`` is how
+    the source is read (tests pass one that fails on purpose). Return the result: the
+    archive and manifest paths and the manifest on success, or ``success=False`` and a
+    one-line ``error``.
     """
     started = time.monotonic()
     try:
-        plan = plan_backup(config, files, metadata, now=now)
+        plan = plan_backup(config, files, metadata, now=now, storage=storage, filesystem=filesystem)
     except BackupError as exc:
         return BackupResult(success=False, error=str(exc), duration_seconds=time.monotonic() - started)
     except OSError as exc:

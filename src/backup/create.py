@@ -3,33 +3,30 @@
 Order of events, and why:
 
 1. Leftovers of interrupted runs are removed.
-2. The backup id is claimed: the archive's temporary file ``.<id>.partial`` is created
-   exclusively, so two runs in the same second get ``<id>`` and ``<id>-2``.
-3. Entries stream through the compressor into that file; each file is read once.
-4. The archive is fsynced; the manifest (which records the archive's size and
-   checksum) is written and committed under its final name.
-5. The archive is committed under its final name. This is the moment the backup
-   exists: an archive under its final name is always complete, and a manifest
-   without its archive is a leftover that the next run removes.
+2. The backup id is claimed: the plan's id, or ``<id>-2``, ``<id>-3`` ... if another
+   backup took it in the same second (a claim is the storage's atomic create-if-absent).
+3. Entries stream through the archive pipeline (tar, compression, hashing) into the
+   storage's upload; each file is read once.
+4. The manifest (which records the archive's size and checksum) is committed, then the
+   archive. This is the moment the backup exists: an archive under its final name is
+   always complete, and a manifest without its archive is a leftover that the next run
+   removes.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, cast
 
-from .catalog import clean_leftovers, format_backup_id
-from .compression import archive_suffix, open_compressor
 from .config import BackupResult
-from .durable import write_all
 from .errors import BackupError, StorageError
-from .manifest import MANIFEST_SUFFIX, ArchiveInfo, BackupManifest, encode_json_text
-from .storage import LocalStorage, PendingObject
-from .tarwriter import HashingSink, ProgressCallback, write_entries
-
-if TYPE_CHECKING:
-    from .plan import BackupPlan
+from .listing import clean_leftovers
+from .manifest.model import ArchiveInfo, BackupManifest, encode_json_text
+from .plan import BackupPlan
+from .progress import ProgressCallback
+from .storage.base import BackupStorage, Upload
+from .stream.pipeline import ArchiveOutput, archive_layers
+from .stream.tarwriter import write_entries
 
 __all__ = ["execute_backup"]
 
@@ -37,36 +34,42 @@ _MAX_SAME_SECOND = 1000
 
 
 def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -> BackupResult:
-    """Given a backup plan, write the backup; return the result (never raises for bad input).
+    """Given a backup plan, write the backup; return the result (never raises).
 
     On failure nothing that looks like a backup is left behind.
     """
     started = time.monotonic()
     config = plan.config
-    storage = LocalStorage(config.backup_dir)
-    archive: PendingObject | None = None
-    manifest_pending: PendingObject | None = None
-    manifest_committed: Path | None = None
+    storage = plan.storage
+    archive: Upload | None = None
+    output: ArchiveOutput | None = None
+    manifest_upload: Upload | None = None
+    manifest_committed: str | None = None
+    archive_committed = False
     backup_id = plan.backup_id
     try:
         storage.ensure()
-        clean_leftovers(config.backup_dir)
+        clean_leftovers(storage)
         backup_id, archive = _claim(storage, plan)
-        archive_name = backup_id + archive_suffix(config.compression)
-        sink = HashingSink(archive.stream, config.checksum_algorithm)
-        compressor = open_compressor(
-            cast(BinaryIO, sink), config.compression, config.compression_level or 0, size_hint=plan.total_bytes
+        archive_name = archive.name
+        manifest_name = _renamed(plan.manifest_name, plan.backup_id, backup_id)
+        output = ArchiveOutput(
+            archive,  # type: ignore[arg-type]
+            archive_layers(config.compression, config.compression_level or 0, size_hint=plan.total_bytes),
+            config.checksum_algorithm,
         )
         outcome = write_entries(
-            compressor,
+            output.stream,
             plan.entries,
-            root=str(Path(config.source_dir).absolute()),
+            root=plan.source_root or str(Path(config.source_dir).absolute()),
             algorithm=config.checksum_algorithm,
+            filesystem=plan.filesystem,
             on_read_error=config.on_read_error,
             progress=progress,
             backup_id=backup_id,
         )
-        compressor.close()  # finishes the compressed stream; the sink's close leaves the file open
+        archive_size, archive_digest = output.finish()
+        output = None
         manifest = BackupManifest(
             backup_id=backup_id,
             created_at=plan.created_at.isoformat(),
@@ -74,46 +77,52 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
             files=outcome.entries,
             metadata=dict(plan.metadata),
             checksum_algorithm=config.checksum_algorithm,
-            archive=ArchiveInfo(archive_name, sink.size, sink.hasher.hexdigest(), config.compression),
+            archive=ArchiveInfo(archive_name, archive_size, archive_digest, config.compression),
             warnings=list(plan.problems) + outcome.warnings,
         )
-        manifest_path = None
-        if config.include_manifest:
-            manifest_pending = storage.begin(backup_id + MANIFEST_SUFFIX)
-            _write_manifest(manifest_pending.stream, manifest)
-            manifest_pending.commit()
-            manifest_path = manifest_committed = storage.path(manifest_pending.name)
+        if manifest_name is not None:
+            manifest_upload = storage.begin(manifest_name)
+            _write_manifest(manifest_upload, manifest)
+            manifest_upload.commit()
+            manifest_committed = manifest_upload.name
         archive.commit()
+        archive_committed = True
     except BackupError as exc:
         return _failed(started, str(exc), backup_id)
     except OSError as exc:
-        where = exc.filename or config.backup_dir
+        where = exc.filename or storage.location
         return _failed(started, f"{where}: cannot write backup: {exc.strerror or exc}", backup_id)
     except Exception as exc:  # a bug: still a failed result (and no backup), never an exception
         return _failed(
-            started, f"{config.backup_dir}: backup failed: internal error: {type(exc).__name__}: {exc}", backup_id
+            started, f"{storage.location}: backup failed: internal error: {type(exc).__name__}: {exc}", backup_id
         )
     finally:
-        for pending in (manifest_pending, archive):
+        if output is not None:
+            output.abandon()  # failed mid-stream: the compressors' last words go nowhere
+        for pending in (manifest_upload, archive):
             if pending is not None:
                 pending.abort()
-        if archive is not None and manifest_committed is not None and not storage.path(archive.name).exists():
-            manifest_committed.unlink(missing_ok=True)
+        if manifest_committed is not None and not archive_committed:
+            try:
+                storage.delete(manifest_committed)
+            except OSError:
+                pass  # a leftover the next run removes
     return BackupResult(
         success=True,
-        backup_path=storage.path(archive.name),
-        manifest_path=manifest_path,
+        backup_path=storage.local_path(archive_name),
+        manifest_path=storage.local_path(manifest_committed) if manifest_committed else None,
+        archive=storage.describe(archive_name),
         manifest=manifest,
         duration_seconds=time.monotonic() - started,
         warnings=list(manifest.warnings),
         backup_id=backup_id,
-        archive_size=sink.size,
+        archive_size=archive_size,
         entry_count=len(outcome.entries),
         changed_files=list(outcome.changed),
     )
 
 
-def _write_manifest(stream: BinaryIO, manifest: BackupManifest) -> None:
+def _write_manifest(upload: Upload, manifest: BackupManifest) -> None:
     """Write the manifest's JSON in batches of about 1 MiB (flat memory for huge trees)."""
     pending: list[str] = []
     size = 0
@@ -121,22 +130,33 @@ def _write_manifest(stream: BinaryIO, manifest: BackupManifest) -> None:
         pending.append(piece)
         size += len(piece)
         if size >= 1 << 20:
-            write_all(stream, encode_json_text("".join(pending)))
+            upload.write(encode_json_text("".join(pending)))
             pending, size = [], 0
-    write_all(stream, encode_json_text("".join(pending)))
+    upload.write(encode_json_text("".join(pending)))
 
 
-def _claim(storage: LocalStorage, plan: BackupPlan) -> tuple[str, PendingObject]:
-    """Claim the first free id for this second: ``<id>``, ``<id>-2``, ``<id>-3`` ..."""
-    suffix = archive_suffix(plan.config.compression)
+def _renamed(name: str | None, planned_id: str, backup_id: str) -> str | None:
+    """Given a name the plan gave, return it for the id actually claimed."""
+    if name is None or backup_id == planned_id:
+        return name
+    if not name.startswith(planned_id):
+        raise StorageError(f"{name}: already taken, and not named after its backup id {planned_id}")
+    return backup_id + name[len(planned_id) :]
+
+
+def _claim(storage: BackupStorage, plan: BackupPlan) -> tuple[str, Upload]:
+    """Claim the plan's id and archive name, or the first free ``<id>-2``, ``<id>-3`` ...
+    after it (another backup took the plan's id in the same second)."""
     for sequence in range(1, _MAX_SAME_SECOND + 1):
-        candidate = format_backup_id(plan.config.prefix, plan.created_at, sequence)
+        candidate = plan.backup_id if sequence == 1 else f"{plan.backup_id}-{sequence}"
+        archive_name = _renamed(plan.archive_name, plan.backup_id, candidate)
+        assert archive_name is not None
         try:
-            return candidate, storage.begin(candidate + suffix, claim=candidate)
+            return candidate, storage.begin(archive_name, claim=candidate)
         except FileExistsError:
             continue
     raise StorageError(
-        f"{storage.directory}: more than {_MAX_SAME_SECOND} backups claimed in one second", storage.directory
+        f"{storage.location}: more than {_MAX_SAME_SECOND} backups claimed in one second", storage.location
     )
 
 

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 
 __all__ = [
     "DIR_FLAGS",
+    "LOCAL_FILESYSTEM",
+    "FileSystem",
     "STAGING_NAME",
     "DirectoryChain",
     "exchange",
@@ -230,3 +232,41 @@ def staging_name(target_name: str, pid: int, token: str) -> str:
     """Given the target's name, the restoring process's pid and a random token, return
     the staging directory's name."""
     return f".{target_name}.obs-restore-{pid}-{token}"
+
+
+class FileSystem:
+    """The calls a backup makes on its source tree, in one place.
+
+    The walk and the archive writer call nothing else, so a test injects a fault (a
+    directory that cannot be listed, a file that cannot be opened, a read that fails
+    half way) by overriding one method, instead of patching ``os``: we run as root,
+    and permission bits cannot make a file unreadable for us.
+    """
+
+    def open_root(self, path: str) -> int:
+        """Open the source directory itself (following links: the caller named it)."""
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def listdir(self, dir_fd: int) -> list[str]:
+        """Return the names in a directory."""
+        return os.listdir(dir_fd)
+
+    def lstat(self, name: str, dir_fd: int) -> os.stat_result:
+        """Return an entry's status, without following a link."""
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+
+    def readlink(self, name: str, dir_fd: int) -> str:
+        """Return a symlink's target."""
+        return os.readlink(name, dir_fd=dir_fd)
+
+    def open_file(self, name: str, dir_fd: int) -> int:
+        """Open a file to archive it: read-only, without following a link, and without
+        blocking (a file swapped for a FIFO must not wait for a writer)."""
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+
+    def read_into(self, fd: int, buffer: memoryview) -> int:
+        """Read into ``buffer``; return the count (0 at the end)."""
+        return os.readv(fd, [buffer])
+
+
+LOCAL_FILESYSTEM = FileSystem()

@@ -16,7 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .durable import atomic_write_bytes
+from .storage import Location, open_storage
+from .storage.durable import atomic_write_bytes
 
 __all__ = ["STATE_NAME", "RunRecord", "load_state", "record_run", "render_metrics"]
 
@@ -55,27 +56,29 @@ class RunRecord:
         return data
 
 
-def load_state(backup_dir: Path) -> dict[str, Any]:
-    """Given a backup directory, return its recorded state ({} if none or unreadable)."""
+def load_state(backup_dir: Location) -> dict[str, Any]:
+    """Given a backup location, return its recorded state ({} if none or unreadable)."""
+    raw = open_storage(backup_dir).read_record(STATE_NAME)
     try:
-        data = json.loads((Path(backup_dir) / STATE_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(raw or b"{}")
+    except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def record_run(backup_dir: Path, record: RunRecord, metrics_file: Path | None = None) -> dict[str, Any]:
-    """Given a run's record, update the state file (and the metrics file); return the state.
+def record_run(backup_dir: Location, record: RunRecord, metrics_file: Path | None = None) -> dict[str, Any]:
+    """Given a run's record, update the state record (and the metrics file); return the state.
 
-    State is kept per prefix, so two schedules sharing a directory do not overwrite
-    each other's history. Raise OSError if a file cannot be written.
+    State is kept per prefix, so two schedules sharing a location do not overwrite
+    each other's history. Raise OSError if either cannot be written.
     """
-    state = load_state(backup_dir)
+    storage = open_storage(backup_dir)
+    state = load_state(storage)
     entry = state.setdefault(record.prefix, {})
     entry["last_run"] = record.to_dict()
     if record.success:
         entry["last_success"] = record.to_dict()
-    atomic_write_bytes(Path(backup_dir) / STATE_NAME, json.dumps(state, indent=2).encode("utf-8"))
+    storage.write_record(STATE_NAME, json.dumps(state, indent=2).encode("utf-8"))
     if metrics_file is not None:
         atomic_write_bytes(metrics_file, render_metrics(record, entry).encode("utf-8"), mode=METRICS_MODE)
     return state

@@ -1,8 +1,10 @@
-"""Plan, then execute.
+"""Plans: what a backup or a restore would do, as data.
 
 ``plan_backup`` and ``plan_restore`` decide what would be read, written and left out,
 and why, without writing anything: the frozen plan they return is what ``--dry-run``
-prints, what the tests inspect, and what ``execute_plan`` carries out.
+prints, what the tests inspect, and what ``backup.core.execute_plan`` hands to the
+executors (``backup.create``, ``backup.restore``), which carry out exactly that plan:
+its backup id, its storage, its names. Nothing here imports an executor.
 """
 
 from __future__ import annotations
@@ -15,47 +17,70 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .catalog import format_backup_id, manifest_path_for
-from .compression import archive_suffix
-from .config import BackupConfig, BackupResult
-from .create import execute_backup
+from .catalog import format_backup_id
+from .config import BackupConfig
 from .errors import ArchiveError, ConfigError, ManifestError, UnsafeArchiveError
-from .manifest import MANIFEST_SUFFIX, BackupManifest, load_manifest
-from .restore import execute_restore
+from .fstree import LOCAL_FILESYSTEM, FileSystem
+from .manifest import MANIFEST_SUFFIX, BackupManifest, manifest_name_for, read_manifest
 from .safety import MemberChecker, is_selected, normalize_member_name
 from .scan import Exclusion, SourceEntry, scan_source
-from .tarreader import ArchiveReader
-from .tarwriter import ProgressCallback
+from .storage import locate, open_storage
+from .storage.base import BackupStorage, ObjectRef
+from .stream.compression import archive_suffix
+from .stream.tarreader import ArchiveReader
 
 __all__ = [
     "BackupPlan",
     "RestoreEntry",
     "RestorePlan",
-    "execute_plan",
     "plan_backup",
     "plan_restore",
+    "utc_now",
 ]
 
 
 def utc_now() -> datetime:
+    """The real clock, in UTC (the default of every ``now=``)."""
     return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
 class BackupPlan:
-    """What a backup would do: the entries to archive, what is left out and why, and where
-    the archive and manifest would go. ``backup_id`` is the id it will claim; a second
-    backup in the same second gets ``<id>-2`` when executed."""
+    """What a backup would do: the entries to archive, what is left out and why, and
+    where the archive and manifest would go. ``backup_id`` is the id it will claim; a
+    second backup in the same second gets ``<id>-2`` when executed.
+
+    ``storage`` is the backup location and ``filesystem`` the source tree's file
+    system: the two seams through which everything is read and written.
+    """
 
     config: BackupConfig
     backup_id: str
     created_at: datetime
-    archive_path: Path
-    manifest_path: Path | None
+    storage: BackupStorage
+    archive_name: str
+    manifest_name: str | None
     entries: tuple[SourceEntry, ...]
     excluded: tuple[Exclusion, ...]
     problems: tuple[str, ...]
+    source_root: str = ""
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    filesystem: FileSystem = LOCAL_FILESYSTEM
+
+    @property
+    def archive_path(self) -> Path | None:
+        """The archive's local file (None in a storage without local files)."""
+        return self.storage.local_path(self.archive_name)
+
+    @property
+    def manifest_path(self) -> Path | None:
+        """The manifest's local file, if one is written and the storage is local."""
+        return None if self.manifest_name is None else self.storage.local_path(self.manifest_name)
+
+    @property
+    def archive_label(self) -> str:
+        """Where the archive would be, in any storage (a path, a URL)."""
+        return self.storage.describe(self.archive_name)
 
     @property
     def total_bytes(self) -> int:
@@ -73,8 +98,8 @@ class BackupPlan:
             "action": "create",
             "backup_id": self.backup_id,
             "source_dir": str(self.config.source_dir),
-            "archive_path": str(self.archive_path),
-            "manifest_path": None if self.manifest_path is None else str(self.manifest_path),
+            "archive_path": self.archive_label,
+            "manifest_path": None if self.manifest_name is None else self.storage.describe(self.manifest_name),
             "compression": self.config.compression,
             "file_count": self.file_count,
             "entry_count": len(self.entries),
@@ -91,10 +116,13 @@ def plan_backup(
     metadata: Mapping[str, Any] | None = None,
     *,
     now: Callable[[], datetime] = utc_now,
+    storage: BackupStorage | None = None,
+    filesystem: FileSystem = LOCAL_FILESYSTEM,
 ) -> BackupPlan:
     """Given a configuration (and optionally the files to back up), return the backup plan.
 
     Reads the source tree's metadata but no file contents, and writes nothing.
+    ``storage`` is where the backup goes (default: ``config.backup_dir``).
     Raise ConfigError for invalid settings, SourceError for an unreadable source or a
     file outside it.
     """
@@ -108,19 +136,22 @@ def plan_backup(
         exclude=config.exclude,
         skip_dir=config.backup_dir,
         on_error=config.on_read_error,
+        filesystem=filesystem,
     )
     backup_id = format_backup_id(config.prefix, moment)
-    backup_dir = Path(config.backup_dir)
     return BackupPlan(
         config=config,
         backup_id=backup_id,
         created_at=moment.astimezone(),
-        archive_path=backup_dir / (backup_id + archive_suffix(config.compression)),
-        manifest_path=backup_dir / (backup_id + MANIFEST_SUFFIX) if config.include_manifest else None,
+        storage=storage if storage is not None else open_storage(config.backup_dir),
+        archive_name=backup_id + archive_suffix(config.compression),
+        manifest_name=backup_id + MANIFEST_SUFFIX if config.include_manifest else None,
         entries=scan.entries,
         excluded=scan.excluded,
         problems=scan.problems,
+        source_root=scan.root,
         metadata=MappingProxyType(dict(metadata or {})),
+        filesystem=filesystem,
     )
 
 
@@ -138,9 +169,9 @@ class RestorePlan:
     """What a restore would do: the entries it would write, those that already exist in
     the target (``conflicts``), and how it would check them."""
 
-    archive_path: Path
+    archive: ObjectRef
     restore_dir: Path
-    manifest_path: Path | None
+    manifest_object: ObjectRef | None
     manifest: BackupManifest | None
     entries: tuple[RestoreEntry, ...]
     conflicts: tuple[str, ...]
@@ -151,6 +182,16 @@ class RestorePlan:
     warnings: tuple[str, ...] = ()
 
     @property
+    def archive_path(self) -> Path | None:
+        """The archive's local file (None in a storage without local files)."""
+        return self.archive.path
+
+    @property
+    def manifest_path(self) -> Path | None:
+        """The manifest's local file, if there is one."""
+        return None if self.manifest_object is None else self.manifest_object.path
+
+    @property
     def total_bytes(self) -> int:
         """Bytes of file data the restore would write."""
         return sum(entry.size for entry in self.entries)
@@ -159,9 +200,9 @@ class RestorePlan:
         """Return the plan as JSON-ready data."""
         return {
             "action": "restore",
-            "archive_path": str(self.archive_path),
+            "archive_path": self.archive.label,
             "restore_dir": str(self.restore_dir),
-            "manifest_path": None if self.manifest_path is None else str(self.manifest_path),
+            "manifest_path": None if self.manifest_object is None else self.manifest_object.label,
             "verify_checksums": self.verify_checksums and self.manifest is not None,
             "overwrite": self.overwrite,
             "entry_count": len(self.entries),
@@ -173,7 +214,7 @@ class RestorePlan:
 
 
 def plan_restore(
-    archive_path: Path,
+    archive_path: Path | ObjectRef,
     restore_dir: Path,
     *,
     paths: Sequence[str] | None = None,
@@ -192,38 +233,42 @@ def plan_restore(
     Raise ArchiveError if the archive is missing or unreadable, ManifestError if its
     manifest is damaged while verification is on, ConfigError for a path not in the backup.
     """
-    archive_path = Path(archive_path)
+    archive = locate(archive_path)
     restore_dir = Path(restore_dir)
-    if not archive_path.is_file():
-        raise ArchiveError(f"{archive_path}: archive not found", archive_path)
+    try:
+        archive.storage.stat(archive.name)
+    except FileNotFoundError:
+        raise ArchiveError(f"{archive.label}: archive not found", archive.label) from None
+    except OSError as exc:
+        raise ArchiveError(f"{archive.label}: cannot read archive: {exc.strerror or exc}", archive.label) from exc
     selection = _normalize_selection(paths)
-    manifest_path: Path | None = manifest_path_for(archive_path)
+    manifest_object: ObjectRef | None = archive.sibling(manifest_name_for(archive.name))
     manifest = None
     warnings: list[str] = []
-    if manifest_path is not None and manifest_path.exists():
+    if manifest_object is not None and _exists(manifest_object):
         try:
-            manifest = load_manifest(manifest_path)
+            manifest = read_manifest(manifest_object)
         except ManifestError as exc:
             if verify_checksums:
                 raise
             warnings.append(f"{exc}; restoring without it")
-            manifest_path = None
+            manifest_object = None
     else:
-        manifest_path = None
+        manifest_object = None
     if manifest is not None:
         entries = [RestoreEntry(e.path, e.type, e.size) for e in manifest.files]
     elif list_archive or selection is not None:
-        entries = _list_archive(archive_path, allow_external_links, selection)
+        entries = _list_archive(archive, allow_external_links, selection)
     else:
         entries = []
     chosen = tuple(entry for entry in entries if is_selected(entry.path, selection))
     for path in selection or ():
         if path and not any(is_selected(entry.path, (path,)) for entry in chosen):
-            raise ConfigError(f"{path}: not in the backup {archive_path.name}", path)
+            raise ConfigError(f"{path}: not in the backup {archive.name}", path)
     return RestorePlan(
-        archive_path=archive_path,
+        archive=archive,
         restore_dir=restore_dir,
-        manifest_path=manifest_path,
+        manifest_object=manifest_object,
         manifest=manifest,
         entries=chosen,
         conflicts=tuple(_conflicts(restore_dir, chosen)),
@@ -233,6 +278,14 @@ def plan_restore(
         allow_external_links=allow_external_links,
         warnings=tuple(warnings),
     )
+
+
+def _exists(ref: ObjectRef) -> bool:
+    try:
+        ref.storage.stat(ref.name)
+    except OSError:
+        return False
+    return True
 
 
 def _normalize_selection(paths: Sequence[str] | None) -> tuple[str, ...] | None:
@@ -248,11 +301,11 @@ def _normalize_selection(paths: Sequence[str] | None) -> tuple[str, ...] | None:
 
 
 def _list_archive(
-    archive_path: Path, allow_external_links: bool, selection: tuple[str, ...] | None
+    archive: ObjectRef, allow_external_links: bool, selection: tuple[str, ...] | None
 ) -> list[RestoreEntry]:
-    checker = MemberChecker(str(archive_path), allow_external_links)
+    checker = MemberChecker(archive.label, allow_external_links)
     entries = []
-    with ArchiveReader(archive_path) as reader:
+    with ArchiveReader(archive) as reader:
         for member in reader.members():
             safe = checker.check(member, writes=is_selected(normalize_member_name(member.name), selection))
             if safe is not None:
@@ -274,13 +327,3 @@ def _conflicts(restore_dir: Path, entries: Sequence[RestoreEntry]) -> list[str]:
             continue
         conflicts.append(entry.path)
     return conflicts
-
-
-def execute_plan(plan: BackupPlan | RestorePlan, progress: ProgressCallback | None = None) -> BackupResult:
-    """Given a backup or restore plan, carry it out and return the result.
-
-    Operational failures come back as ``success=False`` with a one-line ``error``.
-    """
-    if isinstance(plan, BackupPlan):
-        return execute_backup(plan, progress)
-    return execute_restore(plan, progress)

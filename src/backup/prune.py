@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from pathlib import Path
 
-from .catalog import clean_leftovers, list_backups
+from .listing import clean_leftovers, list_backups
 from .retention import RetentionDecision, RetentionPlan, RetentionPolicy, apply_policy
+from .storage import Location, open_storage
+from .storage.base import ObjectRef
 
 __all__ = ["PruneResult", "execute_prune", "plan_prune"]
 
@@ -51,7 +52,7 @@ def _utc_now() -> datetime:
 
 
 def plan_prune(
-    backup_dir: Path,
+    backup_dir: Location,
     policy: RetentionPolicy,
     zone: tzinfo,
     prefix: str | None = None,
@@ -67,7 +68,7 @@ def plan_prune(
     keeps nothing, ValueError if the clock returns a naive time.
     """
     moment = now()
-    backups = list_backups(backup_dir)
+    backups = list_backups(open_storage(backup_dir))
     prefixes = [prefix] if prefix is not None else sorted({b.prefix for b in backups if b.prefix is not None})
     keep: list[RetentionDecision] = []
     remove: list[RetentionDecision] = []
@@ -89,7 +90,7 @@ def plan_prune(
     )
 
 
-def execute_prune(backup_dir: Path, plan: RetentionPlan, dry_run: bool = False) -> PruneResult:
+def execute_prune(backup_dir: Location, plan: RetentionPlan, dry_run: bool = False) -> PruneResult:
     """Given a retention plan, remove the backups it marks (nothing in a dry run).
 
     Also removes leftovers of interrupted runs. Never raises for a file that cannot be
@@ -98,17 +99,22 @@ def execute_prune(backup_dir: Path, plan: RetentionPlan, dry_run: bool = False) 
     result = PruneResult(plan=plan, dry_run=dry_run)
     if dry_run:
         return result
-    result.leftovers = clean_leftovers(backup_dir)
+    result.leftovers = clean_leftovers(open_storage(backup_dir))
     for decision in plan.remove:
         backup = decision.backup
         try:
-            backup.archive_path.unlink()
-            if backup.manifest_path is not None:
-                backup.manifest_path.unlink(missing_ok=True)
-        except FileNotFoundError:
-            pass
+            _delete(backup.archive)
+            if backup.manifest is not None:
+                _delete(backup.manifest)
         except OSError as exc:
-            result.errors.append(f"{exc.filename or backup.archive_path}: cannot remove: {exc.strerror or exc}")
+            result.errors.append(f"{exc.filename or backup.archive.label}: cannot remove: {exc.strerror or exc}")
             continue
         result.removed.append(backup.backup_id)
     return result
+
+
+def _delete(ref: ObjectRef) -> None:
+    try:
+        ref.storage.delete(ref.name)
+    except FileNotFoundError:
+        pass  # gone already: what was asked

@@ -35,20 +35,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checksum import DEFAULT_ALGORITHM, new_hasher
 from .config import BackupResult
 from .errors import ArchiveError, BackupError, RestoreConflictError, StorageError, VerificationError
 from .fstree import STAGING_NAME, DirectoryChain, exchange, open_directory, rename_noreplace, staging_name
-from .manifest import display_name
+from .hashing import DEFAULT_ALGORITHM, new_hasher
+from .manifest.model import display_name
+from .plan import RestorePlan
+from .progress import ProgressCallback
 from .safety import MemberChecker, SafeMember, is_selected, shown_name
-from .tarreader import ArchiveReader
-from .tarwriter import ProgressCallback
+from .stream.tarreader import ArchiveReader
 from .verify import compare_with_manifest
 
 if TYPE_CHECKING:
     import tarfile
-
-    from .plan import RestorePlan
 
 __all__ = ["execute_restore"]
 
@@ -254,12 +253,12 @@ def _extract(plan: RestorePlan, staging_fd: int, progress: ProgressCallback | No
     manifest = plan.manifest
     algorithm = manifest.checksum_algorithm if manifest else DEFAULT_ALGORITHM
     compression = manifest.archive.compression if manifest and manifest.archive else None
-    checker = MemberChecker(str(plan.archive_path), plan.allow_external_links)
+    checker = MemberChecker(plan.archive.label, plan.allow_external_links)
     out = _Extracted()
     links: list[SafeMember] = []
     with (
         DirectoryChain(staging_fd, create=True) as chain,
-        ArchiveReader(plan.archive_path, algorithm, compression) as reader,
+        ArchiveReader(plan.archive, algorithm, compression) as reader,
     ):
         for member in reader.members():
             selected = is_selected(_normal(member.name), plan.paths)
@@ -296,7 +295,7 @@ def _extract(plan: RestorePlan, staging_fd: int, progress: ProgressCallback | No
         names = ", ".join(display_name(name) for name in checker.setid_stripped[:_SHOWN])
         more = " ..." if len(checker.setid_stripped) > _SHOWN else ""
         warnings.append(
-            f"{plan.archive_path}: set-user-id and set-group-id bits were not restored on "
+            f"{plan.archive.label}: set-user-id and set-group-id bits were not restored on "
             f"{len(checker.setid_stripped)} {'entry' if len(checker.setid_stripped) == 1 else 'entries'} "
             f"({names}{more}): ownership is not restored, so they would grant the restoring user's identity"
         )
@@ -355,9 +354,9 @@ def _link(
     source = safe.link_target or ""
     if source not in out.digests:
         raise ArchiveError(
-            f"{plan.archive_path}: hard link {shown_name(safe.name)} needs {shown_name(source)}, which is not being "
+            f"{plan.archive.label}: hard link {shown_name(safe.name)} needs {shown_name(source)}, which is not being "
             "restored; select it too",
-            plan.archive_path,
+            plan.archive.label,
         )
     source_parts = tuple(source.split("/"))
     source_dir = _open_parts(staging_fd, source_parts[:-1])
@@ -377,16 +376,16 @@ def _link(
 def _verify(plan: RestorePlan, extracted: _Extracted, target: Path, warnings: list[str]) -> bool:
     """Check what was extracted against the manifest; return whether it was checked."""
     if plan.manifest is None:
-        warnings.append(f"{plan.archive_path}: no manifest; restored without checksum verification")
+        warnings.append(f"{plan.archive.label}: no manifest; restored without checksum verification")
         return False
     if not plan.verify_checksums:
-        warnings.append(f"{plan.archive_path}: checksum verification was turned off")
+        warnings.append(f"{plan.archive.label}: checksum verification was turned off")
         return False
     found = compare_with_manifest(
         plan.manifest,
         extracted.members,
         extracted.digests,
-        plan.archive_path,
+        plan.archive.label,
         extracted.archive_size,
         extracted.archive_digest,
         plan.paths,
@@ -400,8 +399,8 @@ def _verify(plan: RestorePlan, extracted: _Extracted, target: Path, warnings: li
             f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
         )
         raise VerificationError(
-            f"{plan.archive_path}: does not match its manifest, nothing was restored to {target}: {shown}",
-            plan.archive_path,
+            f"{plan.archive.label}: does not match its manifest, nothing was restored to {target}: {shown}",
+            plan.archive.label,
         )
     return True
 

@@ -150,7 +150,7 @@ class RetentionPlan:
             return {
                 "backup_id": decision.backup.backup_id,
                 "created_at": None if created is None else created.isoformat(),
-                "archive_path": str(decision.backup.archive_path),
+                "archive_path": decision.backup.archive.label,
                 "reasons": list(decision.reasons),
             }
 

@@ -20,7 +20,7 @@ from typing import Literal
 import pathspec
 
 from .errors import ConfigError, SourceError
-from .fstree import STAGING_NAME, DirectoryChain
+from .fstree import LOCAL_FILESYSTEM, STAGING_NAME, DirectoryChain, FileSystem
 from .safety import MAX_DEPTH
 
 __all__ = ["EntryKind", "Exclusion", "ScanResult", "SourceEntry", "compile_excludes", "scan_source"]
@@ -100,6 +100,7 @@ def scan_source(
     exclude: Sequence[str] = (),
     skip_dir: Path | None = None,
     on_error: Literal["fail", "skip"] = "fail",
+    filesystem: FileSystem = LOCAL_FILESYSTEM,
 ) -> ScanResult:
     """Given a source directory, return what a backup of it holds.
 
@@ -108,11 +109,12 @@ def scan_source(
     archived, even when it sits inside the source. Sockets, FIFOs and devices are left
     out, each with a reason and a warning. Raise ConfigError if ``skip_dir`` is the
     source itself; SourceError if the source or a named file is missing or outside the
-    source, or if a directory cannot be listed and ``on_error`` is "fail".
+    source, or if a directory cannot be listed and ``on_error`` is "fail". Every call
+    on the tree goes through ``filesystem``.
     """
     root = os.path.abspath(source_dir)
     try:
-        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        root_fd = filesystem.open_root(root)
     except FileNotFoundError as exc:
         raise SourceError(f"{source_dir}: source directory does not exist", source_dir) from exc
     except NotADirectoryError as exc:
@@ -130,7 +132,7 @@ def scan_source(
                 skip_dir,
             )
         with DirectoryChain(root_fd) as chain:
-            walker = _Walker(root, chain, _Excluder(exclude), skip_key, on_error)
+            walker = _Walker(root, chain, filesystem, _Excluder(exclude), skip_key, on_error)
             if files is None:
                 walker.walk_directory([], "")
             else:
@@ -171,12 +173,14 @@ class _Walker:
         self,
         root: str,
         chain: DirectoryChain,
+        filesystem: FileSystem,
         excluder: _Excluder,
         skip_key: tuple[int, int] | None,
         on_error: Literal["fail", "skip"],
     ) -> None:
         self.root = root
         self.chain = chain
+        self.fs = filesystem
         self.excluder = excluder
         self.skip_key = skip_key
         self.on_error = on_error
@@ -194,7 +198,7 @@ class _Walker:
         parts = relative.split("/")
         try:
             parent = self.chain.fd(parts[:-1])
-            info = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+            info = self.fs.lstat(parts[-1], parent)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 # A component on the way is a symlink (or not a directory): following it
@@ -217,7 +221,7 @@ class _Walker:
                 continue
             relative = dir_prefix + name
             try:
-                info = os.stat(name, dir_fd=self.chain.fd(dir_parts), follow_symlinks=False)
+                info = self.fs.lstat(name, self.chain.fd(dir_parts))
             except FileNotFoundError:
                 self.problems.append(f"{self._absolute(relative)}: disappeared during the walk; not archived")
                 continue
@@ -231,7 +235,7 @@ class _Walker:
     def _children(self, parts: list[str], prefix: str) -> Iterator[str]:
         absolute = self._absolute(prefix.rstrip("/"))
         try:
-            names = sorted(os.listdir(self.chain.fd(parts)))
+            names = sorted(self.fs.listdir(self.chain.fd(parts)))
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 self._problem(absolute, "was replaced by a symlink or a file during the walk; not followed")
@@ -284,7 +288,7 @@ class _Walker:
         if kind == "symlink":
             try:
                 parent = self.chain.fd(relative.split("/")[:-1])
-                link_target = os.readlink(name, dir_fd=parent)
+                link_target = self.fs.readlink(name, parent)
             except OSError as exc:
                 self._problem(absolute, f"symlink cannot be read: {exc.strerror or exc}")
                 return None

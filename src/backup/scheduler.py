@@ -27,58 +27,28 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
-from pathlib import Path
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from shared.time_helpers import TimeAwareMixin
 
-from .catalog import list_backups
-from .config import BackupConfig, BackupResult, ReadErrorPolicy
+from .config import BackupResult, SchedulerConfig
 from .core import create_backup
 from .errors import BackupError
-from .lock import backup_dir_lock
+from .listing import list_backups
 from .monitor import RunRecord, record_run
 from .prune import PruneResult, execute_prune, plan_prune
-from .retention import RetentionPolicy, is_dated_in_future
+from .retention import is_dated_in_future
+from .storage import open_storage
+from .storage.base import BackupStorage
 
 __all__ = ["BackupScheduler", "RunOutcome", "SchedulerConfig"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_SLEEP_SECONDS = 60.0
-
-
-@dataclass
-class SchedulerConfig:
-    """Configuration for the backup scheduler.
-
-    The first six fields are the seed's contract. ``policy`` replaces the plain
-    ``retention_days`` rule when given (``None`` keeps ``retention_days`` days).
-    ``lock_timeout`` is how long a run waits for another process using the same
-    backup directory.
-    """
-
-    source_dir: Path
-    backup_dir: Path
-    schedule_time: time = time(3, 0)
-    retention_days: int = 7
-    tz_name: str = "Asia/Seoul"
-    prefix: str = "scheduled_backup"
-    compression: str = "gz"
-    compression_level: int | None = None
-    exclude: Sequence[str] = ()
-    policy: RetentionPolicy | None = None
-    catch_up: bool = True
-    metrics_file: Path | None = None
-    lock_timeout: float = 600.0
-    on_read_error: ReadErrorPolicy = "fail"
-
-    def retention_policy(self) -> RetentionPolicy:
-        """Return the policy in force: ``policy`` if set, else ``retention_days`` days."""
-        return self.policy if self.policy is not None else RetentionPolicy.from_days(self.retention_days)
 
 
 @dataclass
@@ -108,8 +78,10 @@ class BackupScheduler(TimeAwareMixin):
         now: Callable[[], datetime] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         max_sleep: float = _MAX_SLEEP_SECONDS,
+        storage: BackupStorage | None = None,
     ) -> None:
         self.config = config
+        self._storage = storage
         self._tz_name = config.tz_name
         self._init_timezone()
         config.retention_policy()  # refuse a bad policy now, not at 03:00
@@ -124,6 +96,11 @@ class BackupScheduler(TimeAwareMixin):
         # The most recent outcomes, for callers and tests; bounded so a long-lived
         # scheduler does not accumulate every manifest it ever wrote.
         self.runs: deque[RunOutcome] = deque(maxlen=32)
+
+    @property
+    def storage(self) -> BackupStorage:
+        """Where the backups go: the storage given, or ``config.backup_dir``'s."""
+        return self._storage if self._storage is not None else open_storage(self.config.backup_dir)
 
     # -- time -----------------------------------------------------------------
 
@@ -187,23 +164,17 @@ class BackupScheduler(TimeAwareMixin):
         started = self._now()
         prune = None
         try:
-            with backup_dir_lock(config.backup_dir, config.lock_timeout):
+            storage = self.storage
+            with storage.lock(config.lock_timeout):
                 result = create_backup(
-                    BackupConfig(
-                        source_dir=config.source_dir,
-                        backup_dir=config.backup_dir,
-                        prefix=config.prefix,
-                        compression=config.compression,
-                        compression_level=config.compression_level,
-                        exclude=tuple(config.exclude),
-                        on_read_error=config.on_read_error,
-                    ),
+                    config.backup_config(),
                     metadata={"scheduler": "obs-backup", "tz": config.tz_name},
                     now=self._now,
+                    storage=storage,
                 )
                 log = _BackupIdAdapter(logger, {"backup_id": result.backup_id})
                 if result.success:
-                    log.info("backup complete: %s (%d bytes)", result.backup_path, result.archive_size)
+                    log.info("backup complete: %s (%d bytes)", result.archive, result.archive_size)
                     for warning in result.warnings:
                         log.warning("%s", warning)
                     prune = self._apply_retention(log)
@@ -227,10 +198,8 @@ class BackupScheduler(TimeAwareMixin):
         does not turn the backup that just succeeded into a failure."""
         config = self.config
         try:
-            plan = plan_prune(
-                config.backup_dir, config.retention_policy(), self._tz, prefix=config.prefix, now=self._now
-            )
-            prune = execute_prune(config.backup_dir, plan)
+            plan = plan_prune(self.storage, config.retention_policy(), self._tz, prefix=config.prefix, now=self._now)
+            prune = execute_prune(self.storage, plan)
         except (BackupError, OSError) as exc:
             log.error("retention not applied: %s", exc)
             return None
@@ -255,7 +224,7 @@ class BackupScheduler(TimeAwareMixin):
             success=result.success,
             prefix=self.config.prefix,
             backup_id=result.backup_id,
-            archive_path=None if result.backup_path is None else str(result.backup_path),
+            archive_path=result.archive,
             archive_size=result.archive_size,
             file_count=result.manifest.file_count if result.manifest else 0,
             error=result.error,
@@ -263,7 +232,7 @@ class BackupScheduler(TimeAwareMixin):
             future_dated_backups=len(outcome.prune.plan.future) if outcome.prune else None,
         )
         try:
-            record_run(self.config.backup_dir, record, self.config.metrics_file)
+            record_run(self.storage, record, self.config.metrics_file)
         except OSError as exc:
             logger.error("cannot record the run's outcome: %s: %s", exc.filename, exc.strerror or exc)
 
@@ -311,7 +280,7 @@ class BackupScheduler(TimeAwareMixin):
 
     def _missed_a_run(self) -> bool:
         try:
-            backups = list_backups(self.config.backup_dir, prefix=self.config.prefix)
+            backups = list_backups(self.storage, prefix=self.config.prefix)
         except BackupError as exc:
             logger.error("cannot list backups for catch-up: %s", exc)
             return False

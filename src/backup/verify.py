@@ -14,13 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .catalog import manifest_path_for
-from .checksum import DEFAULT_ALGORITHM, new_hasher
 from .errors import ArchiveError, ManifestError, UnsafeArchiveError
-from .manifest import BackupManifest, ManifestEntry, load_manifest
+from .hashing import DEFAULT_ALGORITHM, new_hasher
+from .manifest import BackupManifest, ManifestEntry, manifest_name_for, read_manifest
+from .progress import ProgressCallback
 from .safety import MemberChecker, SafeMember, is_selected
-from .tarreader import ArchiveReader
-from .tarwriter import ProgressCallback
+from .storage import locate
+from .storage.base import ObjectRef
+from .stream.tarreader import ArchiveReader
 
 __all__ = ["Comparison", "Mismatch", "VerifyReport", "compare_entry", "compare_with_manifest", "verify_backup"]
 
@@ -120,7 +121,7 @@ def compare_with_manifest(
     manifest: BackupManifest,
     members: Mapping[str, SafeMember],
     digests: Mapping[str, str],
-    archive_path: Path,
+    archive_label: str,
     archive_size: int | None = None,
     archive_digest: str | None = None,
     paths: Sequence[str] | None = None,
@@ -141,58 +142,66 @@ def compare_with_manifest(
     info = manifest.archive
     if info is not None and archive_size is not None and archive_digest is not None:
         if info.size != archive_size:
-            result.archive.append(f"{archive_path}: archive is {archive_size} bytes, manifest says {info.size}")
+            result.archive.append(f"{archive_label}: archive is {archive_size} bytes, manifest says {info.size}")
         elif not hmac.compare_digest(archive_digest, info.checksum.lower()):
-            result.archive.append(f"{archive_path}: archive checksum {archive_digest}, manifest says {info.checksum}")
+            result.archive.append(f"{archive_label}: archive checksum {archive_digest}, manifest says {info.checksum}")
     return result
 
 
 def verify_backup(
-    archive_path: Path,
-    manifest_path: Path | None = None,
+    archive_path: Path | ObjectRef,
+    manifest_path: Path | ObjectRef | None = None,
     *,
     progress: ProgressCallback | None = None,
 ) -> VerifyReport:
-    """Given an archive (and optionally its manifest's path), return what a full check found.
+    """Given an archive (and optionally its manifest), return what a full check found.
 
     Never raises for a bad archive or manifest: each problem is in the report.
     """
     started = time.monotonic()
-    archive_path = Path(archive_path)
-    manifest_path = Path(manifest_path) if manifest_path else manifest_path_for(archive_path)
-    report = VerifyReport(archive_path, manifest_path)
+    archive = locate(archive_path)
+    manifest_ref = locate(manifest_path) if manifest_path else archive.sibling(manifest_name_for(archive.name))
+    report = VerifyReport(Path(archive.label), Path(manifest_ref.label))
     manifest: BackupManifest | None = None
     try:
-        manifest = load_manifest(manifest_path)
+        manifest = read_manifest(manifest_ref)
     except ManifestError as exc:
-        report.manifest_path = None if not manifest_path.exists() else manifest_path
-        if report.manifest_path is None:
-            report.problems.append(
-                f"{archive_path}: no manifest ({manifest_path.name} not found); checksums cannot be verified"
-            )
-        else:
+        if _exists(manifest_ref):
             report.problems.append(str(exc))
+        else:
+            report.manifest_path = None
+            report.problems.append(
+                f"{archive.label}: no manifest ({manifest_ref.name} not found); checksums cannot be verified"
+            )
     algorithm = manifest.checksum_algorithm if manifest else DEFAULT_ALGORITHM
     compression = manifest.archive.compression if manifest and manifest.archive else None
     members: dict[str, SafeMember] = {}
     digests: dict[str, str] = {}
     size = digest = None
     try:
-        size, digest = _read_members(archive_path, algorithm, compression, members, digests, report, progress)
+        size, digest = _read_members(archive, algorithm, compression, members, digests, report, progress)
     except ArchiveError as exc:
         report.problems.append(str(exc))
     except Exception as exc:  # a bug: reported, never raised
-        report.problems.append(f"{archive_path}: verify failed: internal error: {type(exc).__name__}: {exc}")
+        report.problems.append(f"{archive.label}: verify failed: internal error: {type(exc).__name__}: {exc}")
     if manifest is not None:
-        found = compare_with_manifest(manifest, members, digests, archive_path, size, digest)
+        found = compare_with_manifest(manifest, members, digests, archive.label, size, digest)
         report.missing, report.extra, report.mismatched = found.missing, found.extra, found.mismatched
         report.problems += found.archive
     report.duration_seconds = time.monotonic() - started
     return report
 
 
+def _exists(ref: ObjectRef) -> bool:
+    try:
+        ref.storage.stat(ref.name)
+    except OSError:
+        return False
+    return True
+
+
 def _read_members(
-    archive_path: Path,
+    archive: ObjectRef,
     algorithm: str,
     compression: str | None,
     members: dict[str, SafeMember],
@@ -207,8 +216,8 @@ def _read_members(
     A symlink is checked as what it is, whatever it points to: a backup of a tree that
     links to /etc/ssl/certs verifies (only restoring such a link needs permission).
     """
-    checker = MemberChecker(str(archive_path))
-    with ArchiveReader(archive_path, algorithm, compression) as reader:
+    checker = MemberChecker(archive.label)
+    with ArchiveReader(archive, algorithm, compression) as reader:
         for member in reader.members():
             try:
                 safe = checker.check(member, writes=False)

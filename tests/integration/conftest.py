@@ -16,12 +16,15 @@ import sys
 import tarfile
 import textwrap
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from backup import BackupConfig, BackupResult, create_backup
+from support.backups import make_backup
+from support.clock import fixed_now as fixed_now  # shared with the unit tests; re-exported
+
+# The integration tests' name for support.backups.make_backup.
+backup = make_backup
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
@@ -163,24 +166,6 @@ def make_corpus(root: str | Path) -> dict[str, Entry]:
         os.chmod(root / rel, mode)
     finish_dir_mtimes(root, {rel: next(times) for rel in CORPUS_DIRS})
     return snapshot(root)
-
-
-def fixed_now(moment: datetime | None = None):
-    """Return a ``now=`` callable that always answers the same instant."""
-    moment = moment or datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
-    return lambda: moment
-
-
-def backup(source: Path, backup_dir: Path, **kwargs) -> BackupResult:
-    """Run create_backup and insist it succeeded."""
-    files = kwargs.pop("files", None)
-    now = kwargs.pop("now", None)
-    config = BackupConfig(source, backup_dir, **kwargs)
-    extra = {"now": now} if now is not None else {}
-    result = create_backup(config, files=files, **extra)
-    assert result.success, result.error
-    assert result.backup_path is not None and result.backup_path.is_file()
-    return result
 
 
 def tar_members(archive: Path) -> list[tarfile.TarInfo]:

@@ -3,12 +3,17 @@ between the walk and the read, the backup directory vanishing mid-backup, and a
 read-only backup directory.
 
 We run as root, so permission bits cannot make a directory unlistable or a file
-system read-only: each fault is injected by monkeypatching one module-level call
-(``os.scandir`` for one path, ``backup.create.write_entries``' progress hook, ``os.open``
-for the backup directory), as each test says. Every failure must be clean: one line
-naming the path, no traceback, no ``.partial`` file anywhere, nothing that looks
-like a complete backup, and the earlier backup's bytes (hashed before and after)
-unchanged and still verifying.
+system read-only. Each fault is injected at a seam the library reads or writes
+through, as each test says: the source through a ``FileSystem``
+(``create_backup(config, filesystem=...)``, from ``support.sources``), the backup
+location through a ``FaultyStorage`` (``create_backup(config, storage=...)``), the
+moment mid-backup through the ``progress`` callback. The command line builds its own
+file system and storage, so for it the file system object it reads through
+(``LOCAL_FILESYSTEM``) is given the faulty method, and a read-only directory stays an
+``os.open`` refusal (the CLI's lock file is the first thing it writes). A file that
+vanishes is really removed. Every failure must be clean: one line naming the path, no
+traceback, no ``.partial`` file anywhere, nothing that looks like a complete backup,
+and the earlier backup's bytes (hashed before and after) unchanged and still verifying.
 """
 
 from __future__ import annotations
@@ -18,12 +23,12 @@ import json
 import os
 import shutil
 import tarfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-import backup.create as create_module
 from backup import (
     BackupConfig,
     clean_leftovers,
@@ -34,8 +39,13 @@ from backup import (
     restore_backup,
     verify_backup,
 )
-from backup.cli import main
-from backup.lock import LOCK_NAME
+from backup.fstree import LOCAL_FILESYSTEM
+from backup.storage import LocalStorage
+from backup.storage.local import PARTIAL_PREFIX, partial_name
+from backup.storage.lock import LOCK_NAME
+from support.cli import run_cli
+from support.sources import AfterReadFileSystem, UnlistableFileSystem
+from support.storage import Fault, FaultyStorage
 
 from .conftest import backup, decompressed_tar_bytes, dir_state, fixed_now, listing, make_corpus, snapshot
 
@@ -83,39 +93,20 @@ def _archive_names(archive: Path) -> list[str]:
         return sorted(tf.getnames())
 
 
-def _run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 # --- a directory that cannot be listed ------------------------------------------------
-
-
-def _refuse_listing(monkeypatch: pytest.MonkeyPatch, victim: Path) -> None:
-    """Fault injection (we run as root, so chmod 000 would not stop us): os.listdir
-    raises PermissionError for ``victim``, and only for it. The walk lists directories
-    by descriptor; /proc tells which directory a descriptor is."""
-    real_listdir = os.listdir
-
-    def listdir(path="."):
-        where = os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else os.fspath(path)
-        if where == str(victim):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-        return real_listdir(path)
-
-    monkeypatch.setattr(os, "listdir", listdir)
 
 
 def test_unlistable_directory_with_fail_policy_fails_and_writes_nothing(
     tmp_path: Path, setup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Fault injection: os.listdir refuses sub/deeper (see _refuse_listing).
+    # Fault injection: the source's file system refuses to list sub/deeper. The command
+    # line reads through LOCAL_FILESYSTEM, so that object gets the refusing listdir.
     source, _expected, backups, before = setup
     victim = source / "sub" / "deeper"
-    _refuse_listing(monkeypatch, victim)
-    result = create_backup(BackupConfig(source, backups, on_read_error="fail"))
-    code, out, err = _run_cli(capsys, "create", str(source), str(backups))
+    unlistable = UnlistableFileSystem(victim)
+    result = create_backup(BackupConfig(source, backups, on_read_error="fail"), filesystem=unlistable)
+    monkeypatch.setattr(LOCAL_FILESYSTEM, "listdir", unlistable.listdir)
+    code, out, err = run_cli(capsys, "create", str(source), str(backups))
     monkeypatch.undo()
 
     message = f"{victim}: directory cannot be listed: Permission denied"
@@ -126,15 +117,11 @@ def test_unlistable_directory_with_fail_policy_fails_and_writes_nothing(
     _assert_earlier_untouched(tmp_path, backups, before)
 
 
-def test_unlistable_directory_with_skip_policy_is_recorded_and_the_rest_archived(
-    tmp_path: Path, setup, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Fault injection: os.listdir refuses sub/deeper (see _refuse_listing).
+def test_unlistable_directory_with_skip_policy_is_recorded_and_the_rest_archived(tmp_path: Path, setup) -> None:
+    # Fault injection: the source's file system refuses to list sub/deeper.
     source, expected, backups, before = setup
     victim = source / "sub" / "deeper"
-    _refuse_listing(monkeypatch, victim)
-    result = create_backup(BackupConfig(source, backups, on_read_error="skip"))
-    monkeypatch.undo()
+    result = create_backup(BackupConfig(source, backups, on_read_error="skip"), filesystem=UnlistableFileSystem(victim))
 
     assert result.success, result.error
     warning = f"{victim}: directory cannot be listed: Permission denied; skipped"
@@ -211,49 +198,40 @@ def test_file_vanishing_after_the_walk_with_skip_policy_is_recorded(tmp_path: Pa
 # --- the backup directory vanishing mid-backup -------------------------------------------
 
 
-def _vanish_after_first_entry(monkeypatch: pytest.MonkeyPatch, backups: Path, how: str, moved: Path) -> list:
-    """Fault injection: wrap backup.create.write_entries so that, once the first entry
-    has been written, the backup directory is renamed to ``moved`` or removed with
-    shutil.rmtree. Return what the directory held at that moment (filled in then)."""
-    real_write_entries = create_module.write_entries
-    seen: list = []
+def _vanish(backups: Path, how: str, moved: Path) -> tuple[list[list[str]], Callable[[], None]]:
+    """Return a record of what the backup directory held when it vanished (filled in
+    then) and the action that makes it vanish: renamed to ``moved``, or removed with
+    shutil.rmtree. The action acts once."""
+    seen: list[list[str]] = []
 
-    def write_entries(out, entries, **kwargs):
-        inner = kwargs.get("progress")
+    def vanish() -> None:
+        if seen:
+            return
+        seen.append(sorted(os.listdir(backups)))
+        if how == "renamed":
+            os.rename(backups, moved)
+        else:
+            shutil.rmtree(backups)
 
-        def progress(done: int, done_bytes: int) -> None:
-            if not seen:
-                seen.append(sorted(os.listdir(backups)))
-                if how == "renamed":
-                    os.rename(backups, moved)
-                else:
-                    shutil.rmtree(backups)
-            if inner is not None:
-                inner(done, done_bytes)
-
-        kwargs["progress"] = progress
-        return real_write_entries(out, entries, **kwargs)
-
-    monkeypatch.setattr(create_module, "write_entries", write_entries)
-    return seen
+    return seen, vanish
 
 
 @pytest.mark.parametrize("compression", ["gz", ""])
 @pytest.mark.parametrize("how", ["renamed", "removed"])
-def test_backup_directory_vanishing_mid_backup_fails_cleanly(
-    tmp_path: Path, setup, monkeypatch: pytest.MonkeyPatch, how: str, compression: str
-) -> None:
-    # Fault injection: see _vanish_after_first_entry.
+def test_backup_directory_vanishing_mid_backup_fails_cleanly(tmp_path: Path, setup, how: str, compression: str) -> None:
+    # Fault injection: the progress callback, called once the first entry has been
+    # written, makes the backup directory vanish (a real rename or removal).
     source, _expected, backups, before = setup
     moved = tmp_path / "moved-away"
-    seen = _vanish_after_first_entry(monkeypatch, backups, how, moved)
-    result = create_backup(BackupConfig(source, backups, compression=compression))
-    monkeypatch.undo()
+    seen, vanish = _vanish(backups, how, moved)
+    result = create_backup(
+        BackupConfig(source, backups, compression=compression), progress=lambda done, done_bytes: vanish()
+    )
 
     assert len(seen) == 1
-    assert seen[0] == sorted([*before, f".{result.backup_id}.partial"])  # it was mid-write
+    assert seen[0] == sorted([*before, partial_name(result.backup_id)])  # it was mid-write
     assert result.success is False
-    partial_manifest = backups / f".{result.backup_id}.manifest.json.partial"
+    partial_manifest = backups / partial_name(f"{result.backup_id}.manifest.json")
     assert result.error == f"{partial_manifest}: cannot write backup: No such file or directory"
     assert result.backup_path is None and result.manifest_path is None
     assert not backups.exists()  # nothing re-created it
@@ -268,8 +246,8 @@ def test_backup_directory_vanishing_mid_backup_fails_cleanly(
     # next run in that directory removes.
     assert sorted(_backup_files(tmp_path)) == sorted(f"moved-away/{name}" for name in before)
     assert [info.archive_path.name for info in list_backups(moved)] == [n for n in before if n.endswith(".tar.gz")]
-    assert _partials(tmp_path) == [f"moved-away/.{result.backup_id}.partial"]
-    assert clean_leftovers(moved) == [f".{result.backup_id}.partial"]
+    assert _partials(tmp_path) == [f"moved-away/{partial_name(result.backup_id)}"]
+    assert clean_leftovers(moved) == [partial_name(result.backup_id)]
     assert dir_state(moved) == before
     for info in list_backups(moved):
         assert verify_backup(info.archive_path).ok
@@ -278,15 +256,19 @@ def test_backup_directory_vanishing_mid_backup_fails_cleanly(
 def test_backup_directory_vanishing_mid_backup_through_the_cli(
     tmp_path: Path, setup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Fault injection: see _vanish_after_first_entry (removed with shutil.rmtree).
+    # Fault injection: the command line reads its source through LOCAL_FILESYSTEM; its
+    # read_into makes the backup directory vanish (removed with shutil.rmtree) right
+    # after the first read of a file, when the archive is being written.
     source, _expected, backups, _before = setup
-    seen = _vanish_after_first_entry(monkeypatch, backups, "removed", tmp_path / "unused")
-    code, out, err = _run_cli(capsys, "create", str(source), str(backups))
+    seen, vanish = _vanish(backups, "removed", tmp_path / "unused")
+    monkeypatch.setattr(LOCAL_FILESYSTEM, "read_into", AfterReadFileSystem(source / "top.txt", vanish).read_into)
+    code, out, err = run_cli(capsys, "create", str(source), str(backups))
     monkeypatch.undo()
     assert len(seen) == 1 and LOCK_NAME in seen[0]
+    assert any(name.startswith(f"{PARTIAL_PREFIX}backup_") for name in seen[0])  # it was mid-write
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith(f"obs-backup: error: {backups}/.backup_")
+    assert err.startswith(f"obs-backup: error: {backups}/{PARTIAL_PREFIX}backup_")
     assert err.endswith(".manifest.json.partial: cannot write backup: No such file or directory\n")
     assert not backups.exists()
     assert _partials(tmp_path) == [] and _backup_files(tmp_path) == []
@@ -296,10 +278,10 @@ def test_backup_directory_vanishing_mid_backup_through_the_cli(
 
 
 def _read_only(monkeypatch: pytest.MonkeyPatch, backups: Path) -> list[str]:
-    """Fault injection (as root, chmod cannot make a directory read-only, and we cannot
-    mount): os.open of anything in ``backups`` for writing or creating fails with EROFS,
-    as on a read-only mount. That is the partial-file creation in LocalStorage.begin
-    (and, from the CLI, the lock file). Return the paths refused."""
+    """For the command line, which makes its own storage: os.open of anything in
+    ``backups`` for writing or creating fails with EROFS, as on a read-only mount (as
+    root, chmod cannot make a directory read-only, and we cannot mount). The first such
+    open is the lock file's. Return the names refused."""
     real_open = os.open
     refused: list[str] = []
 
@@ -317,17 +299,22 @@ def _read_only(monkeypatch: pytest.MonkeyPatch, backups: Path) -> list[str]:
 def test_read_only_backup_directory_fails_cleanly(
     tmp_path: Path, setup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Fault injection: see _read_only.
+    # Fault injection: for the library, the storage refuses every new object with EROFS
+    # (a FaultyStorage around the directory); for the command line, see _read_only.
     source, _expected, backups, before = setup
+    storage = FaultyStorage(LocalStorage(backups), Fault("begin", errno.EROFS, repeat=True))
+    result = create_backup(
+        BackupConfig(source, backups), now=fixed_now(datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)), storage=storage
+    )
+    assert storage.called("begin") == ["backup_20240102_030405.tar.gz"]  # the archive, claimed first
     refused = _read_only(monkeypatch, backups)
-    result = create_backup(BackupConfig(source, backups), now=fixed_now(datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)))
-    assert refused == [".backup_20240102_030405.partial"]  # the archive's partial, in LocalStorage.begin
-    code, out, err = _run_cli(capsys, "create", str(source), str(backups))
+    code, out, err = run_cli(capsys, "create", str(source), str(backups))
     monkeypatch.undo()
 
     assert result.success is False
-    assert result.error == f"{backups}/.backup_20240102_030405.partial: cannot write backup: Read-only file system"
+    assert result.error == f"{backups}/backup_20240102_030405.tar.gz: cannot write backup: Read-only file system"
     assert result.backup_path is None
+    assert refused == [LOCK_NAME]
     assert code == 1 and out == ""
     assert err == f"obs-backup: error: {backups / LOCK_NAME}: cannot create lock file: Read-only file system\n"
     assert dir_state(backups) == before

@@ -2,6 +2,10 @@
 back (``rsync --inplace -t``, ``cp -p`` over a file), a file swapped for a FIFO, and
 special files the backup cannot archive. None may give a silent torn copy, a hang, or
 a silent omission.
+
+A change at an exact moment (right after a file's first read) is made by a source file
+system that runs it from its read (``support.sources.AfterReadFileSystem``, passed as
+``create_backup(config, filesystem=...)``), not by patching the writer.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-import backup.tarwriter as tarwriter
 from backup import BackupConfig, create_backup, execute_plan, plan_backup, verify_backup
 from backup.cli import main
+from support.sources import AfterReadFileSystem
 
 from .conftest import decompressed_tar_bytes
 
@@ -44,34 +48,8 @@ def _rewrite_in_place_keeping_mtime(path: Path, data: bytes) -> None:
     os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
-def _after_first_read_of(monkeypatch: pytest.MonkeyPatch, name: str, action, times: int = 1) -> None:
-    """Fault injection: run ``action()`` right after the first ``times`` reads of the
-    file ``name`` (matched by descriptor, through the writer's read indirection)."""
-    real_open, real_read = tarwriter._open_source, tarwriter._read_into
-    fds: set[int] = set()
-    done = {"n": 0}
-
-    def open_source(entry_name, flags, *args, dir_fd):
-        fd = real_open(entry_name, flags, *args, dir_fd=dir_fd)
-        if entry_name == name:
-            fds.add(fd)
-        return fd
-
-    def read_into(fd, buffers):
-        count = real_read(fd, buffers)
-        if fd in fds and count and done["n"] < times:
-            done["n"] += 1
-            action()
-        return count
-
-    monkeypatch.setattr(tarwriter, "_open_source", open_source)
-    monkeypatch.setattr(tarwriter, "_read_into", read_into)
-
-
 @pytest.mark.parametrize("size", [4096, 3 * CHUNK + 7], ids=["small", "large"])
-def test_a_file_rewritten_in_place_once_is_read_again_and_archived_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
-) -> None:
+def test_a_file_rewritten_in_place_once_is_read_again_and_archived_whole(tmp_path: Path, size: int) -> None:
     """Its size and mtime do not change; its ctime does. The backup notices, reads it
     again, and archives one consistent version with no warning: a small file is simply
     read again before anything is written; a large one, already streamed, is re-read
@@ -81,9 +59,9 @@ def test_a_file_rewritten_in_place_once_is_read_again_and_archived_whole(
     source.mkdir()
     old, new = b"A" * size, b"B" * size
     (source / "db.bin").write_bytes(old)
-    _after_first_read_of(monkeypatch, "db.bin", lambda: _rewrite_in_place_keeping_mtime(source / "db.bin", new))
-    result = create_backup(BackupConfig(source, tmp_path / "backups"))
-    monkeypatch.undo()
+    filesystem = AfterReadFileSystem(source / "db.bin", lambda: _rewrite_in_place_keeping_mtime(source / "db.bin", new))
+    result = create_backup(BackupConfig(source, tmp_path / "backups"), filesystem=filesystem)
+    assert filesystem.done == 1
     assert result.success, result.error
     archived = _archived(result.backup_path, "db.bin")
     entry = result.manifest.entry_map()["db.bin"]
@@ -100,26 +78,24 @@ def test_a_file_rewritten_in_place_once_is_read_again_and_archived_whole(
     assert verify_backup(result.backup_path).ok
 
 
-def test_a_small_file_that_keeps_changing_is_flagged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_small_file_that_keeps_changing_is_flagged(tmp_path: Path) -> None:
     """Rewritten during the first read and again during the second: the archived copy
     is flagged, never passed off as good."""
     source = tmp_path / "source"
     source.mkdir()
     (source / "hot.txt").write_bytes(b"0" * 1000)
     versions = iter([b"1" * 1000, b"2" * 1000])
-    _after_first_read_of(
-        monkeypatch, "hot.txt", lambda: _rewrite_in_place_keeping_mtime(source / "hot.txt", next(versions)), times=2
+    filesystem = AfterReadFileSystem(
+        source / "hot.txt", lambda: _rewrite_in_place_keeping_mtime(source / "hot.txt", next(versions)), times=2
     )
-    result = create_backup(BackupConfig(source, tmp_path / "backups"))
-    monkeypatch.undo()
+    result = create_backup(BackupConfig(source, tmp_path / "backups"), filesystem=filesystem)
+    assert filesystem.done == 2
     assert result.success, result.error
     assert result.changed_files == [str(source / "hot.txt")]
     assert result.manifest.entry_map()["hot.txt"].changed_during_backup
 
 
-def test_a_file_rewritten_and_settled_while_streamed_is_kept_when_it_matches(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_file_rewritten_and_settled_while_streamed_is_kept_when_it_matches(tmp_path: Path) -> None:
     """A large file whose ctime changed but whose bytes did not (a ``touch -r``, a chmod
     back and forth): the re-read finds exactly what was archived, so nothing is flagged."""
     source = tmp_path / "source"
@@ -131,9 +107,9 @@ def test_a_file_rewritten_and_settled_while_streamed_is_kept_when_it_matches(
         info = os.stat(source / "big.bin")
         os.utime(source / "big.bin", ns=(info.st_atime_ns, info.st_mtime_ns))
 
-    _after_first_read_of(monkeypatch, "big.bin", touch_back)
-    result = create_backup(BackupConfig(source, tmp_path / "backups"))
-    monkeypatch.undo()
+    filesystem = AfterReadFileSystem(source / "big.bin", touch_back)
+    result = create_backup(BackupConfig(source, tmp_path / "backups"), filesystem=filesystem)
+    assert filesystem.done == 1
     assert result.success, result.error
     assert result.warnings == [] and result.changed_files == []
     assert _archived(result.backup_path, "big.bin") == data

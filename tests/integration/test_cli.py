@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from backup.cli import main
-
-from .conftest import backup, fixed_now
+from support.backups import make_backup
+from support.cli import run_cli
+from support.clock import fixed_now
 
 
 def _source(root: Path) -> Path:
@@ -24,14 +25,8 @@ def _source(root: Path) -> Path:
     return root
 
 
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def _create(capsys: pytest.CaptureFixture[str], source: Path, backups: Path, *extra: str) -> dict:
-    code, out, err = _run(capsys, "create", str(source), str(backups), "--json", *extra)
+    code, out, err = run_cli(capsys, "create", str(source), str(backups), "--json", *extra)
     assert code == 0, err
     return json.loads(out)
 
@@ -45,7 +40,7 @@ def test_create_list_verify_restore(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert created["file_count"] == 1
     assert created["path"].endswith(".tar.zst")
 
-    code, out, _ = _run(capsys, "list", str(backups), "--json")
+    code, out, _ = run_cli(capsys, "list", str(backups), "--json")
     listed = json.loads(out)
     assert code == 0
     assert len(listed) == 1
@@ -54,11 +49,11 @@ def test_create_list_verify_restore(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert listed[0]["size_bytes"] == os.path.getsize(created["path"])
     assert listed[0]["file_count"] == 1
 
-    code, out, _ = _run(capsys, "verify", created["path"])
+    code, out, _ = run_cli(capsys, "verify", created["path"])
     assert code == 0
     assert "OK, 3 entries, 5 bytes verified" in out
 
-    code, out, err = _run(capsys, "restore", created["path"], str(tmp_path / "out"))
+    code, out, err = run_cli(capsys, "restore", created["path"], str(tmp_path / "out"))
     assert code == 0, err
     assert (tmp_path / "out" / "sub" / "a.txt").read_text() == "alpha"
     assert os.readlink(tmp_path / "out" / "link") == "sub/a.txt"
@@ -66,10 +61,10 @@ def test_create_list_verify_restore(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_list_text_and_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(capsys, "list", str(tmp_path / "none"))
+    code, out, _ = run_cli(capsys, "list", str(tmp_path / "none"))
     assert (code, out.strip()) == (0, f"no complete backups in {tmp_path / 'none'}")
     created = _create(capsys, _source(tmp_path / "src"), tmp_path / "b")
-    code, out, _ = _run(capsys, "list", str(tmp_path / "b"))
+    code, out, _ = run_cli(capsys, "list", str(tmp_path / "b"))
     assert code == 0
     assert created["backup_id"] in out
 
@@ -79,14 +74,14 @@ def test_list_marks_backups_dated_in_the_future(tmp_path: Path, capsys: pytest.C
     source = _source(tmp_path / "src")
     backups = tmp_path / "b"
     now = datetime.now(UTC)
-    past = backup(source, backups, now=fixed_now(now - timedelta(days=1))).backup_id
-    ahead = backup(source, backups, now=fixed_now(now + timedelta(days=365))).backup_id
+    past = make_backup(source, backups, now=fixed_now(now - timedelta(days=1))).backup_id
+    ahead = make_backup(source, backups, now=fixed_now(now + timedelta(days=365))).backup_id
 
-    code, out, _ = _run(capsys, "list", str(backups), "--json")
+    code, out, _ = run_cli(capsys, "list", str(backups), "--json")
     assert code == 0
     assert [(row["backup_id"], row["future"]) for row in json.loads(out)] == [(past, False), (ahead, True)]
 
-    code, out, _ = _run(capsys, "list", str(backups))
+    code, out, _ = run_cli(capsys, "list", str(backups))
     assert code == 0
     lines = out.splitlines()
     row = next(i for i, line in enumerate(lines) if line.startswith(str(ahead)))
@@ -97,7 +92,9 @@ def test_list_marks_backups_dated_in_the_future(tmp_path: Path, capsys: pytest.C
 def test_create_dry_run_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = _source(tmp_path / "src")
 
-    code, out, _ = _run(capsys, "create", str(source), str(tmp_path / "b"), "--dry-run", "--exclude", "*.log", "--list")
+    code, out, _ = run_cli(
+        capsys, "create", str(source), str(tmp_path / "b"), "--dry-run", "--exclude", "*.log", "--list"
+    )
 
     assert code == 0
     assert not (tmp_path / "b").exists()
@@ -107,7 +104,7 @@ def test_create_dry_run_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_create_dry_run_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(capsys, "create", str(_source(tmp_path / "src")), str(tmp_path / "b"), "--dry-run", "--json")
+    code, out, _ = run_cli(capsys, "create", str(_source(tmp_path / "src")), str(tmp_path / "b"), "--dry-run", "--json")
 
     plan = json.loads(out)
     assert code == 0
@@ -123,7 +120,7 @@ def test_restore_dry_run_shows_conflicts(tmp_path: Path, capsys: pytest.CaptureF
     target.mkdir()
     (target / "b.log").write_text("mine")
 
-    code, out, _ = _run(capsys, "restore", created["path"], str(target), "--dry-run")
+    code, out, _ = run_cli(capsys, "restore", created["path"], str(target), "--dry-run")
 
     assert code == 0
     assert "conflict (already exists) b.log" in out
@@ -137,13 +134,13 @@ def test_restore_conflict_then_overwrite(tmp_path: Path, capsys: pytest.CaptureF
     target.mkdir()
     (target / "b.log").write_text("mine")
 
-    code, _, err = _run(capsys, "restore", created["path"], str(target))
+    code, _, err = run_cli(capsys, "restore", created["path"], str(target))
     assert code == 1
     assert err.count("\n") == 1
     assert "1 entry already exists (b.log)" in err
     assert (target / "b.log").read_text() == "mine"
 
-    code, _, err = _run(capsys, "restore", created["path"], str(target), "--overwrite")
+    code, _, err = run_cli(capsys, "restore", created["path"], str(target), "--overwrite")
     assert code == 0, err
     assert (target / "b.log").read_text() == "beta"
 
@@ -151,7 +148,7 @@ def test_restore_conflict_then_overwrite(tmp_path: Path, capsys: pytest.CaptureF
 def test_partial_restore_with_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     created = _create(capsys, _source(tmp_path / "src"), tmp_path / "b")
 
-    code, _, err = _run(capsys, "restore", created["path"], str(tmp_path / "t"), "--path", "sub")
+    code, _, err = run_cli(capsys, "restore", created["path"], str(tmp_path / "t"), "--path", "sub")
 
     assert code == 0, err
     assert sorted(str(p.relative_to(tmp_path / "t")) for p in (tmp_path / "t").rglob("*")) == ["sub", "sub/a.txt"]
@@ -166,33 +163,33 @@ def test_verify_names_every_mismatched_file(tmp_path: Path, capsys: pytest.Captu
             entry["checksum"] = "0" * 64
     manifest_path.write_text(json.dumps(manifest))
 
-    code, out, err = _run(capsys, "verify", created["path"], "--json")
+    code, out, err = run_cli(capsys, "verify", created["path"], "--json")
     report = json.loads(out)
 
     assert code == 1
     assert sorted(m["path"] for m in report["mismatched"]) == ["b.log", "sub/a.txt"]
-    code, out, err = _run(capsys, "verify", created["path"])
+    code, out, err = run_cli(capsys, "verify", created["path"])
     assert code == 1
     assert "mismatch: b.log" in err and "mismatch: sub/a.txt" in err
 
 
 def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _run(capsys, "create", "--compression", "lz4", "a", "b")[0] == 2
-    assert _run(capsys, "frobnicate")[0] == 2
-    assert _run(capsys)[0] == 2
-    code, _, err = _run(capsys, "create", str(_source(tmp_path / "s")), str(tmp_path / "b"), "--prefix", "../evil")
+    assert run_cli(capsys, "create", "--compression", "lz4", "a", "b")[0] == 2
+    assert run_cli(capsys, "frobnicate")[0] == 2
+    assert run_cli(capsys)[0] == 2
+    code, _, err = run_cli(capsys, "create", str(_source(tmp_path / "s")), str(tmp_path / "b"), "--prefix", "../evil")
     assert code == 2
     assert "invalid prefix '../evil'" in err
 
 
 def test_failures_exit_1_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run(capsys, "create", str(tmp_path / "missing"), str(tmp_path / "b"))
+    code, _, err = run_cli(capsys, "create", str(tmp_path / "missing"), str(tmp_path / "b"))
     assert code == 1
     assert err == f"obs-backup: error: {tmp_path / 'missing'}: source directory does not exist\n"
 
     not_tar = tmp_path / "x.tar.gz"
     not_tar.write_bytes(b"this is not an archive")
-    code, _, err = _run(capsys, "restore", str(not_tar), str(tmp_path / "t"))
+    code, _, err = run_cli(capsys, "restore", str(not_tar), str(tmp_path / "t"))
     assert code == 1
     assert "not a valid tar archive" in err
     assert not (tmp_path / "t").exists()
@@ -241,7 +238,7 @@ def test_backup_dir_made_by_the_cli_is_private_whatever_the_umask(
     directory with the umask's mode either."""
     previous = os.umask(0)
     try:
-        code, _, err = _run(capsys, "create", str(_source(tmp_path / "src")), str(tmp_path / "new" / "backups"))
+        code, _, err = run_cli(capsys, "create", str(_source(tmp_path / "src")), str(tmp_path / "new" / "backups"))
     finally:
         os.umask(previous)
     assert code == 0, err

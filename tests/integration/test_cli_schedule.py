@@ -9,48 +9,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from backup import BackupConfig, create_backup
-from backup.catalog import list_backups
-from backup.cli import main
+from backup.listing import list_backups
 from backup.monitor import STATE_NAME
+from support.backups import make_backup, make_backups, make_source
+from support.cli import run_cli
+from support.clock import fixed_now
 
-from .conftest import SRC, backup, fixed_now
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def make_source(root: Path) -> Path:
-    (root / "sub").mkdir(parents=True)
-    (root / "sub" / "a.txt").write_text("alpha")
-    (root / "b.txt").write_text("beta")
-    return root
-
-
-def _fixed(moment: datetime) -> Callable[[], datetime]:
-    return lambda: moment
-
-
-def make_backups(tmp_path: Path, prefix: str, count: int) -> list[str]:
-    source = tmp_path / "source"
-    if not source.exists():
-        make_source(source)
-    ids = []
-    for day in range(count):
-        moment = datetime(2026, 5, 1, 3, tzinfo=UTC) + timedelta(days=day)
-        result = create_backup(BackupConfig(source, tmp_path / "backups", prefix=prefix), now=_fixed(moment))
-        assert result.success and result.backup_id is not None
-        ids.append(result.backup_id)
-    return ids
+from .conftest import SRC
 
 
 def everything(directory: Path) -> dict[str, bytes]:
@@ -85,7 +55,7 @@ prefix = "fromfile"
 def test_config_file_drives_create_with_paths_relative_to_it(
     tmp_path: Path, config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run(capsys, "--config", str(config_file), "create", "--json")
+    code, out, err = run_cli(capsys, "--config", str(config_file), "create", "--json")
 
     assert code == 0, err
     created = json.loads(out)
@@ -100,7 +70,7 @@ def test_flags_override_the_config_file(tmp_path: Path, config_file: Path, capsy
     other_source = make_source(tmp_path / "other-data")
     (other_source / "c.txt").write_text("gamma")
 
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "--config",
         str(config_file),
@@ -127,7 +97,7 @@ def test_unknown_config_key_is_a_usage_error(tmp_path: Path, capsys: pytest.Capt
     path = tmp_path / "bad.toml"
     path.write_text('[create]\ncompresion = "xz"\n')
 
-    code, out, err = run(capsys, "--config", str(path), "create", str(tmp_path), str(tmp_path / "b"))
+    code, out, err = run_cli(capsys, "--config", str(path), "create", str(tmp_path), str(tmp_path / "b"))
 
     assert code == 2
     assert out == ""
@@ -138,7 +108,7 @@ def test_unknown_config_key_is_a_usage_error(tmp_path: Path, capsys: pytest.Capt
 def test_invalid_config_file_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("source = \n")
-    code, _, err = run(capsys, "--config", str(path), "list")
+    code, _, err = run_cli(capsys, "--config", str(path), "list")
     assert code == 2
     assert err.count("\n") == 1 and "invalid TOML" in err
 
@@ -148,7 +118,7 @@ def test_config_file_gives_prune_its_policy(tmp_path: Path, capsys: pytest.Captu
     path = tmp_path / "prune.toml"
     path.write_text('backup_dir = "backups"\n[prune]\nkeep-last = 2\n')
 
-    code, _, err = run(capsys, "--config", str(path), "prune", "--quiet")
+    code, _, err = run_cli(capsys, "--config", str(path), "prune", "--quiet")
 
     assert code == 0, err
     assert [b.backup_id for b in list_backups(tmp_path / "backups")] == ids[1:]
@@ -163,7 +133,7 @@ def test_prune_dry_run_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     backup_dir = tmp_path / "backups"
     before = everything(backup_dir)
 
-    code, out, err = run(capsys, "prune", str(backup_dir), "--keep-last", "1", "--dry-run", "--json")
+    code, out, err = run_cli(capsys, "prune", str(backup_dir), "--keep-last", "1", "--dry-run", "--json")
 
     assert code == 0, err
     data = json.loads(out)
@@ -187,7 +157,7 @@ def test_prune_text_then_real_run(tmp_path: Path, capsys: pytest.CaptureFixture[
 
     # The backups are exactly one day apart; "within" is strictly newer than the cut-off
     # (restic's rule), so 25h keeps the one a day old and not the one two days old.
-    code, out, _ = run(capsys, "prune", str(backup_dir), "--prefix", "db", "--keep-within", "25h")
+    code, out, _ = run_cli(capsys, "prune", str(backup_dir), "--prefix", "db", "--keep-within", "25h")
 
     assert code == 0
     assert f"keep   {db[2]}: newest backup (always kept), within 25h of the newest" in out
@@ -205,10 +175,12 @@ def backups_around_now(tmp_path: Path) -> tuple[list[str], str]:
     source = make_source(tmp_path / "source")
     now = datetime.now(UTC).replace(microsecond=0)
     real = [
-        backup(source, tmp_path / "backups", prefix="db", now=fixed_now(now - timedelta(days=age, minutes=1))).backup_id
+        make_backup(
+            source, tmp_path / "backups", prefix="db", now=fixed_now(now - timedelta(days=age, minutes=1))
+        ).backup_id
         for age in range(11)
     ]
-    ahead = backup(source, tmp_path / "backups", prefix="db", now=fixed_now(now + timedelta(days=365))).backup_id
+    ahead = make_backup(source, tmp_path / "backups", prefix="db", now=fixed_now(now + timedelta(days=365))).backup_id
     assert None not in real and ahead is not None
     return real, ahead  # type: ignore[return-value]
 
@@ -223,7 +195,7 @@ def test_prune_keep_within_survives_a_backup_dated_a_year_ahead(
     real, ahead = backups_around_now(tmp_path)
     backup_dir = tmp_path / "backups"
 
-    code, out, err = run(capsys, "prune", str(backup_dir), "--keep-within", "7d", *prefix)
+    code, out, err = run_cli(capsys, "prune", str(backup_dir), "--keep-within", "7d", *prefix)
 
     assert code == 0, err
     assert [b.backup_id for b in list_backups(backup_dir)] == [*reversed(real[:7]), ahead]
@@ -243,7 +215,7 @@ def test_prune_json_reports_backups_dated_in_the_future(tmp_path: Path, capsys: 
     backup_dir = tmp_path / "backups"
     before = everything(backup_dir)
 
-    code, out, err = run(capsys, "prune", str(backup_dir), "--keep-last", "2", "--dry-run", "--json")
+    code, out, err = run_cli(capsys, "prune", str(backup_dir), "--keep-last", "2", "--dry-run", "--json")
 
     assert code == 0, err
     data = json.loads(out)
@@ -270,7 +242,7 @@ def test_prune_usage_errors(
     make_backups(tmp_path, "db", 2)
     before = everything(tmp_path / "backups")
 
-    code, _, err = run(capsys, "prune", str(tmp_path / "backups"), *args)
+    code, _, err = run_cli(capsys, "prune", str(tmp_path / "backups"), *args)
 
     assert code == 2
     assert err.count("\n") == 1 and needle in err
@@ -278,7 +250,7 @@ def test_prune_usage_errors(
 
 
 def test_prune_of_a_missing_directory_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "prune", str(tmp_path / "none"), "--keep-last", "1")
+    code, _, err = run_cli(capsys, "prune", str(tmp_path / "none"), "--keep-last", "1")
     assert code == 1
     assert err.count("\n") == 1 and "does not exist" in err
     assert not (tmp_path / "none").exists()
@@ -301,7 +273,7 @@ def test_schedule_usage_errors(
 ) -> None:
     source = make_source(tmp_path / "source")
 
-    code, _, err = run(capsys, "schedule", str(source), str(tmp_path / "backups"), *args)
+    code, _, err = run_cli(capsys, "schedule", str(source), str(tmp_path / "backups"), *args)
 
     lines = [line for line in err.splitlines() if line.startswith("obs-backup: error:")]
     assert code == 2

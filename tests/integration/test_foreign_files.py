@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from backup import BackupScheduler, SchedulerConfig, list_backups
-from backup.cli import main
+from support.cli import run_cli
 
 from .conftest import GNU_TAR, SRC, backup, fixed_now, make_corpus, snapshot
 
@@ -133,15 +133,9 @@ def shared(tmp_path: Path) -> Directory:
     return Directory(backups, source, foreign)
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def create(capsys: pytest.CaptureFixture[str], shared: Directory, *extra: str) -> str:
     """A backup through the command line (so made now, by the real clock)."""
-    code, out, err = run(capsys, "create", str(shared.source), str(shared.path), "--json", *extra)
+    code, out, err = run_cli(capsys, "create", str(shared.source), str(shared.path), "--json", *extra)
     assert code == 0, err
     result = json.loads(out)
     assert result["success"] is True
@@ -176,13 +170,13 @@ def test_many_creates_leave_foreign_files_alone(shared: Directory, capsys: pytes
 def test_list_shows_only_our_backups(shared: Directory, capsys: pytest.CaptureFixture[str]) -> None:
     made = create_at(shared, 0, include_manifest=False)
 
-    code, out, err = run(capsys, "list", str(shared.path), "--json")
+    code, out, err = run_cli(capsys, "list", str(shared.path), "--json")
 
     assert code == 0, err
     listed = json.loads(out)
     assert [row["backup_id"] for row in listed] == ["backup_20240110_030000", "backup_20240111_030000", made]
     assert [row["manifest_path"] is None for row in listed] == [False, True, True]
-    code, out, _ = run(capsys, "list", str(shared.path))
+    code, out, _ = run_cli(capsys, "list", str(shared.path))
     assert code == 0
     for name in ("db_2024010", "backup_20240102", "backup_20240104", "backup_20240105", "backup_20240106", "latest"):
         assert name not in out
@@ -195,7 +189,7 @@ def test_prune_dry_runs_plan_only_our_backups_and_change_nothing(
     everything = _inodes(shared.path)
     before = shared.state()
 
-    code, out, err = run(capsys, "prune", str(shared.path), "--keep-last", "1", "--dry-run", "--json", *prefix)
+    code, out, err = run_cli(capsys, "prune", str(shared.path), "--keep-last", "1", "--dry-run", "--json", *prefix)
 
     assert code == 0, err
     plan = json.loads(out)
@@ -207,7 +201,7 @@ def test_prune_dry_runs_plan_only_our_backups_and_change_nothing(
         assert [row["backup_id"] for row in plan["remove"]] == ["backup_20240110_030000"]
     assert shared.state() == before
     assert _inodes(shared.path) == everything
-    code, out, err = run(capsys, "prune", str(shared.path), "--keep-last", "1", "--dry-run", *prefix)
+    code, out, err = run_cli(capsys, "prune", str(shared.path), "--keep-last", "1", "--dry-run", *prefix)
     assert code == 0, err
     assert "db_2024010" not in out and "backup_20240102" not in out and "backup_20240106" not in out
     assert _inodes(shared.path) == everything
@@ -225,7 +219,7 @@ def test_prunes_remove_our_old_backups_and_nothing_else(
         create_at(shared, 3),
     ]
 
-    code, out, err = run(capsys, "prune", str(shared.path), "--keep-last", "3", *prefix)
+    code, out, err = run_cli(capsys, "prune", str(shared.path), "--keep-last", "3", *prefix)
 
     assert code == 0, err
     assert shared.state() == before
@@ -238,13 +232,13 @@ def test_prunes_remove_our_old_backups_and_nothing_else(
     # More runs, a time-based policy, and another prefix beside ours.
     other = create_at(shared, 4, prefix="app")
     made.append(create_at(shared, 5, include_manifest=False))
-    code, out, err = run(capsys, "prune", str(shared.path), "--keep-within", "3h", *prefix)
+    code, out, err = run_cli(capsys, "prune", str(shared.path), "--keep-within", "3h", *prefix)
     assert code == 0, err
     assert shared.state() == before
     assert shared.ours("backup") == made[3:]  # within 3 hours of the newest, strictly: hours 3 and 5
     assert shared.ours("app") == [other]
 
-    code, out, err = run(capsys, "prune", str(shared.path), "--keep-last", "1", *prefix)
+    code, out, err = run_cli(capsys, "prune", str(shared.path), "--keep-last", "1", *prefix)
     assert code == 0, err
     assert shared.state() == before
     # Without --prefix each prefix keeps its newest; with it, "app" is not considered.

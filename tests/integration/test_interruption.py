@@ -1,10 +1,12 @@
 """Write failures, leftovers and kill -9: only complete backups are ever visible.
 
 Write failures are injected two ways, since we run as root and cannot fill a real
-disk: (1) in-process, by wrapping the stream of each object the backup storage begins
-so that it reports ENOSPC the way a full disk does (a short write, then the error);
-(2) in a subprocess running create_backup under resource.RLIMIT_FSIZE, where the
-kernel itself cuts writes short and then fails them with EFBIG.
+disk: (1) in-process, through the storage seam: the backup is written into
+``FaultyStorage(LocalStorage(dir), ...)`` (``create_backup(config, storage=...)``), which
+takes what fits on its pretend disk, then fails writes with ENOSPC as a full disk does,
+or fails one commit; nothing in ``os`` or the library is patched; (2) in a subprocess
+running create_backup under resource.RLIMIT_FSIZE, where the kernel itself cuts real
+writes short and then fails them with EFBIG. A kill -9 is a real SIGKILL of a child.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-import backup.storage as storage_module
 from backup import BackupConfig, create_backup, list_backups, verify_backup
 from backup.storage import LocalStorage
+from backup.storage.local import partial_name
+from support.storage import Fault, FaultyStorage
 
 from .conftest import backup, dir_state, fixed_now, listing, make_corpus, popen_python, run_python
 
@@ -46,40 +49,13 @@ def _assert_only_earlier(backups: Path, before: dict) -> None:
         assert report.ok, report.lines()
 
 
-class _FullDisk:
-    """A stream that accepts ``room`` bytes, cuts the write that crosses it short (as
-    write(2) does on a filling disk), then fails every write with ENOSPC."""
-
-    def __init__(self, stream, room: int) -> None:
-        self._stream = stream
-        self._room = room
-
-    def write(self, data) -> int:
-        data = memoryview(data).cast("B")
-        if self._room <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        part = data[: self._room]
-        written = self._stream.write(part)
-        self._room -= written
-        return written
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-
-def _fill_disk(monkeypatch, which: str, room: int) -> list[str]:
-    real_begin = LocalStorage.begin
-    begun: list[str] = []
-
-    def begin(self, name, claim=None):
-        pending = real_begin(self, name, claim)
-        begun.append(name)
-        if (which == "manifest") == name.endswith(".manifest.json"):
-            pending.stream = _FullDisk(pending.stream, room)
-        return pending
-
-    monkeypatch.setattr(LocalStorage, "begin", begin)
-    return begun
+def _full_disk(backups: Path, which: str, room: int) -> FaultyStorage:
+    """The backup directory on a disk with ``room`` bytes left for the archive's or the
+    manifest's writes: the write that crosses it writes what fits, then every write
+    fails with ENOSPC. As from write(2), the error names no file."""
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    names = "*.manifest.json" if which == "manifest" else "*.tar*"
+    return FaultyStorage(LocalStorage(backups), Fault("write", full, room=room, names=names))
 
 
 @pytest.mark.parametrize(
@@ -93,12 +69,12 @@ def _fill_disk(monkeypatch, which: str, room: int) -> list[str]:
         ("manifest", 500, "xz"),
     ],
 )
-def test_disk_full_fails_cleanly(tmp_path: Path, monkeypatch, which: str, room: int, compression: str) -> None:
+def test_disk_full_fails_cleanly(tmp_path: Path, which: str, room: int, compression: str) -> None:
     source, backups, before = _with_earlier_backup(tmp_path)
-    begun = _fill_disk(monkeypatch, which, room)
-    result = create_backup(BackupConfig(source, backups, compression=compression))
-    monkeypatch.undo()
-    assert any(name.endswith(".manifest.json") == (which == "manifest") for name in begun)
+    storage = _full_disk(backups, which, room)
+    result = create_backup(BackupConfig(source, backups, compression=compression), storage=storage)
+    assert any(name.endswith(".manifest.json") == (which == "manifest") for name in storage.called("begin"))
+    assert storage.faults[0].fired >= 1
     assert result.success is False
     assert str(backups) in result.error
     assert "No space left on device" in result.error
@@ -108,20 +84,19 @@ def test_disk_full_fails_cleanly(tmp_path: Path, monkeypatch, which: str, room: 
     assert create_backup(BackupConfig(source, backups, compression=compression)).success
 
 
-def test_archive_commit_failure_removes_the_committed_manifest(tmp_path: Path, monkeypatch) -> None:
+def test_archive_commit_failure_removes_the_committed_manifest(tmp_path: Path) -> None:
     source, backups, before = _with_earlier_backup(tmp_path)
-    real_link = storage_module.link_no_replace
-
-    def link(source_path, target):
-        if str(target).endswith(".tar.gz"):
-            raise OSError(errno.EIO, os.strerror(errno.EIO), str(target))
-        return real_link(source_path, target)
-
-    monkeypatch.setattr(storage_module, "link_no_replace", link)
-    result = create_backup(BackupConfig(source, backups))
-    monkeypatch.undo()
+    # The archive's commit (the moment the backup would exist) fails with EIO, naming
+    # the archive; the manifest, committed just before it, must go again.
+    storage = FaultyStorage(LocalStorage(backups), Fault("commit", errno.EIO, names="*.tar.gz"))
+    result = create_backup(BackupConfig(source, backups), storage=storage)
+    assert storage.faults[0].fired == 1
+    committed = [name for name in storage.called("commit") if name is not None]
+    assert [name.endswith(".manifest.json") for name in committed] == [True, False]
+    assert storage.called("delete") == [committed[0]]
     assert result.success is False
     assert str(backups) in result.error and ".tar.gz" in result.error
+    assert "Input/output error" in result.error
     _assert_only_earlier(backups, before)
 
 
@@ -180,8 +155,8 @@ def test_file_size_limit_fails_cleanly(tmp_path: Path, case: str) -> None:
 def test_leftovers_of_dead_runs_are_removed_by_the_next_backup(tmp_path: Path) -> None:
     source, backups, before = _with_earlier_backup(tmp_path)
     earlier_manifest = next(name for name in before if name.endswith(".manifest.json"))
-    (backups / ".backup_20230304_050608.partial").write_bytes(b"half an archive")
-    (backups / ".backup_20230304_050609.manifest.json.partial").write_bytes(b"{")
+    (backups / partial_name("backup_20230304_050608")).write_bytes(b"half an archive")
+    (backups / partial_name("backup_20230304_050609.manifest.json")).write_bytes(b"{")
     orphan = backups / "backup_20230304_050608.manifest.json"
     # A manifest of ours (as a writer killed between its two commits leaves it): the
     # earlier backup's, renamed to the id of an archive that never landed.
@@ -197,7 +172,7 @@ def test_leftovers_of_dead_runs_are_removed_by_the_next_backup(tmp_path: Path) -
 
 def test_a_live_writers_partial_and_manifest_are_left_alone(tmp_path: Path) -> None:
     source, backups, _before = _with_earlier_backup(tmp_path)
-    live = backups / ".backup_20230304_050700.partial"
+    live = backups / partial_name("backup_20230304_050700")
     live_manifest = backups / "backup_20230304_050700.manifest.json"
     earlier_manifest = next(name for name in _before if name.endswith(".manifest.json"))
     earlier_id = earlier_manifest.removesuffix(".manifest.json")

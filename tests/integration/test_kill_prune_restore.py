@@ -5,9 +5,12 @@ next run, which succeeds.
 
 Two kinds of kill: at random moments (a fixed seed, delays drawn uniformly from the
 measured run time of the same command uninterrupted, 6 kills per case), and at chosen
-points (a child process that wraps one call, ``Path.unlink`` or ``_write_file``, and
-sends itself SIGKILL there), so that the states a random kill rarely hits (an archive
-removed but not its manifest; a half-extracted staging directory) are always checked.
+points (a child process that wraps one call and sends itself SIGKILL there), so that
+the states a random kill rarely hits (an archive removed but not its manifest; a
+half-extracted staging directory) are always checked. For prune the call is
+``LocalStorage.delete``, the storage operation every removal goes through; for restore
+it is ``_write_file`` or ``_finish_directories``. The child runs the real command line,
+which makes its own storage, so the wrap is on the class, in the child only.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from backup import (
     verify_backup,
 )
 from backup.cli import main
-from backup.lock import LOCK_NAME
+from backup.storage.lock import LOCK_NAME
 
 from .conftest import SRC, backup, dir_state, fixed_now, make_corpus, pattern_bytes, snapshot
 
@@ -185,19 +188,20 @@ def test_kill_9_during_prune_at_random_moments(tmp_path: Path, pristine, capsys)
 
 
 _PRUNE_KILLED_AT = """
-import os, pathlib, signal, sys
+import os, signal, sys
 from backup.cli import main
+from backup.storage import LocalStorage
 stop_after = int(sys.argv[1])
-real_unlink = pathlib.Path.unlink
+real_delete = LocalStorage.delete
 done = [0]
 
-def unlink(self, missing_ok=False):
-    real_unlink(self, missing_ok=missing_ok)
+def delete(self, name):
+    real_delete(self, name)
     done[0] += 1
     if done[0] == stop_after:
         os.kill(os.getpid(), signal.SIGKILL)
 
-pathlib.Path.unlink = unlink
+LocalStorage.delete = delete
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -210,7 +214,7 @@ sys.exit(main(sys.argv[2:]))
 def test_kill_9_during_prune_between_archive_and_manifest(
     tmp_path: Path, pristine, capsys, removals: int, next_run: str
 ) -> None:
-    """The child unlinks ``removals`` files of the six backups it removes (archive, then
+    """The child deletes ``removals`` objects of the six backups it removes (archive, then
     manifest, in the plan's order), then is killed: an odd count leaves an orphan manifest."""
     source, pristine_dir, ids, pristine_state = pristine
     directory = _copy(pristine_dir, tmp_path / "work")

@@ -1,4 +1,6 @@
-"""The backup directory lock between two real processes, and as the CLI reports it."""
+"""The backup directory lock between two real processes, taken through the storage
+interface (``LocalStorage.lock``) and directly (``backup_dir_lock``), and as the CLI
+reports it."""
 
 from __future__ import annotations
 
@@ -15,15 +17,15 @@ import pytest
 
 from backup.cli import main
 from backup.errors import LockError
-from backup.lock import backup_dir_lock
+from backup.storage import LocalStorage
+from backup.storage.lock import backup_dir_lock
 
 from .conftest import SRC
 
 HOLD = """
 import sys, time
-from pathlib import Path
-from backup.lock import backup_dir_lock
-with backup_dir_lock(Path(sys.argv[1]), 0):
+from backup.storage import LocalStorage
+with LocalStorage(sys.argv[1]).lock(0):
     print("locked", flush=True)
     time.sleep(120)
 """
@@ -67,11 +69,16 @@ def test_lock_held_by_another_process_then_freed_by_its_death(tmp_path: Path, ho
         pytest.fail("acquired a lock another process holds")
     assert caught.value.holder_pid == holder.pid
     assert f"pid {holder.pid}" in str(caught.value)
+    with pytest.raises(LockError) as through_storage, LocalStorage(backup_dir).lock(0):
+        pytest.fail("acquired a lock another process holds")
+    assert through_storage.value.holder_pid == holder.pid
 
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait(10)
     started = time.monotonic()
     with backup_dir_lock(backup_dir, 0):  # no waiting: a dead holder's lock is gone
+        pass
+    with LocalStorage(backup_dir).lock(0):
         pass
     assert time.monotonic() - started < 1.0
 

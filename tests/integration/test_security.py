@@ -19,8 +19,8 @@ import pytest
 
 from backup import BackupConfig, BackupScheduler, SchedulerConfig, create_backup, restore_backup, verify_backup
 from backup.cli import main
-from backup.lock import LOCK_NAME
 from backup.monitor import STATE_NAME
+from backup.storage.lock import LOCK_NAME
 
 from .conftest import (
     BASE_MTIME,

@@ -1,14 +1,21 @@
-"""Tests for backup.config: BackupConfig defaults, coercion and validation."""
+"""Tests for backup.config: BackupConfig defaults, coercion and validation; SchedulerConfig,
+which lives here and is re-exported under its seed path (``backup.scheduler``)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from backup.config import BackupConfig, BackupResult
+import backup
+import backup.config
+import backup.core
+import backup.scheduler
+from backup.config import BackupConfig, BackupResult, SchedulerConfig
 from backup.errors import ConfigError
+from backup.retention import RetentionPolicy
 
 
 def _config(tmp_path: Path, **overrides: Any) -> BackupConfig:
@@ -127,3 +134,57 @@ def test_backup_result_defaults() -> None:
     assert (first.backup_path, first.manifest_path, first.error, first.archive_size) == (None, None, None, 0)
     first.warnings.append("w")
     assert second.warnings == []
+
+
+# -- where the configurations live ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["BackupConfig", "BackupResult", "SchedulerConfig"])
+def test_one_class_under_every_path_it_was_ever_imported_from(name: str) -> None:
+    """backup.config defines them; the seed's paths (backup.core, backup.scheduler) and
+    the package re-export the very same class, so isinstance checks keep working."""
+    defined = getattr(backup.config, name)
+    assert defined.__module__ == "backup.config"
+    assert getattr(backup, name) is defined
+    seed_module = backup.scheduler if name == "SchedulerConfig" else backup.core
+    assert getattr(seed_module, name) is defined
+    assert name in seed_module.__all__
+
+
+# -- SchedulerConfig -------------------------------------------------------------------------
+
+
+def test_scheduler_retention_is_retention_days_unless_a_policy_is_given(tmp_path: Path) -> None:
+    days = SchedulerConfig(tmp_path / "s", tmp_path / "b", retention_days=3)
+    assert days.retention_policy() == RetentionPolicy(keep_within=timedelta(days=3))
+    policy = RetentionPolicy(keep_daily=7, keep_weekly=4)
+    assert SchedulerConfig(tmp_path / "s", tmp_path / "b", retention_days=3, policy=policy).retention_policy() is policy
+
+
+def test_scheduler_retention_days_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="retention_days must be positive, not 0"):
+        SchedulerConfig(tmp_path / "s", tmp_path / "b", retention_days=0).retention_policy()
+
+
+def test_a_scheduled_backup_is_configured_like_any_other(tmp_path: Path) -> None:
+    """backup_config() carries every field the two share; the result is a plain
+    BackupConfig, coerced and validated as one."""
+    config = SchedulerConfig(
+        str(tmp_path / "s"),  # type: ignore[arg-type]
+        str(tmp_path / "b"),  # type: ignore[arg-type]
+        compression="zstd",
+        compression_level=19,
+        exclude="*.tmp",
+        on_read_error="skip",
+    )
+    made = config.backup_config()
+    assert made == BackupConfig(
+        tmp_path / "s",
+        tmp_path / "b",
+        prefix="scheduled_backup",
+        compression="zstd",
+        compression_level=19,
+        exclude=("*.tmp",),
+        on_read_error="skip",
+    )
+    assert (made.validated().compression, made.validated().compression_level) == ("zst", 19)

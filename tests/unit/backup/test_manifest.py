@@ -1,7 +1,9 @@
-"""Tests for backup.manifest: the JSON manifest, its versions, loading, saving and creation."""
+"""Tests for backup.manifest (``model``: the JSON manifest and its versions; ``files``:
+loading, reading from storage, naming and creation)."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -12,6 +14,8 @@ from typing import Any
 
 import pytest
 
+import backup.manifest.files as manifest_files
+import backup.manifest.model as manifest_model
 from backup.errors import ManifestError, SourceError
 from backup.manifest import (
     MANIFEST_VERSION,
@@ -20,7 +24,10 @@ from backup.manifest import (
     ManifestEntry,
     create_manifest,
     load_manifest,
+    manifest_name_for,
+    read_manifest,
 )
+from backup.storage import LocalStorage, ObjectRef
 
 FIXED_TIME = 1_700_000_000  # 2023-11-14T22:13:20+00:00
 FIXED_ISO = "2023-11-14T22:13:20+00:00"
@@ -391,18 +398,87 @@ def test_create_manifest_missing_source_raises(tmp_path: Path) -> None:
         create_manifest("id1", tmp_path / "nope")
 
 
-def test_manifest_entry_from_file(tmp_path: Path) -> None:
-    """from_file describes a file, a directory and a symlink relative to the base."""
+def test_create_manifest_describes_a_file_a_directory_and_a_symlink(tmp_path: Path) -> None:
+    """Each entry is relative to the source: a file with its size and digest, a
+    directory, and a symlink with its target (not followed, no digest)."""
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "f").write_bytes(b"xyz")
+    os.chmod(tmp_path / "d" / "f", 0o640)
     os.symlink("f", tmp_path / "d" / "l")
-    entry = ManifestEntry.from_file(tmp_path / "d" / "f", tmp_path)
-    assert (entry.path, entry.size, entry.checksum, entry.type) == (
+    os.utime(tmp_path / "d" / "f", (FIXED_TIME, FIXED_TIME))
+    by_path = create_manifest("id1", tmp_path, files=[Path("d")]).entry_map()
+    assert sorted(by_path) == ["d", "d/f", "d/l"]
+    entry = by_path["d/f"]
+    assert (entry.path, entry.size, entry.checksum, entry.type, entry.mode, entry.modified) == (
         "d/f",
         3,
         hashlib.sha256(b"xyz").hexdigest(),
         "file",
+        0o640,
+        FIXED_ISO,
     )
-    link = ManifestEntry.from_file(tmp_path / "d" / "l", tmp_path)
+    link = by_path["d/l"]
     assert (link.path, link.type, link.link_target, link.checksum) == ("d/l", "symlink", "f", "")
-    assert ManifestEntry.from_file(tmp_path / "d", tmp_path).type == "dir"
+    assert (by_path["d"].type, by_path["d"].checksum) == ("dir", "")
+
+
+@pytest.mark.parametrize(
+    ("archive", "manifest"),
+    [
+        ("b_20240101_000000.tar.gz", "b_20240101_000000.manifest.json"),
+        ("b_20240101_000000-2.tar.zst", "b_20240101_000000-2.manifest.json"),
+        ("b.tgz", "b.manifest.json"),
+        ("b.tar", "b.manifest.json"),
+        ("notes.txt", "notes.txt.manifest.json"),
+    ],
+)
+def test_manifest_name_for(archive: str, manifest: str) -> None:
+    """The sidecar manifest's name is the archive's stem plus ".manifest.json"."""
+    assert manifest_name_for(archive) == manifest
+
+
+def test_read_manifest_from_storage_names_the_object_by_its_label(tmp_path: Path) -> None:
+    """read_manifest reads through the object's storage, and its errors name the
+    object's label (what the user gave), not a path it made up."""
+    storage = LocalStorage(tmp_path)
+    _sample_manifest().save(tmp_path / "good.manifest.json")
+    good = read_manifest(ObjectRef(storage, "good.manifest.json", "remote://good"))
+    assert good.to_dict() == _sample_manifest().to_dict()
+    (tmp_path / "bad.manifest.json").write_bytes(b"{not json")
+    with pytest.raises(ManifestError) as info:
+        read_manifest(ObjectRef(storage, "bad.manifest.json", "remote://bad"))
+    assert str(info.value).startswith("remote://bad: manifest is not valid JSON")
+    assert info.value.path == "remote://bad"
+    with pytest.raises(ManifestError) as info:
+        read_manifest(ObjectRef(storage, "gone.manifest.json", "remote://gone"))
+    assert str(info.value) == "remote://gone: manifest not found"
+
+
+def test_read_manifest_refuses_one_larger_than_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manifest larger than MAX_MANIFEST_BYTES is refused, not read into memory (the
+    limit is lowered here: writing a gigabyte would prove nothing more)."""
+    path = tmp_path / "big.manifest.json"
+    _sample_manifest().save(path)
+    monkeypatch.setattr(manifest_files, "MAX_MANIFEST_BYTES", path.stat().st_size - 1)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert str(info.value) == f"{path}: manifest is larger than {path.stat().st_size - 1} bytes"
+
+
+def test_the_package_reexports_its_modules_names() -> None:
+    """backup.manifest is model (data) plus files (I/O); every name is the same object
+    from the package as from its module."""
+    import backup.manifest as package
+
+    for name in package.__all__:
+        module = manifest_model if name in manifest_model.__all__ else manifest_files
+        assert getattr(package, name) is getattr(module, name), name
+    assert set(package.__all__) == set(manifest_model.__all__) | set(manifest_files.__all__)
+
+
+def test_the_model_does_no_io() -> None:
+    """The model knows nothing of storage, scanning or streams: it imports only the
+    errors and the hash names from the package."""
+    tree = ast.parse(Path(manifest_model.__file__).read_text())
+    relative = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
+    assert relative <= {"errors", "hashing"}

@@ -1,14 +1,21 @@
-"""Run records: the per-prefix state file and the Prometheus textfile metrics."""
+"""Run records: the per-prefix state (a record in the backup location's storage) and the
+Prometheus textfile metrics (a local file). The state is kept in a real directory,
+named by its path or given as its storage, and in the in-memory storage."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from backup.monitor import STATE_NAME, RunRecord, load_state, record_run, render_metrics
+from backup.storage import LocalStorage
+from support.storage import Fault, FaultyStorage, MemoryStorage
 
 STARTED = datetime(2026, 5, 10, 3, 0, 0, tzinfo=UTC)  # 1778382000
 
@@ -148,3 +155,54 @@ def test_a_run_that_counted_nothing_keeps_the_last_count_of_future_dated_backups
     assert 'obs_backup_future_dated_backups{prefix="db"} 1.0\n' in metrics.read_text()
     record_run(tmp_path, record(future_dated_backups=0, at=STARTED + timedelta(days=2)), metrics)
     assert 'obs_backup_future_dated_backups{prefix="db"} 0.0\n' in metrics.read_text()
+
+
+# --- the state in any storage -----------------------------------------------------------------
+
+
+def test_a_directory_given_as_its_storage(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    state = record_run(storage, record())
+    assert load_state(tmp_path) == state == load_state(storage)
+    assert json.loads((tmp_path / STATE_NAME).read_text()) == state
+    assert storage.list_objects() == []  # a record, not an object: never listed, never pruned
+
+
+def test_the_state_is_a_record_of_any_storage(tmp_path: Path) -> None:
+    """Monitoring needs nothing but the storage interface; the metrics stay a local file."""
+    storage = MemoryStorage("memory://backups")
+    metrics = tmp_path / "obs.prom"
+    record_run(storage, record("db"), metrics)
+    record_run(storage, record("web", at=STARTED + timedelta(hours=1)))
+    record_run(storage, record("db", success=False, at=STARTED + timedelta(days=1)), metrics)
+
+    state = load_state(storage)
+
+    assert set(state) == {"db", "web"}
+    assert state["db"]["last_run"]["success"] is False
+    assert state["db"]["last_success"]["backup_id"] == "db_20260510_030000"
+    assert json.loads(storage.read_record(STATE_NAME) or b"") == state
+    assert storage.list_objects() == []
+    assert 'obs_backup_last_success_timestamp_seconds{prefix="db"} 1778382002.5\n' in metrics.read_text()
+    assert os.listdir(tmp_path) == ["obs.prom"]
+
+
+@pytest.mark.parametrize("raw", [b"{ not json", b"[1, 2, 3]", b"\xff"])
+def test_a_damaged_state_record_is_survived(raw: bytes) -> None:
+    storage = MemoryStorage()
+    storage.write_record(STATE_NAME, raw)
+    assert load_state(storage) == {}
+    record_run(storage, record())
+    assert set(load_state(storage)) == {"db"}
+    assert load_state(MemoryStorage(exists=False)) == {}
+
+
+def test_a_state_that_cannot_be_written_raises(tmp_path: Path) -> None:
+    """Through the storage seam (as root, no permission bit stops a write): the caller
+    gets the OSError, and the metrics file is not written either."""
+    storage = FaultyStorage(MemoryStorage(), Fault("write_record", errno.EROFS))
+    metrics = tmp_path / "obs.prom"
+    with pytest.raises(OSError, match="Read-only file system"):
+        record_run(storage, record(), metrics)
+    assert not metrics.exists()
+    assert load_state(storage) == {}

@@ -75,12 +75,39 @@ def test_backup_core_reexports_config() -> None:
 
 
 def _submodules() -> list[str]:
-    return sorted(info.name for info in pkgutil.iter_modules(backup.__path__) if info.name not in _SKIPPED_MODULES)
+    """Every module of the package, those of its subpackages (``stream``, ``storage``,
+    ``manifest``) and the subpackages themselves included, relative to ``backup``."""
+    return sorted(
+        info.name.removeprefix("backup.")
+        for info in pkgutil.walk_packages(backup.__path__, "backup.")
+        if info.name.removeprefix("backup.") not in _SKIPPED_MODULES
+    )
 
 
-@pytest.mark.parametrize("module_name", _submodules())
+def test_subpackages_are_walked() -> None:
+    """The walk reaches into the subpackages, so their modules are checked too."""
+    names = set(_submodules())
+    for package in ("stream", "storage", "manifest"):
+        assert package in names
+    assert {"stream.pipeline", "stream.tarwriter", "storage.base", "storage.local", "manifest.model"} <= names
+
+
+# Known gaps in src, each reported; strict, so the mark must go when src is fixed.
+_KNOWN_MISSING_ALL: dict[str, str] = {}
+
+
+def _submodule_params() -> list[object]:
+    return [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=_KNOWN_MISSING_ALL[name]))
+        if name in _KNOWN_MISSING_ALL
+        else name
+        for name in _submodules()
+    ]
+
+
+@pytest.mark.parametrize("module_name", _submodule_params())
 def test_submodule_all_is_accurate(module_name: str) -> None:
-    """Every name a submodule lists in __all__ exists there, once."""
+    """Every name a module or subpackage lists in __all__ exists there, once."""
     module = importlib.import_module(f"backup.{module_name}")
     exported = getattr(module, "__all__", None)
     assert exported is not None, f"backup.{module_name} has no __all__"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -19,12 +18,22 @@ from hypothesis import strategies as st
 from backup.catalog import BackupInfo, format_backup_id, parse_backup_id
 from backup.errors import ConfigError
 from backup.retention import FUTURE_REASON, RetentionPlan, RetentionPolicy, apply_policy, parse_duration
+from backup.storage import LocalStorage, ObjectRef
 
 SEOUL = ZoneInfo("Asia/Seoul")
 KOLKATA = ZoneInfo("Asia/Kolkata")
 NEW_YORK = ZoneInfo("America/New_York")
 # A "now" after every backup of the tables below, so none of them is dated in the future.
 LATER = datetime(2099, 1, 1, tzinfo=UTC)
+
+
+# Retention touches no file: the backups it decides about only name their objects, in a
+# directory that need not exist.
+STORAGE = LocalStorage("/backups")
+
+
+def ref(name: str) -> ObjectRef:
+    return ObjectRef(STORAGE, name, STORAGE.describe(name))
 
 
 def info(moment: datetime | None, prefix: str = "b", sequence: int = 1, backup_id: str | None = None) -> BackupInfo:
@@ -34,8 +43,8 @@ def info(moment: datetime | None, prefix: str = "b", sequence: int = 1, backup_i
     return BackupInfo(
         backup_id=backup_id,
         prefix=prefix,
-        archive_path=Path("/backups") / f"{backup_id}.tar.gz",
-        manifest_path=Path("/backups") / f"{backup_id}.manifest.json",
+        archive=ref(f"{backup_id}.tar.gz"),
+        manifest=ref(f"{backup_id}.manifest.json"),
         created_at=moment,
         size_bytes=100,
         file_count=1,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from backup.errors import ConfigError, SourceError
+from backup.fstree import FileSystem
 from backup.scan import Exclusion, ScanResult, compile_excludes, scan_source
+from support.sources import UnlistableFileSystem, path_of
 
 
 def _paths(result: ScanResult) -> list[str]:
@@ -307,35 +307,78 @@ def test_source_that_is_a_file_raises(tmp_path: Path) -> None:
     assert str(info.value) == f"{path}: source is not a directory"
 
 
-def _fail_scandir_for(monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
-    """Make listing one directory fail with EACCES.
-
-    We run as root, so chmod 000 would not stop the listing; simulate it instead. The
-    walk lists directories by descriptor; /proc tells which directory one is.
-    """
-    real: Callable[..., Any] = os.listdir
-
-    def fake(path: Any = ".") -> Any:
-        where = os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else os.fspath(path)
-        if where == str(target):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-        return real(path)
-
-    monkeypatch.setattr(os, "listdir", fake)
+# We run as root, so chmod 000 would not stop a listing: the directory is made
+# unlistable through the walk's file system seam instead (support.sources).
 
 
-def test_unlistable_directory_fails_by_default(monkeypatch: pytest.MonkeyPatch, source: Path) -> None:
+def test_unlistable_directory_fails_by_default(source: Path) -> None:
     """on_error="fail": a directory that cannot be listed is a SourceError naming it."""
-    _fail_scandir_for(monkeypatch, source / "a" / "b")
     with pytest.raises(SourceError) as info:
-        scan_source(source, on_error="fail")
+        scan_source(source, on_error="fail", filesystem=UnlistableFileSystem(source / "a" / "b"))
     assert str(info.value) == f"{source / 'a' / 'b'}: directory cannot be listed: Permission denied"
     assert info.value.path == str(source / "a" / "b")
 
 
-def test_unlistable_directory_skipped_records_problem(monkeypatch: pytest.MonkeyPatch, source: Path) -> None:
+def test_unlistable_directory_skipped_records_problem(source: Path) -> None:
     """on_error="skip": the directory's contents are left out and the problem is recorded."""
-    _fail_scandir_for(monkeypatch, source / "a" / "b")
-    result = scan_source(source, on_error="skip")
+    result = scan_source(source, on_error="skip", filesystem=UnlistableFileSystem(source / "a" / "b"))
     assert _paths(result) == ["a", "a/b", "a/z.txt", "a-x", "a-x/f", "b.txt", "empty"]
     assert result.problems == (f"{source / 'a' / 'b'}: directory cannot be listed: Permission denied; skipped",)
+
+
+class _FailingLstat(FileSystem):
+    """A file system on which examining one entry fails with ``code``."""
+
+    def __init__(self, victim: Path, code: int) -> None:
+        self.victim = str(victim)
+        self.code = code
+
+    def lstat(self, name: str, dir_fd: int) -> os.stat_result:
+        if path_of(name, dir_fd) == self.victim:
+            raise OSError(self.code, os.strerror(self.code), name)
+        return super().lstat(name, dir_fd)
+
+
+class _FailingReadlink(FileSystem):
+    def readlink(self, name: str, dir_fd: int) -> str:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), name)
+
+
+def test_an_entry_that_cannot_be_examined_is_a_problem(source: Path) -> None:
+    victim = source / "a" / "z.txt"
+    filesystem = _FailingLstat(victim, errno.EIO)
+    with pytest.raises(SourceError) as info:
+        scan_source(source, filesystem=filesystem)
+    assert str(info.value) == f"{victim}: cannot be examined: Input/output error"
+    result = scan_source(source, on_error="skip", filesystem=filesystem)
+    assert "a/z.txt" not in _paths(result)
+    assert result.problems == (f"{victim}: cannot be examined: Input/output error; skipped",)
+
+
+def test_an_entry_that_disappears_during_the_walk_is_noted_whatever_the_policy(source: Path) -> None:
+    """Listed, then gone before it could be examined: not an error, but not silent either."""
+    victim = source / "b.txt"
+    result = scan_source(source, on_error="fail", filesystem=_FailingLstat(victim, errno.ENOENT))
+    assert "b.txt" not in _paths(result)
+    assert result.problems == (f"{victim}: disappeared during the walk; not archived",)
+
+
+def test_a_symlink_that_cannot_be_read_is_a_problem(source: Path) -> None:
+    os.symlink("b.txt", source / "link")
+    with pytest.raises(SourceError) as info:
+        scan_source(source, filesystem=_FailingReadlink())
+    assert str(info.value) == f"{source / 'link'}: symlink cannot be read: Input/output error"
+    result = scan_source(source, on_error="skip", filesystem=_FailingReadlink())
+    assert "link" not in _paths(result) and "b.txt" in _paths(result)
+
+
+def test_a_source_the_file_system_cannot_open_is_a_source_error(source: Path) -> None:
+    """The source itself is opened through the seam too."""
+
+    class Nothing(FileSystem):
+        def open_root(self, path: str) -> int:
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+    with pytest.raises(SourceError) as info:
+        scan_source(source, filesystem=Nothing())
+    assert str(info.value) == f"{source}: source directory cannot be read: Permission denied"

@@ -1,57 +1,41 @@
-"""Reading an archive once, front to back, whatever its compression.
+"""Reading an archive once, front to back, whatever its compression and wherever it is.
 
-The raw file bytes are hashed as they are read, so a restore or a verify learns the
-archive's own checksum in the same pass that extracts or checks its members. Every
-error a damaged stream can raise comes out as ArchiveError naming the archive.
+The archive comes from its storage as a stream and goes up through the layers of
+``backup.stream.pipeline``; the stored bytes are hashed as they are read, so a restore
+or a verify learns the archive's own checksum in the same pass that extracts or checks
+its members. Every error a damaged stream can raise comes out as ArchiveError naming
+the archive.
 """
 
 from __future__ import annotations
 
 import tarfile
 from collections.abc import Iterator
-from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from .checksum import CHUNK_SIZE, DEFAULT_ALGORITHM, new_hasher
-from .compression import DECOMPRESSION_ERRORS, open_decompressor, sniff_file
-from .errors import ArchiveError
+from ..checksum import CHUNK_SIZE, DEFAULT_ALGORITHM
+from ..errors import ArchiveError
+from ..storage.base import ObjectRef
+from .compression import DECOMPRESSION_ERRORS, SNIFF_BYTES, detect_compression
+from .pipeline import ArchiveInput, archive_layers
 from .tarformat import TarFormatError, TarStreamReader, backup_id_from_comment
 
-__all__ = ["ArchiveReader", "read_archive_marker"]
+__all__ = ["ArchiveReader", "read_archive_marker", "sniff_compression"]
 
 _READ_ERRORS: tuple[type[BaseException], ...] = (TarFormatError, *DECOMPRESSION_ERRORS, OSError, ValueError)
 
 
-class _HashingSource:
-    """A read-only stream that hashes and counts what is read from ``raw``."""
-
-    def __init__(self, raw: BinaryIO, algorithm: str) -> None:
-        self.raw = raw
-        self.hasher = new_hasher(algorithm)
-        self.size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.hasher.update(data)
-        self.size += len(data)
-        return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        count = self.raw.readinto(buffer)  # type: ignore[attr-defined]
-        self.hasher.update(memoryview(buffer)[:count])
-        self.size += count
-        return int(count)
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        """The reader closes ``raw`` itself."""
-
-    @property
-    def closed(self) -> bool:
-        return False
+def sniff_compression(archive: ObjectRef) -> str:
+    """Given an archive of unknown origin, return its compression from its first bytes."""
+    with archive.storage.open_read(archive.name, 0, SNIFF_BYTES) as head:
+        data = b""
+        while len(data) < SNIFF_BYTES:
+            more = head.read(SNIFF_BYTES - len(data))
+            if not more:
+                break
+            data += more
+    return detect_compression(data)
 
 
 class ArchiveReader:
@@ -60,24 +44,24 @@ class ArchiveReader:
     Use as a context manager; iterate :meth:`members`, read a file member's data with
     :meth:`chunks` before moving on (data not read is skipped), then call
     :meth:`finish` to drain the stream and learn the archive's size and checksum.
-    ``compression`` is the archive's compression when known; None detects it.
+    ``compression`` is the archive's compression when known (from its manifest: our
+    own archives are never guessed at); None recognises it by its first bytes.
     """
 
-    def __init__(self, path: Path, algorithm: str = DEFAULT_ALGORITHM, compression: str | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, archive: ObjectRef, algorithm: str = DEFAULT_ALGORITHM, compression: str | None = None) -> None:
+        self.archive = archive
+        self.label = archive.label
         try:
-            # Our own archives' compression is known (from the manifest); only an
-            # archive of unknown origin is recognised by its first bytes.
-            self.compression = sniff_file(self.path) if compression is None else compression
-            self._raw: BinaryIO = open(self.path, "rb", buffering=0)
+            self.compression = sniff_compression(archive) if compression is None else compression
+            self._raw: BinaryIO = archive.storage.open_read(archive.name)
         except FileNotFoundError as exc:
-            raise ArchiveError(f"{self.path}: archive not found", self.path) from exc
+            raise ArchiveError(f"{self.label}: archive not found", self.label) from exc
         except IsADirectoryError as exc:
-            raise ArchiveError(f"{self.path}: is a directory, not an archive", self.path) from exc
+            raise ArchiveError(f"{self.label}: is a directory, not an archive", self.label) from exc
         except OSError as exc:
-            raise ArchiveError(f"{self.path}: cannot read archive: {exc.strerror or exc}", self.path) from exc
-        self._source = _HashingSource(self._raw, algorithm)
-        self._stream = open_decompressor(self._source, self.compression)  # type: ignore[arg-type]
+            raise ArchiveError(f"{self.label}: cannot read archive: {exc.strerror or exc}", self.label) from exc
+        self._input = ArchiveInput(self._raw, archive_layers(self.compression), algorithm)
+        self._stream = self._input.stream
         self._tar = TarStreamReader(self._stream)
         self._buffer = bytearray(CHUNK_SIZE)
         self._unread: tarfile.TarInfo | None = None
@@ -94,22 +78,23 @@ class ArchiveReader:
         return self._tar.global_records
 
     def close(self) -> None:
-        """Release the file."""
+        """Release the archive."""
         self._raw.close()
 
     def _error(self, exc: BaseException) -> ArchiveError:
         if isinstance(exc, ArchiveError):
             return exc
+        label = self.label
         text = str(exc) or type(exc).__name__
         if self._tar.count == 0 and isinstance(exc, TarFormatError):
-            return ArchiveError(f"{self.path}: not a valid tar archive ({text})", self.path)
+            return ArchiveError(f"{label}: not a valid tar archive ({text})", label)
         if isinstance(exc, EOFError) or "unexpected end" in text or "truncated" in text:
-            return ArchiveError(f"{self.path}: archive is truncated ({text})", self.path)
+            return ArchiveError(f"{label}: archive is truncated ({text})", label)
         if isinstance(exc, OSError) and exc.strerror:
-            return ArchiveError(f"{self.path}: cannot read archive: {exc.strerror}", self.path)
+            return ArchiveError(f"{label}: cannot read archive: {exc.strerror}", label)
         if self._tar.count == 0:
-            return ArchiveError(f"{self.path}: not a valid tar archive ({text})", self.path)
-        return ArchiveError(f"{self.path}: archive is damaged ({text})", self.path)
+            return ArchiveError(f"{label}: not a valid tar archive ({text})", label)
+        return ArchiveError(f"{label}: archive is damaged ({text})", label)
 
     def members(self) -> Iterator[tarfile.TarInfo]:
         """Yield each member in archive order; raise ArchiveError if the stream is damaged."""
@@ -140,7 +125,7 @@ class ArchiveReader:
             while remaining:
                 count = stream.readinto(view[: min(CHUNK_SIZE, remaining)])  # type: ignore[attr-defined]
                 if not count:
-                    raise ArchiveError(f"{self.path}: archive is truncated inside {member.name!r}", self.path)
+                    raise ArchiveError(f"{self.label}: archive is truncated inside {member.name!r}", self.label)
                 remaining -= count
                 yield view[:count]
             self._unread = None
@@ -149,22 +134,18 @@ class ArchiveReader:
             raise self._error(exc) from exc
 
     def finish(self) -> tuple[int, str]:
-        """Read to the end of the file; return the archive's size and hex checksum.
+        """Read to the end of the archive; return its stored size and hex checksum.
 
-        Reading the compressed stream to its end is what checks its trailing CRC.
-        Raise ArchiveError if the rest of the stream is damaged.
+        Reading each layer to its end is what checks its trailer (a compressed stream's
+        CRC). Raise ArchiveError if the rest of the stream is damaged.
         """
         try:
-            while self._stream.readinto(self._buffer):  # type: ignore[attr-defined]
-                pass
-            while self._source.readinto(self._buffer):
-                pass
+            return self._input.drain(self._buffer)
         except _READ_ERRORS as exc:
             raise self._error(exc) from exc
-        return self._source.size, self._source.hasher.hexdigest()
 
 
-def read_archive_marker(path: Path) -> str | None:
+def read_archive_marker(archive: ObjectRef) -> str | None:
     """Given an archive, return the backup id its writer's mark names, or None.
 
     Only the first header is read. An archive this tool wrote starts with a pax global
@@ -172,7 +153,7 @@ def read_archive_marker(path: Path) -> str | None:
     None.
     """
     try:
-        with ArchiveReader(path) as reader:
+        with ArchiveReader(archive) as reader:
             next(reader.members(), None)
             return backup_id_from_comment(reader.global_records.get("comment"))
     except ArchiveError:

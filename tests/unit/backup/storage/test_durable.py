@@ -1,4 +1,4 @@
-"""Tests for backup.durable: atomic, private file writes and no-replace linking."""
+"""Tests for backup.storage.durable: atomic, private file writes and no-replace linking."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from backup import durable
-from backup.durable import atomic_write_bytes, fsync_directory, link_no_replace
+from backup.storage import durable
+from backup.storage.durable import atomic_write_bytes, fsync_directory, link_no_replace
 
 
 def test_atomic_write_creates_file(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from backup.errors import LockError, StorageError
-from backup.lock import LOCK_NAME, backup_dir_lock
+from backup.storage.lock import LOCK_NAME, backup_dir_lock
 
 
 class FakeTime:

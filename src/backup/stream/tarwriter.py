@@ -19,62 +19,23 @@ import errno
 import os
 import stat
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
-from .checksum import CHUNK_SIZE, new_hasher
-from .durable import write_all
-from .errors import SourceError
-from .fstree import DirectoryChain
-from .manifest import ManifestEntry, iso_from_timestamp
-from .scan import SourceEntry
+from ..checksum import CHUNK_SIZE, new_hasher
+from ..errors import SourceError
+from ..fstree import LOCAL_FILESYSTEM, DirectoryChain, FileSystem
+from ..manifest.model import ManifestEntry, iso_from_timestamp
+from ..progress import ProgressCallback
+from ..scan import SourceEntry
 from .tarformat import encode_global_header, encode_header, writer_comment
 
-__all__ = ["HashingSink", "ProgressCallback", "WriteOutcome", "write_entries"]
-
-ProgressCallback = Callable[[int, int], None]
-"""Called as ``progress(entries_done, bytes_done)`` while an archive is written or read."""
+__all__ = ["WriteOutcome", "write_entries"]
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 _ZEROS = bytes(CHUNK_SIZE)
-# O_NONBLOCK: a file swapped for a FIFO after the walk must not block the open (and
-# with it the backup, and the lock it holds) until some writer appears.
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-# Indirections the fault-injection tests replace (we run as root, so permission bits
-# cannot make a file unreadable). ``_open_source(name, flags, dir_fd=...)``.
-_open_source = os.open
-_read_into = os.readv
-
-
-class HashingSink:
-    """A write-only stream that hashes and counts what passes through it to ``raw``."""
-
-    def __init__(self, raw: BinaryIO, algorithm: str) -> None:
-        self.raw = raw
-        self.hasher = new_hasher(algorithm)
-        self.size = 0
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        self.hasher.update(data)
-        self.size += len(data)
-        write_all(self.raw, data)
-        return len(data)
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-    def writable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        """Leave ``raw`` open: its owner decides when it is done."""
-
-    @property
-    def closed(self) -> bool:
-        return False
 
 
 @dataclass
@@ -152,6 +113,7 @@ def write_entries(
     *,
     root: str,
     algorithm: str,
+    filesystem: FileSystem = LOCAL_FILESYSTEM,
     on_read_error: Literal["fail", "skip"] = "fail",
     progress: ProgressCallback | None = None,
     backup_id: str | None = None,
@@ -173,12 +135,12 @@ def write_entries(
     buffer = bytearray(CHUNK_SIZE)
     empty_digest = new_hasher(algorithm).hexdigest()
     try:
-        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        root_fd = filesystem.open_root(root)
     except OSError as exc:
         raise SourceError(f"{root}: source directory cannot be opened: {exc.strerror or exc}", root) from exc
     try:
         with DirectoryChain(root_fd) as chain:
-            reader = _FileReader(tar, chain, algorithm, on_read_error, buffer, outcome)
+            reader = _FileReader(tar, chain, filesystem, algorithm, on_read_error, buffer, outcome)
             for done, entry in enumerate(entries, start=1):
                 if entry.kind == "dir":
                     tar.write(_header(entry, tarfile.DIRTYPE))
@@ -232,6 +194,7 @@ class _FileReader:
         self,
         tar: _TarStream,
         chain: DirectoryChain,
+        filesystem: FileSystem,
         algorithm: str,
         on_read_error: Literal["fail", "skip"],
         buffer: bytearray,
@@ -239,6 +202,7 @@ class _FileReader:
     ) -> None:
         self.tar = tar
         self.chain = chain
+        self.fs = filesystem
         self.algorithm = algorithm
         self.on_read_error = on_read_error
         self.view = memoryview(buffer)
@@ -249,7 +213,7 @@ class _FileReader:
         parts = entry.path.split("/")
         try:
             parent = self.chain.fd(parts[:-1])
-            fd = _open_source(parts[-1], _OPEN_FLAGS, dir_fd=parent)
+            fd = self.fs.open_file(parts[-1], parent)
         except OSError as exc:
             if isinstance(exc, FileNotFoundError):
                 message = f"{entry.abspath}: disappeared before it could be read"
@@ -282,7 +246,7 @@ class _FileReader:
         os.lseek(fd, 0, os.SEEK_SET)
         count = 0
         while count < len(self.view):
-            read = _read_into(fd, [self.view[count:]])
+            read = self.fs.read_into(fd, self.view[count:])
             if not read:
                 break
             count += read
@@ -339,7 +303,7 @@ class _FileReader:
         while remaining:
             chunk = view[: min(CHUNK_SIZE, remaining)]
             try:
-                count = _read_into(fd, [chunk])
+                count = self.fs.read_into(fd, chunk)
             except OSError as exc:
                 message = (
                     f"{entry.abspath}: read failed after {size - remaining} of {size} bytes: {exc.strerror or exc}"
@@ -389,7 +353,7 @@ class _FileReader:
         """After streaming a file, return why the archived copy may not be one state of it."""
         view = self.view
         try:
-            grew = _read_into(fd, [view[:1]]) > 0
+            grew = self.fs.read_into(fd, view[:1]) > 0
             after = os.fstat(fd)
         except OSError as exc:
             return f"{path}: could not be re-checked after reading: {exc.strerror or exc}"
@@ -407,7 +371,7 @@ class _FileReader:
             os.lseek(fd, 0, os.SEEK_SET)
             hasher = new_hasher(self.algorithm)
             while True:
-                count = _read_into(fd, [view])
+                count = self.fs.read_into(fd, view)
                 if not count:
                     break
                 hasher.update(view[:count])

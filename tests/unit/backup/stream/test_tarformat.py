@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backup.tarformat import BLOCK, MAX_METADATA_BYTES, TarFormatError, TarStreamReader, encode_header
+from backup.stream.tarformat import BLOCK, MAX_METADATA_BYTES, TarFormatError, TarStreamReader, encode_header
 
 
 def _tarfile_header(name: str, kind: bytes, **fields: object) -> bytes:

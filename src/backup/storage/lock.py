@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..errors import LockError, StorageError
 from .durable import PRIVATE_MODE, make_private_dir
-from .errors import LockError, StorageError
 
 __all__ = ["LOCK_NAME", "backup_dir_lock"]
 

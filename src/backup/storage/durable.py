@@ -11,9 +11,8 @@ import errno
 import fcntl
 import os
 from pathlib import Path
-from typing import BinaryIO
 
-__all__ = ["PRIVATE_MODE", "atomic_write_bytes", "fsync_directory", "link_no_replace", "make_private_dir", "write_all"]
+__all__ = ["PRIVATE_MODE", "atomic_write_bytes", "fsync_directory", "link_no_replace", "make_private_dir"]
 
 PRIVATE_MODE = 0o600
 
@@ -41,21 +40,6 @@ def fsync_directory(directory: str | Path) -> None:
         os.close(fd)
 
 
-def write_all(stream: BinaryIO, data: bytes | bytearray | memoryview) -> None:
-    """Given an unbuffered binary stream and some bytes, write all of them.
-
-    An unbuffered write may write fewer bytes than asked without raising (a disk
-    filling up, a file size limit): the rest is written again, so that the failure, if
-    there is one, is raised instead of the data being silently cut short.
-    """
-    view = memoryview(data).cast("B")
-    while view:
-        written = stream.write(view)
-        if not written:
-            raise OSError(errno.EIO, "write made no progress")
-        view = view[written:]
-
-
 def link_no_replace(source: str | Path, target: str | Path) -> None:
     """Given a file and a new name, give the file that name, failing if the name exists.
 
@@ -75,13 +59,16 @@ def link_no_replace(source: str | Path, target: str | Path) -> None:
     os.unlink(source)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, mode: int = PRIVATE_MODE) -> None:
+def atomic_write_bytes(
+    path: str | Path, data: bytes, mode: int = PRIVATE_MODE, *, temp_name: str | None = None
+) -> None:
     """Given a path and bytes, replace the file at ``path`` with them atomically and durably.
 
-    Raise OSError if the directory cannot be written; nothing is left behind then.
+    The bytes are written to ``temp_name`` (default ``.<name>.<pid>.partial``) beside
+    it first. Raise OSError if the directory cannot be written; nothing is left behind then.
     """
     path = Path(path)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    temp = path.with_name(temp_name or f".{path.name}.{os.getpid()}.partial")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
     try:
         # Held while writing so a backup directory's clean-up never takes it for a leftover.

@@ -1,4 +1,7 @@
-"""The JSON manifest that lists every entry of a backup with its checksum.
+"""The manifest: what a backup holds, entry by entry, and its JSON form.
+
+Data and serialisation only; reading and writing manifests in storage, and building
+one from a directory, are in ``backup.manifest.files``.
 
 A manifest is a sidecar ``<backup_id>.manifest.json`` beside its archive. Version 2
 (written now) adds entry types, modes, link targets, the checksum algorithm and the
@@ -12,27 +15,25 @@ import base64
 import binascii
 import json
 import os
-import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .checksum import DEFAULT_ALGORITHM, calculate_checksum
-from .durable import atomic_write_bytes
-from .errors import ManifestError
-from .scan import scan_source
+from ..errors import ManifestError
+from ..hashing import DEFAULT_ALGORITHM
 
 __all__ = [
+    "MANIFEST_FORMAT",
     "MANIFEST_SUFFIX",
     "MANIFEST_VERSION",
     "ArchiveInfo",
     "BackupManifest",
     "ManifestEntry",
-    "create_manifest",
+    "display_name",
     "encode_json_text",
-    "load_manifest",
+    "iso_from_timestamp",
 ]
 
 MANIFEST_FORMAT = "obs-backup-manifest"
@@ -100,24 +101,6 @@ class ManifestEntry:
     link_target: str | None = None
     warning: str | None = None
     changed_during_backup: bool = False
-
-    @classmethod
-    def from_file(
-        cls, file_path: Path, base_path: Path | None = None, algorithm: str = DEFAULT_ALGORITHM
-    ) -> ManifestEntry:
-        """Given a path (and the directory it is relative to), return its entry.
-
-        Symlinks are described, not followed. Raise SourceError if a file is unreadable.
-        """
-        info = os.lstat(file_path)
-        relative = Path(file_path).relative_to(base_path).as_posix() if base_path else str(file_path)
-        mode = stat.S_IMODE(info.st_mode)
-        modified = iso_from_timestamp(info.st_mtime)
-        if stat.S_ISLNK(info.st_mode):
-            return cls(relative, 0, "", modified, "symlink", mode, os.readlink(file_path))
-        if stat.S_ISDIR(info.st_mode):
-            return cls(relative, 0, "", modified, "dir", mode)
-        return cls(relative, info.st_size, calculate_checksum(file_path, algorithm), modified, "file", mode)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the entry as plain data ready for JSON."""
@@ -263,8 +246,23 @@ class BackupManifest:
         yield "\n  ]\n}"
 
     def save(self, path: Path) -> None:
-        """Write the manifest to ``path`` atomically, mode 0600; raise OSError on failure."""
-        atomic_write_bytes(path, encode_json_text(self.to_json()))
+        """Write the manifest to ``path`` atomically, mode 0600; raise OSError on failure.
+
+        (What a backup writes goes through its storage instead; this is for callers
+        that hold a manifest and want it in a file.)
+        """
+        path = Path(path)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(encode_json_text(self.to_json()))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
 
     def entry_map(self) -> dict[str, ManifestEntry]:
         """Return the entries keyed by path."""
@@ -334,54 +332,3 @@ def _int_field(data: dict[str, Any], key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ManifestError(f"manifest field {key!r} is not a non-negative integer")
     return value
-
-
-def create_manifest(
-    backup_id: str,
-    source_dir: Path,
-    files: list[Path] | None = None,
-    metadata: dict[str, Any] | None = None,
-    algorithm: str = DEFAULT_ALGORITHM,
-) -> BackupManifest:
-    """Given a source directory (and optionally some of its files), return a manifest of it.
-
-    This reads and hashes the files on its own; ``create_backup`` does not use it, as it
-    hashes the very bytes it archives. Symlinks are described, not followed.
-    Raise SourceError if a file cannot be read.
-    """
-    source = Path(source_dir)
-    scan = scan_source(source, files=files)
-    entries = [
-        ManifestEntry(
-            path=item.path,
-            size=item.size,
-            checksum=calculate_checksum(item.abspath, algorithm) if item.kind == "file" else "",
-            modified=iso_from_timestamp(item.mtime),
-            type=item.kind,
-            mode=item.mode,
-            link_target=item.link_target,
-        )
-        for item in scan.entries
-    ]
-    return BackupManifest(
-        backup_id=backup_id,
-        created_at=datetime.now().astimezone().isoformat(),
-        source_dir=str(source),
-        files=entries,
-        metadata=dict(metadata or {}),
-        checksum_algorithm=algorithm,
-    )
-
-
-def load_manifest(path: Path) -> BackupManifest:
-    """Given a manifest file, return the manifest; raise ManifestError naming the file if bad."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ManifestError(f"{path}: manifest not found", path) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read manifest: {exc}", path) from exc
-    try:
-        return BackupManifest.from_json(text)
-    except ManifestError as exc:
-        raise ManifestError(f"{path}: {exc}", path) from exc

@@ -1,0 +1,157 @@
+"""What a backup location holds: its complete backups, and the leftovers of runs that
+died. Reads (and, for leftovers, deletes) through the location's storage only; what
+counts as ours is decided by the pure rules of ``backup.catalog``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from .catalog import BackupInfo, oldest_first_key, own_archive_name, own_manifest, parse_backup_id
+from .manifest.model import MANIFEST_SUFFIX, BackupManifest
+from .storage import Location, open_storage
+from .storage.base import BackupStorage, ObjectInfo, ObjectRef
+from .stream.tarreader import read_archive_marker
+
+__all__ = ["clean_leftovers", "list_backups"]
+
+# A file under a manifest's name larger than this is not read (and so not ours).
+_MAX_MANIFEST_BYTES = 1 << 30
+
+
+def list_backups(backup_dir: Location, prefix: str | None = None) -> list[BackupInfo]:
+    """Given a backup location, return the complete backups this tool provably wrote,
+    oldest first.
+
+    An archive is listed only if it is ours (see ``backup.catalog``): its manifest is
+    ours and names it, or, without such a manifest, its mark names its id. Anything
+    else, however much its name looks like a backup's, is not listed. Creation times
+    come from the manifest, or from the id when there is none; never from file times.
+    Raise StorageError if the location cannot be listed.
+    """
+    storage = open_storage(backup_dir)
+    objects = {info.name: info for info in storage.list_objects()}
+    backups = []
+    for name, info in objects.items():
+        split = own_archive_name(name)
+        if split is None:
+            continue
+        backup_id, compression = split
+        parsed = parse_backup_id(backup_id)
+        if prefix is not None and (parsed is None or parsed[0] != prefix):
+            continue
+        archive = _ref(storage, name)
+        manifest_name = backup_id + MANIFEST_SUFFIX
+        manifest, why_not = None, None
+        if manifest_name in objects:
+            manifest, why_not = _read_own_manifest(storage, objects[manifest_name], backup_id)
+        if manifest is not None and manifest.archive is not None and manifest.archive.name == name:
+            backups.append(
+                _describe(archive, info, backup_id, compression, parsed, manifest, _ref(storage, manifest_name))
+            )
+        elif read_archive_marker(archive) == backup_id:
+            problem = None
+            if manifest_name in objects:
+                # Not removed with the archive either: nothing proves it is ours.
+                problem = (
+                    f"{storage.describe(manifest_name)}: not this backup's manifest "
+                    f"({why_not or 'it names another archive'})"
+                )
+            backups.append(_describe(archive, info, backup_id, compression, parsed, None, None, problem))
+    return sorted(backups, key=oldest_first_key)
+
+
+def _ref(storage: BackupStorage, name: str) -> ObjectRef:
+    return ObjectRef(storage, name, storage.describe(name))
+
+
+def _read_own_manifest(
+    storage: BackupStorage, info: ObjectInfo, backup_id: str
+) -> tuple[BackupManifest | None, str | None]:
+    """Return ``(manifest, None)`` if the object is our manifest, else ``(None, why not)``."""
+    if info.size > _MAX_MANIFEST_BYTES:
+        return None, "too large to be a manifest"
+    try:
+        with storage.open_read(info.name) as handle:
+            raw = handle.read()
+    except OSError as exc:
+        return None, f"cannot read it: {exc.strerror or exc}"
+    return own_manifest(raw, backup_id)
+
+
+def _describe(
+    archive: ObjectRef,
+    info: ObjectInfo,
+    backup_id: str,
+    compression: str,
+    parsed: tuple[str, datetime, int] | None,
+    manifest: BackupManifest | None,
+    manifest_ref: ObjectRef | None,
+    problem: str | None = None,
+) -> BackupInfo:
+    created_at = parsed[1] if parsed else None
+    file_count = None
+    if manifest is not None:
+        file_count = manifest.file_count
+        try:
+            created_at = datetime.fromisoformat(manifest.created_at)
+        except ValueError:
+            label = manifest_ref.label if manifest_ref else backup_id
+            problem = f"{label}: created_at {manifest.created_at!r} is not ISO 8601"
+        if created_at is not None and created_at.tzinfo is None:
+            created_at = created_at.astimezone()  # seed-era manifests wrote local naive times
+    return BackupInfo(
+        backup_id=backup_id,
+        prefix=parsed[0] if parsed else None,
+        archive=archive,
+        manifest=manifest_ref,
+        created_at=created_at,
+        size_bytes=info.size,
+        file_count=file_count,
+        compression=compression,
+        problem=problem,
+    )
+
+
+def clean_leftovers(backup_dir: Location) -> list[str]:
+    """Given a backup location, remove what interrupted runs of this tool left there;
+    return the names.
+
+    Removes the partial objects of dead writers, and manifests of ours (see
+    ``backup.catalog``) whose archive never landed. Leaves alone everything a live
+    writer is still working on, and everything it cannot prove is ours.
+    """
+    storage = open_storage(backup_dir)
+    removed = storage.clean_partials()
+    objects = {info.name: info for info in storage.list_objects()}
+    archived = {split[0] for split in map(own_archive_name, objects) if split is not None}
+    for name, info in objects.items():
+        backup_id = name[: -len(MANIFEST_SUFFIX)]
+        # Only manifests with no archive of their id at all are read: every other one is
+        # kept without a look, however large it is.
+        if not name.endswith(MANIFEST_SUFFIX) or backup_id in archived:
+            continue
+        manifest, _ = _read_own_manifest(storage, info, backup_id)
+        if manifest is None or manifest.archive is None:
+            continue
+        archive_name = manifest.archive.name
+        # A writer gives up its claim only after its archive has landed, so look for a
+        # live claim first and for the archive again after it.
+        if _exists(storage, archive_name) or storage.claimed(backup_id) or storage.claimed(archive_name):
+            continue
+        if _exists(storage, archive_name):
+            continue
+        try:
+            storage.delete(name)
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _exists(storage: BackupStorage, name: str) -> bool:
+    try:
+        storage.stat(name)
+    except FileNotFoundError:
+        return False
+    return True

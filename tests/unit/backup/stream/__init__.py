@@ -1,0 +1,1 @@
+"""Tests for backup.stream, one module each."""
