@@ -223,6 +223,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         verify_checksums=not args.no_verify,
         allow_external_links=args.allow_external_links,
         list_archive=args.dry_run,  # without a manifest, only a dry run needs a separate listing pass
+        same_owner=False if args.no_same_owner else None,
+        numeric_owner=args.numeric_owner,
     )
     if args.dry_run:
         _print_restore_plan(plan, args)
@@ -234,7 +236,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     with _progress(args, "verifying", 0) as progress:
-        report = verify_backup(args.archive, progress=progress)
+        report = verify_backup(args.archive, progress=progress, check_owners=args.check_owners)
     if args.json:
         _print_json(report.to_dict())
     elif not args.quiet or not report.ok:
@@ -441,6 +443,10 @@ def _print_restore_plan(plan: RestorePlan, args: argparse.Namespace) -> None:
     print(f"{DRY_RUN} {len(plan.entries)} entries, {_size(plan.total_bytes)}")
     for entry in plan.entries:
         print(f"{DRY_RUN} write {entry.kind:<7} {entry.path}")
+    for entry in plan.skipped:
+        print(
+            f"{DRY_RUN} skip {entry.kind:<8} {entry.path}: device nodes are made only by root, from an archive with its manifest"
+        )
     action = "replace" if plan.overwrite else "conflict (already exists)"
     for path in plan.conflicts:
         print(f"{DRY_RUN} {action} {path}")

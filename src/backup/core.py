@@ -89,6 +89,8 @@ def restore_backup(
     paths: Sequence[str] | None = None,
     allow_external_links: bool = False,
     progress: ProgressCallback | None = None,
+    same_owner: bool | None = None,
+    numeric_owner: bool = False,
 ) -> BackupResult:
     """Given an archive and a target directory, restore the archive into it.
 
@@ -96,7 +98,9 @@ def restore_backup(
     before anything is moved into ``restore_dir``. Existing entries are replaced only
     with ``overwrite``. ``paths`` restores only those paths (and what is under them).
     Symlinks pointing outside the target are refused unless ``allow_external_links``.
-    Return the result; on failure ``restore_dir`` is unchanged.
+    As root, entries get their archived owners (by name, or by number with
+    ``numeric_owner``) unless ``same_owner=False``, as with GNU tar's
+    ``--no-same-owner``. Return the result; on failure ``restore_dir`` is unchanged.
     """
     started = time.monotonic()
     try:
@@ -108,6 +112,8 @@ def restore_backup(
             verify_checksums=verify_checksums,
             allow_external_links=allow_external_links,
             list_archive=False,  # no manifest: one pass, the restore itself, reads the archive
+            same_owner=same_owner,
+            numeric_owner=numeric_owner,
         )
     except BackupError as exc:
         error = str(exc)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import grp
 import os
+import pwd
 import re
 import stat
 from collections.abc import Sequence
@@ -267,6 +269,58 @@ class FileSystem:
     def read_into(self, fd: int, buffer: memoryview) -> int:
         """Read into ``buffer``; return the count (0 at the end)."""
         return os.readv(fd, [buffer])
+
+    def pread_into(self, fd: int, buffer: memoryview, offset: int) -> int:
+        """Read into ``buffer`` from ``offset``; return the count (0 at the end)."""
+        return os.preadv(fd, [buffer], offset)
+
+    def data_segments(self, fd: int, size: int) -> list[tuple[int, int]]:
+        """Return the ``(offset, length)`` runs of a file that hold data (the rest are
+        holes), as ``SEEK_DATA``/``SEEK_HOLE`` report them."""
+        segments = []
+        position = 0
+        while position < size:
+            try:
+                start = os.lseek(fd, position, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data after position: a trailing hole
+                    break
+                raise
+            if start >= size:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            segments.append((start, end - start))
+            position = end
+        os.lseek(fd, 0, os.SEEK_SET)
+        return segments
+
+    def xattrs(self, name: str, dir_fd: int, fd: int | None = None) -> dict[str, bytes]:
+        """Return an entry's extended attributes (from ``fd`` if it is open); {} where
+        the file system has none. A symlink's own are read, not its target's."""
+        try:
+            if fd is not None:
+                return {key: os.getxattr(fd, key) for key in os.listxattr(fd)}
+            path = f"/proc/self/fd/{dir_fd}/{name}"
+            names = os.listxattr(path, follow_symlinks=False)
+            return {key: os.getxattr(path, key, follow_symlinks=False) for key in names}
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA):
+                return {}
+            raise
+
+    def user_name(self, uid: int) -> str:
+        """Return the name of a user id ('' if it has none)."""
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return ""
+
+    def group_name(self, gid: int) -> str:
+        """Return the name of a group id ('' if it has none)."""
+        try:
+            return grp.getgrgid(gid).gr_name
+        except KeyError:
+            return ""
 
 
 LOCAL_FILESYSTEM = FileSystem()

@@ -22,7 +22,7 @@ from .config import BackupConfig
 from .errors import ArchiveError, ConfigError, ManifestError, UnsafeArchiveError
 from .fstree import LOCAL_FILESYSTEM, FileSystem
 from .manifest import MANIFEST_SUFFIX, BackupManifest, manifest_name_for, read_manifest
-from .safety import MemberChecker, is_selected, normalize_member_name
+from .safety import DEVICE_KINDS, MemberChecker, is_selected, normalize_member_name
 from .scan import Exclusion, SourceEntry, scan_source
 from .storage import locate, open_storage
 from .storage.base import BackupStorage, ObjectRef
@@ -157,11 +157,13 @@ def plan_backup(
 
 @dataclass(frozen=True)
 class RestoreEntry:
-    """One entry a restore would write."""
+    """One entry a restore would write: ``size`` is its length, ``data_size`` the bytes
+    it would take (less for a sparse file; none for another name of a file)."""
 
     path: str
     kind: str
     size: int
+    data_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,16 @@ class RestorePlan:
     verify_checksums: bool
     allow_external_links: bool = False
     warnings: tuple[str, ...] = ()
+    same_owner: bool = False
+    numeric_owner: bool = False
+    link_sources: frozenset[str] = frozenset()
+    skipped: tuple[RestoreEntry, ...] = ()
+
+    @property
+    def makes_devices(self) -> bool:
+        """Whether device nodes are made: only by root, and only from an archive whose
+        manifest vouches for them (a stranger's device node could open this machine's disks)."""
+        return os.geteuid() == 0 and self.manifest is not None
 
     @property
     def archive_path(self) -> Path | None:
@@ -209,6 +221,7 @@ class RestorePlan:
             "total_bytes": self.total_bytes,
             "entries": [{"path": e.path, "type": e.kind, "size": e.size} for e in self.entries],
             "conflicts": list(self.conflicts),
+            "skipped": [{"path": e.path, "type": e.kind} for e in self.skipped],
             "warnings": list(self.warnings),
         }
 
@@ -222,6 +235,8 @@ def plan_restore(
     verify_checksums: bool = True,
     allow_external_links: bool = False,
     list_archive: bool = True,
+    same_owner: bool | None = None,
+    numeric_owner: bool = False,
 ) -> RestorePlan:
     """Given an archive and a target directory, return the restore plan; write nothing.
 
@@ -229,7 +244,9 @@ def plan_restore(
     the archive. With ``list_archive=False`` (a restore about to run, with no selection)
     that pass is skipped, leaving ``entries`` and ``conflicts`` empty: the restore then
     reads the archive once, and finds conflicts as it installs. ``paths`` restricts the
-    restore to those paths and what is under them.
+    restore to those paths and what is under them. ``same_owner`` (default: whether
+    this process is root) gives entries their archived owners, by name unless
+    ``numeric_owner``; it is refused for anyone but root.
     Raise ArchiveError if the archive is missing or unreadable, ManifestError if its
     manifest is damaged while verification is on, ConfigError for a path not in the backup.
     """
@@ -255,8 +272,23 @@ def plan_restore(
             manifest_object = None
     else:
         manifest_object = None
+    if same_owner is None:
+        same_owner = os.geteuid() == 0
+    elif same_owner and os.geteuid() != 0:
+        raise ConfigError("only root can give restored files their archived owners")
+    link_sources: frozenset[str] = frozenset()
     if manifest is not None:
-        entries = [RestoreEntry(e.path, e.type, e.size) for e in manifest.files]
+        entries = [
+            RestoreEntry(e.path, e.type, e.size, _data_size(e.type, e.size, e.data_size)) for e in manifest.files
+        ]
+        link_sources = frozenset(
+            e.link_target
+            for e in manifest.files
+            if e.type == "hardlink"
+            and e.link_target
+            and is_selected(e.path, selection)
+            and not is_selected(e.link_target, selection)
+        )
     elif list_archive or selection is not None:
         entries = _list_archive(archive, allow_external_links, selection)
     else:
@@ -265,6 +297,10 @@ def plan_restore(
     for path in selection or ():
         if path and not any(is_selected(entry.path, (path,)) for entry in chosen):
             raise ConfigError(f"{path}: not in the backup {archive.name}", path)
+    skipped: tuple[RestoreEntry, ...] = ()
+    if not (os.geteuid() == 0 and manifest is not None):
+        skipped = tuple(entry for entry in chosen if entry.kind in DEVICE_KINDS)
+        chosen = tuple(entry for entry in chosen if entry.kind not in DEVICE_KINDS)
     return RestorePlan(
         archive=archive,
         restore_dir=restore_dir,
@@ -277,7 +313,17 @@ def plan_restore(
         verify_checksums=verify_checksums,
         allow_external_links=allow_external_links,
         warnings=tuple(warnings),
+        same_owner=same_owner,
+        numeric_owner=numeric_owner,
+        link_sources=link_sources,
+        skipped=skipped,
     )
+
+
+def _data_size(kind: str, size: int, data_size: int | None) -> int:
+    if kind != "file":
+        return 0
+    return size if data_size is None else data_size
 
 
 def _exists(ref: ObjectRef) -> bool:
@@ -309,8 +355,7 @@ def _list_archive(
         for member in reader.members():
             safe = checker.check(member, writes=is_selected(normalize_member_name(member.name), selection))
             if safe is not None:
-                kind = "file" if safe.kind == "hardlink" else safe.kind
-                entries.append(RestoreEntry(safe.name, kind, safe.size))
+                entries.append(RestoreEntry(safe.name, safe.kind, safe.size, safe.data_size))
         checker.recheck_links()
     return entries
 

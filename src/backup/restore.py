@@ -25,25 +25,28 @@ that target removes and which backups leave out.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import secrets
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .acl import ACL_XATTRS, AclError, acl_from_text
 from .config import BackupResult
 from .errors import ArchiveError, BackupError, RestoreConflictError, StorageError, VerificationError
 from .fstree import STAGING_NAME, DirectoryChain, exchange, open_directory, rename_noreplace, staging_name
-from .hashing import DEFAULT_ALGORITHM, new_hasher
+from .hashing import DEFAULT_ALGORITHM
 from .manifest.model import display_name
 from .plan import RestorePlan
 from .progress import ProgressCallback
 from .safety import MemberChecker, SafeMember, is_selected, shown_name
-from .stream.tarreader import ArchiveReader
+from .stream.tarreader import ArchiveReader, digest_regions
 from .verify import compare_with_manifest
 
 if TYPE_CHECKING:
@@ -58,15 +61,15 @@ _ASIDE = ".obs-old-"
 
 @dataclass
 class _Directory:
-    """A directory the restore finishes (mode, time) once everything is in place.
+    """A directory the restore finishes (owner, mode, attributes, time) once everything
+    is in place.
 
     ``selected`` is False for an unselected ancestor of a selected path: it gets its
-    archived mode only if this restore created it, never when it already existed.
+    archived metadata only if this restore created it, never when it already existed.
     """
 
     parts: tuple[str, ...]
-    mode: int
-    mtime: float
+    member: SafeMember
     selected: bool = True
 
 
@@ -75,9 +78,151 @@ class _Extracted:
     members: dict[str, SafeMember] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
     dirs: list[_Directory] = field(default_factory=list)
+    # Files not restored themselves, held in staging because a restored name links to them.
+    held: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    meta: _Metadata | None = None
     bytes_written: int = 0
     archive_size: int = 0
     archive_digest: str = ""
+
+    @property
+    def entry_count(self) -> int:
+        """Entries restored: those read, less the device nodes not made."""
+        return len(self.members) - (len(self.meta.devices_skipped) if self.meta else 0)
+
+
+_HOLDING = ".obs-held"
+_ACL_NAMES = frozenset(ACL_XATTRS.values())  # in staging: link sources that are not restored themselves
+
+
+class _Metadata:
+    """Gives restored entries their owners, modes, extended attributes and times.
+
+    As root (and unless told otherwise) an entry gets its archived owner, by name when
+    that name exists here, by number otherwise, as GNU tar does; as anyone else it
+    belongs to the restoring user. What the file system refuses (an attribute it does
+    not support, a time out of its range) is a warning, never a failure.
+    """
+
+    def __init__(self, plan: RestorePlan) -> None:
+        self.chown = plan.same_owner
+        self.numeric = plan.numeric_owner
+        self._users: dict[str, int | None] = {}
+        self._groups: dict[str, int | None] = {}
+        self.refused: list[str] = []
+        self.devices_skipped: list[str] = []
+        # security.* (file capabilities, labels) and trusted.* attributes change what a
+        # file may do, like set-id bits: taken only from an archive whose manifest
+        # vouches for it; any archive's user.* attributes and ACLs are restored.
+        self.all_xattrs = plan.manifest is not None
+        self.xattrs_skipped: list[str] = []
+
+    def owner(self, member: SafeMember) -> tuple[int, int] | None:
+        if not self.chown:
+            return None
+        uid, gid = member.uid, member.gid
+        if not self.numeric:
+            uid = self._lookup(self._users, member.uname, "user", uid)
+            gid = self._lookup(self._groups, member.gname, "group", gid)
+        return uid, gid
+
+    def _lookup(self, cache: dict[str, int | None], name: str, kind: str, fallback: int) -> int:
+        if not name:
+            return fallback
+        if name not in cache:
+            try:
+                cache[name] = pwd.getpwnam(name).pw_uid if kind == "user" else grp.getgrnam(name).gr_gid
+            except KeyError:
+                cache[name] = None
+        found = cache[name]
+        return fallback if found is None else found
+
+    def _resolve(self, kind: str, name: str) -> int:
+        found = self._lookup(self._users if kind == "user" else self._groups, name, kind, -1)
+        if found < 0:
+            raise AclError(f"no {kind} named {name!r} here")
+        return found
+
+    def apply(self, target: int | str, member: SafeMember, dir_fd: int | None = None, *, link: bool = False) -> None:
+        """Give an entry (an open descriptor, or a name in ``dir_fd``) its metadata:
+        owner, then mode (a change of owner clears set-id bits), then extended
+        attributes and ACLs, then times."""
+        follow = not link
+        owner = self.owner(member)
+        if owner is not None:
+            if isinstance(target, int):
+                os.fchown(target, *owner)
+            else:
+                os.chown(target, *owner, dir_fd=dir_fd, follow_symlinks=follow)
+        if not link:
+            if isinstance(target, int):
+                os.fchmod(target, member.mode)
+            else:
+                os.chmod(target, member.mode, dir_fd=dir_fd)
+        self._xattrs(target, member, dir_fd)
+        try:
+            ns = (member.mtime_ns, member.mtime_ns)
+            if isinstance(target, int):
+                os.utime(target, ns=ns)
+            else:
+                os.utime(target, ns=ns, dir_fd=dir_fd, follow_symlinks=follow)
+        except (OverflowError, ValueError) as exc:
+            self.refused.append(f"{display_name(member.name)} (its time: {exc})")
+
+    def _xattrs(self, target: int | str, member: SafeMember, dir_fd: int | None) -> None:
+        values = dict(member.xattrs)
+        if not self.all_xattrs:
+            allowed = {name: value for name, value in values.items() if name.startswith("user.") or name in _ACL_NAMES}
+            if len(allowed) < len(values):
+                self.xattrs_skipped.append(member.name)
+            values = allowed
+        for kind, name in ACL_XATTRS.items():
+            text = member.acls.get(kind)
+            if text and name not in values:
+                try:
+                    values[name] = acl_from_text(text, self._resolve)
+                except AclError as exc:
+                    self.refused.append(f"{display_name(member.name)} ({name}: {exc})")
+        if not values:
+            return
+        for name, value in values.items():
+            try:
+                if isinstance(target, int):
+                    os.setxattr(target, name, value)
+                else:
+                    os.setxattr(f"/proc/self/fd/{dir_fd}/{target}", name, value, follow_symlinks=False)
+            except OSError as exc:
+                self.refused.append(f"{display_name(member.name)} ({name}: {exc.strerror or exc})")
+
+    def warnings(self, label: str) -> list[str]:
+        found = []
+        if self.refused:
+            shown = _listed(self.refused, str)
+            found.append(
+                f"{label}: {len(self.refused)} extended "
+                f"{'attribute or time was' if len(self.refused) == 1 else 'attributes or times were'} "
+                f"not restored, as this file system or user cannot hold them: {shown}"
+            )
+        if self.xattrs_skipped:
+            shown = _listed(self.xattrs_skipped)
+            found.append(
+                f"{label}: security.* and trusted.* attributes of {len(self.xattrs_skipped)} "
+                f"{'entry were' if len(self.xattrs_skipped) == 1 else 'entries were'} not restored ({shown}): "
+                "they are restored only from an archive with its manifest"
+            )
+        if self.devices_skipped:
+            shown = _listed(self.devices_skipped)
+            found.append(
+                f"{label}: {len(self.devices_skipped)} device "
+                f"{'node was' if len(self.devices_skipped) == 1 else 'nodes were'} not restored ({shown}): "
+                "device nodes are made only by root, from an archive with its manifest"
+            )
+        return found
+
+
+def _listed(names: Sequence[str], show: Callable[[str], str] = display_name) -> str:
+    """The first few of ``names`` for a one-line warning, with "..." when there are more."""
+    return ", ".join(show(name) for name in names[:_SHOWN]) + (" ..." if len(names) > _SHOWN else "")
 
 
 def execute_restore(plan: RestorePlan, progress: ProgressCallback | None = None) -> BackupResult:
@@ -92,9 +237,12 @@ def execute_restore(plan: RestorePlan, progress: ProgressCallback | None = None)
         if plan.conflicts and not plan.overwrite:
             raise _conflict_error(target, list(plan.conflicts))
         with _Workspace(target) as space:
+            _check_free_space(plan, space)
             extracted = _extract(plan, space.staging_fd, progress, warnings)
             verified = _verify(plan, extracted, target, warnings)
             space.install(extracted, plan.overwrite, warnings)
+            if extracted.meta is not None:
+                warnings += extracted.meta.warnings(plan.archive.label)
     except BackupError as exc:
         return _failed(plan, started, str(exc), warnings)
     except OSError as exc:
@@ -113,7 +261,7 @@ def execute_restore(plan: RestorePlan, progress: ProgressCallback | None = None)
         warnings=warnings,
         backup_id=plan.manifest.backup_id if plan.manifest else None,
         archive_size=extracted.archive_size,
-        entry_count=len(extracted.members),
+        entry_count=extracted.entry_count,
         verified=verified,
     )
 
@@ -131,13 +279,32 @@ def _failed(plan: RestorePlan, started: float, error: str, warnings: list[str]) 
 
 
 def _conflict_error(target: Path, conflicts: list[str]) -> RestoreConflictError:
-    shown = ", ".join(display_name(path) for path in conflicts[:_SHOWN]) + (" ..." if len(conflicts) > _SHOWN else "")
+    shown = _listed(conflicts)
     count = f"{len(conflicts)} {'entry already exists' if len(conflicts) == 1 else 'entries already exist'}"
     return RestoreConflictError(
         f"{target}: {count} ({shown}); nothing was restored; "
         "restore into an empty directory or allow overwriting (--overwrite)",
         target,
     )
+
+
+def _check_free_space(plan: RestorePlan, space: _Workspace) -> None:
+    """Refuse a restore that cannot fit: the bytes its manifest says it will write (data
+    only, for sparse files), each file rounded up to a block, against the space free
+    where it stages. Without a manifest, the size is not known before reading."""
+    if plan.manifest is None:
+        return
+    info = os.fstatvfs(space.staging_fd)
+    block = info.f_frsize or 4096
+    needed = sum(-(-entry.data_size // block) * block for entry in plan.entries)
+    # Root may use the blocks a file system keeps back for it; anyone else may not.
+    free = (info.f_bfree if os.geteuid() == 0 else info.f_bavail) * block
+    if needed > free:
+        raise StorageError(
+            f"{plan.restore_dir}: restoring needs {needed} bytes and its file system has {free} free; "
+            "nothing was restored",
+            plan.restore_dir,
+        )
 
 
 class _Workspace:
@@ -216,7 +383,7 @@ class _Workspace:
                 self.target_fd = self._open_target()  # created meanwhile: merge into it
             else:
                 try:
-                    _finish_directories(self.staging_fd, extracted.dirs, merged=set(), warnings=warnings)
+                    _finish_directories(self.staging_fd, extracted.dirs, set(), warnings, extracted.meta)
                     os.fchmod(self.staging_fd, self.root_mode)
                 except BaseException:
                     rename_noreplace(self.parent_fd, self.target.name, self.base_fd, self.staging)
@@ -230,7 +397,7 @@ class _Workspace:
                 raise _conflict_error(self.target, conflicts)
             undo = _move_all(staged, existing, moves)
             try:
-                _finish_directories(self.target_fd, extracted.dirs, merged, warnings)
+                _finish_directories(self.target_fd, extracted.dirs, merged, warnings, extracted.meta)
             except BaseException:
                 _undo(staged, existing, undo)
                 raise
@@ -253,7 +420,8 @@ def _extract(plan: RestorePlan, staging_fd: int, progress: ProgressCallback | No
     manifest = plan.manifest
     algorithm = manifest.checksum_algorithm if manifest else DEFAULT_ALGORITHM
     compression = manifest.archive.compression if manifest and manifest.archive else None
-    checker = MemberChecker(plan.archive.label, plan.allow_external_links)
+    checker = MemberChecker(plan.archive.label, plan.allow_external_links, keep_set_id=plan.same_owner)
+    meta = _Metadata(plan)
     out = _Extracted()
     links: list[SafeMember] = []
     with (
@@ -269,18 +437,27 @@ def _extract(plan: RestorePlan, staging_fd: int, progress: ProgressCallback | No
             if not selected:
                 if safe.kind == "dir" and _is_ancestor(safe.name, plan.paths):
                     chain.fd(parts)
-                    out.dirs.append(_Directory(parts, safe.mode, safe.mtime, selected=False))
+                    out.dirs.append(_Directory(parts, safe, selected=False))
+                elif safe.kind == "file" and safe.name in plan.link_sources:
+                    held = (_HOLDING, str(len(out.held)))
+                    out.digests[safe.name] = _write_file(
+                        reader, member, chain.fd(held[:-1]), held[-1], safe, algorithm, meta
+                    )
+                    out.held[safe.name] = held
                 continue
             if safe.kind == "dir":
                 chain.fd(parts)
-                out.dirs.append(_Directory(parts, safe.mode, safe.mtime))
+                out.dirs.append(_Directory(parts, safe))
             elif safe.kind == "file":
-                out.digests[safe.name] = _write_file(reader, member, chain.fd(parts[:-1]), parts[-1], safe, algorithm)
-                out.bytes_written += safe.size
+                parent = chain.fd(parts[:-1])
+                out.digests[safe.name] = _write_file(reader, member, parent, parts[-1], safe, algorithm, meta)
+                out.bytes_written += safe.data_size
             elif safe.kind == "hardlink":
                 _link(plan, chain, staging_fd, parts, safe, out)
-            else:
+            elif safe.kind == "symlink":
                 links.append(safe)
+            else:
+                _special(plan, chain.fd(parts[:-1]), parts[-1], safe, meta)
             out.members[safe.name] = safe
             if progress is not None:
                 progress(len(out.members), out.bytes_written)
@@ -289,17 +466,38 @@ def _extract(plan: RestorePlan, staging_fd: int, progress: ProgressCallback | No
             parts = tuple(link.name.split("/"))
             parent = chain.fd(parts[:-1])
             os.symlink(link.link_target or "", parts[-1], dir_fd=parent)
-            os.utime(parts[-1], (link.mtime, link.mtime), dir_fd=parent, follow_symlinks=False)
+            meta.apply(parts[-1], link, parent, link=True)
         out.archive_size, out.archive_digest = reader.finish()
+    if out.held:
+        shutil.rmtree(_HOLDING, dir_fd=staging_fd)
     if checker.setid_stripped:
-        names = ", ".join(display_name(name) for name in checker.setid_stripped[:_SHOWN])
-        more = " ..." if len(checker.setid_stripped) > _SHOWN else ""
+        names = _listed(checker.setid_stripped)
+        why = (
+            "files are not given their owners, so they would grant the restoring user's identity"
+            if not plan.same_owner
+            else "they are kept only for their archived owners"
+        )
         warnings.append(
             f"{plan.archive.label}: set-user-id and set-group-id bits were not restored on "
             f"{len(checker.setid_stripped)} {'entry' if len(checker.setid_stripped) == 1 else 'entries'} "
-            f"({names}{more}): ownership is not restored, so they would grant the restoring user's identity"
+            f"({names}): {why}"
         )
+    out.meta = meta
     return out
+
+
+def _special(plan: RestorePlan, parent: int, name: str, safe: SafeMember, meta: _Metadata) -> None:
+    """Make a FIFO (anyone may) or a device node (root, from an archive whose manifest
+    vouches for it: a device node in a stranger's archive could open this machine's disks)."""
+    if safe.kind == "fifo":
+        os.mkfifo(name, 0o600, dir_fd=parent)
+    elif plan.makes_devices and safe.device is not None:
+        kind = stat.S_IFCHR if safe.kind == "chardev" else stat.S_IFBLK
+        os.mknod(name, 0o600 | kind, os.makedev(*safe.device), dir_fd=parent)
+    else:
+        meta.devices_skipped.append(safe.name)
+        return
+    meta.apply(name, safe, parent)
 
 
 def _normal(raw: str) -> str:
@@ -312,21 +510,35 @@ def _is_ancestor(name: str, paths: tuple[str, ...] | None) -> bool:
 
 
 def _write_file(
-    reader: ArchiveReader, member: tarfile.TarInfo, parent_fd: int, name: str, safe: SafeMember, algorithm: str
+    reader: ArchiveReader,
+    member: tarfile.TarInfo,
+    parent_fd: int,
+    name: str,
+    safe: SafeMember,
+    algorithm: str,
+    meta: _Metadata,
 ) -> str:
-    hasher = new_hasher(algorithm)
+    """Write one file (holes as holes), give it its metadata; return its data's digest."""
     fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent_fd)
     try:
-        for chunk in reader.chunks(member):
-            hasher.update(chunk)
-            while chunk:
-                written = os.write(fd, chunk)
-                chunk = chunk[written:]
-        os.fchmod(fd, safe.mode)
-        os.utime(fd, (safe.mtime, safe.mtime))
+        position = [0]
+
+        def write(offset: int, chunk: memoryview) -> None:
+            if offset != position[0]:
+                os.lseek(fd, offset, os.SEEK_SET)  # over a hole: it stays one
+            view = chunk
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            position[0] = offset + len(chunk)
+
+        digest = digest_regions(reader.regions(member), safe.size, algorithm, write)
+        if position[0] != safe.size:
+            os.ftruncate(fd, safe.size)  # a trailing hole
+        meta.apply(fd, safe)
     finally:
         os.close(fd)
-    return hasher.hexdigest()
+    return digest
 
 
 def _open_parts(root_fd: int, parts: tuple[str, ...]) -> int:
@@ -358,7 +570,8 @@ def _link(
             "restored; select it too",
             plan.archive.label,
         )
-    source_parts = tuple(source.split("/"))
+    # A link source that is not restored itself was held aside in staging for it.
+    source_parts = out.held.get(source) or tuple(source.split("/"))
     source_dir = _open_parts(staging_fd, source_parts[:-1])
     try:
         os.link(
@@ -494,15 +707,19 @@ def _undo(staged: DirectoryChain, existing: DirectoryChain, undo: _Undo) -> None
 
 
 def _finish_directories(
-    root_fd: int, directories: list[_Directory], merged: set[tuple[str, ...]], warnings: list[str]
+    root_fd: int,
+    directories: list[_Directory],
+    merged: set[tuple[str, ...]],
+    warnings: list[str],
+    meta: _Metadata | None,
 ) -> None:
-    """Give restored directories their archived modes and times, deepest first (writing
-    into a directory changes its time, and a directory without its search bit could
-    not be entered to finish the ones below it).
+    """Give restored directories their archived owners, modes, attributes and times,
+    deepest first (writing into a directory changes its time, and a directory without
+    its search bit could not be entered to finish the ones below it).
 
-    An unselected ancestor that already existed keeps its own mode. A directory that
-    cannot be changed (an existing one owned by someone else) is a warning, as in GNU
-    tar, not a failure: its contents are restored.
+    An unselected ancestor that already existed keeps its own. A directory that cannot
+    be changed (an existing one owned by someone else) is a warning, as in GNU tar, not
+    a failure: its contents are restored.
     """
     with DirectoryChain(root_fd) as chain:
         for directory in sorted(directories, key=lambda d: len(d.parts), reverse=True):
@@ -510,8 +727,11 @@ def _finish_directories(
                 continue
             try:
                 fd = chain.fd(directory.parts)
-                os.fchmod(fd, directory.mode)
-                os.utime(fd, (directory.mtime, directory.mtime))
+                if meta is not None:
+                    meta.apply(fd, directory.member)
+                else:
+                    os.fchmod(fd, directory.member.mode)
+                    os.utime(fd, ns=(directory.member.mtime_ns, directory.member.mtime_ns))
             except OSError as exc:
                 warnings.append(
                     f"{display_name('/'.join(directory.parts))}: mode and time not restored: {exc.strerror or exc}"

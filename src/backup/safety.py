@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import stat
 import tarfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .errors import UnsafeArchiveError
 
 __all__ = ["MAX_DEPTH", "MemberChecker", "SafeMember", "is_selected", "normalize_member_name", "shown_name"]
 
-MemberKind = Literal["file", "dir", "symlink", "hardlink"]
+MemberKind = Literal["file", "dir", "symlink", "hardlink", "fifo", "chardev", "blockdev"]
+DEVICE_KINDS = frozenset({"chardev", "blockdev"})
 # Linux follows at most 40 symlinks while resolving one path, then fails with ELOOP.
 _MAX_LINKS_FOLLOWED = 40
 # Far deeper than any real tree (GNU tar and the kernel have no such limit, but a
@@ -38,7 +39,12 @@ class _TooManyLinks(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SafeMember:
-    """A member that passed every check, with its normalised name."""
+    """A member that passed every check, with its normalised name.
+
+    ``size`` is a file's length (for a sparse file, with its holes; ``data_size`` is
+    what it holds). Owners, exact time, extended attributes and ACLs (text), a device's
+    numbers and a sparse file's data runs are as the archive gives them.
+    """
 
     name: str
     kind: MemberKind
@@ -46,6 +52,16 @@ class SafeMember:
     mode: int
     mtime: float
     link_target: str | None = None
+    mtime_ns: int = 0
+    uid: int = 0
+    gid: int = 0
+    uname: str = ""
+    gname: str = ""
+    xattrs: Mapping[str, bytes] = field(default_factory=dict)
+    acls: Mapping[str, str] = field(default_factory=dict)
+    device: tuple[int, int] | None = None
+    sparse_map: tuple[tuple[int, int], ...] | None = None
+    data_size: int = 0
 
 
 def shown_name(name: str) -> str:
@@ -102,13 +118,16 @@ class MemberChecker:
     """Checks an archive's members in order; remembers what earlier members declared.
 
     ``setid_stripped`` lists the members whose set-user-id or set-group-id bits were
-    removed from the mode returned (ownership is not restored, so keeping them would
-    hand the restoring user's identity to whoever wrote the archive).
+    removed from the mode returned: they are kept only with ``keep_set_id`` (a restore
+    by root that gives files their archived owners, as GNU tar does); otherwise the
+    files belong to the restoring user, and the bits would hand that user's identity
+    to whoever made the archive.
     """
 
-    def __init__(self, archive: str, allow_external_links: bool = False) -> None:
+    def __init__(self, archive: str, allow_external_links: bool = False, *, keep_set_id: bool = False) -> None:
         self.archive = archive
         self.allow_external_links = allow_external_links
+        self.keep_set_id = keep_set_id
         self._root = _Node("dir")
         # (name, parent components, target) of each symlink that will be written.
         self._written_links: list[tuple[str, list[str], str]] = []
@@ -163,12 +182,30 @@ class MemberChecker:
 
     def _safe(self, member: tarfile.TarInfo, name: str, kind: MemberKind, target: str | None) -> SafeMember:
         mode = stat.S_IMODE(member.mode)
-        if mode & _SET_ID_BITS and kind in ("file", "dir", "hardlink"):
+        if mode & _SET_ID_BITS and not self.keep_set_id and kind not in ("symlink",):
             self.setid_stripped.append(name)
-        # The sticky bit is kept (a shared 1777 directory must stay one); set-id bits
-        # are not, since ownership is not restored.
-        mode &= ~_SET_ID_BITS
-        return SafeMember(name, kind, member.size if kind == "file" else 0, mode, float(member.mtime), target)
+            mode &= ~_SET_ID_BITS
+        # The sticky bit is always kept: a shared 1777 directory must stay one.
+        sparse = getattr(member, "sparse_map", None)
+        size = getattr(member, "realsize", member.size) if kind == "file" else 0
+        return SafeMember(
+            name,
+            kind,
+            size,
+            mode,
+            float(member.mtime),
+            target,
+            mtime_ns=getattr(member, "mtime_ns", int(member.mtime) * 1_000_000_000),
+            uid=member.uid,
+            gid=member.gid,
+            uname=member.uname or "",
+            gname=member.gname or "",
+            xattrs=getattr(member, "xattrs", {}),
+            acls=getattr(member, "acls", {}),
+            device=(member.devmajor, member.devminor) if kind in DEVICE_KINDS else None,
+            sparse_map=tuple(sparse) if sparse is not None else None,
+            data_size=member.size if kind == "file" else 0,
+        )
 
     def _kind(self, member: tarfile.TarInfo, raw: str) -> MemberKind:
         if member.isreg():
@@ -179,13 +216,15 @@ class MemberChecker:
             return "symlink"
         if member.islnk():
             return "hardlink"
-        if member.ischr() or member.isblk():
-            what = "a device file"
-        elif member.isfifo():
-            what = "a FIFO"
-        else:
-            what = f"of unsupported type {member.type!r}"
-        raise UnsafeArchiveError(f"{self.archive}: member {shown_name(raw)} is {what}; refused", raw)
+        if member.ischr():
+            return "chardev"
+        if member.isblk():
+            return "blockdev"
+        if member.isfifo():
+            return "fifo"
+        raise UnsafeArchiveError(
+            f"{self.archive}: member {shown_name(raw)} is of unsupported type {member.type!r}; refused", raw
+        )
 
     def _parent_node(self, parts: list[str], raw: str) -> _Node:
         """Walk to the directory that will hold ``parts[-1]``, creating implied ones."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,13 +25,12 @@ from .safety import MAX_DEPTH
 
 __all__ = ["EntryKind", "Exclusion", "ScanResult", "SourceEntry", "compile_excludes", "scan_source"]
 
-EntryKind = Literal["file", "dir", "symlink"]
+EntryKind = Literal["file", "dir", "symlink", "fifo", "chardev", "blockdev"]
 
-_SPECIAL = (
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
+_SPECIAL: tuple[tuple[Callable[[int], bool], EntryKind], ...] = (
+    (stat.S_ISFIFO, "fifo"),
+    (stat.S_ISCHR, "chardev"),
+    (stat.S_ISBLK, "blockdev"),
 )
 
 
@@ -40,7 +39,8 @@ class SourceEntry:
     """One thing to archive, as ``lstat`` saw it during the walk.
 
     ``path`` is relative to the source, with ``/`` between components; ``abspath``
-    is for messages only: files are opened relative to their directory.
+    is for messages only: files are opened relative to their directory. ``dev``,
+    ``ino`` and ``nlink`` tell hard links apart; ``rdev`` is a device's number.
     """
 
     path: str
@@ -51,7 +51,17 @@ class SourceEntry:
     uid: int
     gid: int
     link_target: str | None
-    abspath: str
+    root: str
+    mtime_ns: int = 0
+    dev: int = 0
+    ino: int = 0
+    nlink: int = 1
+    rdev: int = 0
+
+    @property
+    def abspath(self) -> str:
+        """The entry's path, for messages (made when needed: most entries never need it)."""
+        return os.path.join(self.root, self.path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +116,7 @@ def scan_source(
 
     ``files`` restricts the backup to those paths (directories include their contents);
     each must lie inside ``source_dir``. ``skip_dir`` (the backup directory) is never
-    archived, even when it sits inside the source. Sockets, FIFOs and devices are left
+    archived, even when it sits inside the source. Sockets are left
     out, each with a reason and a warning. Raise ConfigError if ``skip_dir`` is the
     source itself; SourceError if the source or a named file is missing or outside the
     source, or if a directory cannot be listed and ``on_error`` is "fail". Every call
@@ -259,14 +269,10 @@ class _Walker:
             return "is the backup directory"
         if is_dir and STAGING_NAME.match(name):
             return "is the staging directory of an unfinished restore"
-        if is_dir or stat.S_ISREG(mode) or stat.S_ISLNK(mode):
-            return None
-        for test, what in _SPECIAL:
-            if test(mode):
-                self.problems.append(
-                    f"{self._absolute(relative)}: is {what}; not archived (only files, directories and symlinks are)"
-                )
-                return f"is {what}; only files, directories and symlinks are archived"
+        if stat.S_ISSOCK(mode):
+            # A socket is a live endpoint of a running program: nothing to restore.
+            self.problems.append(f"{self._absolute(relative)}: is a socket; not archived (sockets cannot be restored)")
+            return "is a socket; sockets cannot be restored"
         return None
 
     def _consider(self, relative: str, name: str, info: os.stat_result) -> str | None:
@@ -274,23 +280,26 @@ class _Walker:
         if relative in self._seen:
             return None
         self._seen.add(relative)
-        absolute = self._absolute(relative)
         reason = self._leave_out(relative, info, name)
         if reason is not None:
             self.excluded.append(Exclusion(relative, reason))
             return None
         if relative.count("/") >= MAX_DEPTH:
-            self._problem(absolute, f"is more than {MAX_DEPTH} directories deep, which restores refuse")
+            self._problem(self._absolute(relative), f"is more than {MAX_DEPTH} directories deep, which restores refuse")
             return None
         mode = info.st_mode
         kind: EntryKind = "dir" if stat.S_ISDIR(mode) else "symlink" if stat.S_ISLNK(mode) else "file"
+        if kind == "file" and not stat.S_ISREG(mode):
+            for test, special in _SPECIAL:
+                if test(mode):
+                    kind = special
         link_target = None
         if kind == "symlink":
             try:
                 parent = self.chain.fd(relative.split("/")[:-1])
                 link_target = self.fs.readlink(name, parent)
             except OSError as exc:
-                self._problem(absolute, f"symlink cannot be read: {exc.strerror or exc}")
+                self._problem(self._absolute(relative), f"symlink cannot be read: {exc.strerror or exc}")
                 return None
         self.entries.append(
             SourceEntry(
@@ -302,7 +311,12 @@ class _Walker:
                 uid=info.st_uid,
                 gid=info.st_gid,
                 link_target=link_target,
-                abspath=absolute,
+                root=self.root,
+                mtime_ns=info.st_mtime_ns,
+                dev=info.st_dev,
+                ino=info.st_ino,
+                nlink=info.st_nlink,
+                rdev=info.st_rdev if kind in ("chardev", "blockdev") else 0,
             )
         )
         return kind

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ArchiveError, ManifestError, UnsafeArchiveError
-from .hashing import DEFAULT_ALGORITHM, new_hasher
+from .hashing import DEFAULT_ALGORITHM
 from .manifest import BackupManifest, ManifestEntry, manifest_name_for, read_manifest
 from .progress import ProgressCallback
-from .safety import MemberChecker, SafeMember, is_selected
+from .safety import DEVICE_KINDS, MemberChecker, SafeMember, is_selected
 from .storage import locate
 from .storage.base import ObjectRef
-from .stream.tarreader import ArchiveReader
+from .stream.tarreader import ArchiveReader, digest_regions
 
 __all__ = ["Comparison", "Mismatch", "VerifyReport", "compare_entry", "compare_with_manifest", "verify_backup"]
 
@@ -91,20 +91,38 @@ class VerifyReport:
         }
 
 
-def compare_entry(member: SafeMember, expected: ManifestEntry, checksum: str | None) -> str | None:
+def compare_entry(
+    member: SafeMember, expected: ManifestEntry, checksum: str | None, *, check_owners: bool = False
+) -> str | None:
     """Given an extracted or read member, its manifest entry and its data checksum, return
-    what differs, or None if they agree."""
-    kind = "file" if member.kind == "hardlink" else member.kind
+    what differs, or None if they agree. Owners are compared with ``check_owners``."""
+    kind = member.kind
+    if kind == "hardlink" and expected.type == "file":
+        kind = "file"  # a manifest of version 2 or less lists another name of a file as a file
     if kind != expected.type:
         return f"archive has a {kind}, manifest says {expected.type}"
-    if kind == "symlink" and member.link_target != expected.link_target:
+    if kind in ("symlink", "hardlink") and member.link_target != expected.link_target:
         return f"link target {member.link_target!r}, manifest says {expected.link_target!r}"
-    if kind == "file":
+    if kind in ("file", "hardlink"):
         if member.kind == "file" and member.size != expected.size:
             return f"size {member.size}, manifest says {expected.size}"
         if checksum is not None and not hmac.compare_digest(checksum, expected.checksum.lower()):
             return f"checksum {checksum}, manifest says {expected.checksum}"
+    if kind in DEVICE_KINDS and expected.device is not None and member.device != expected.device:
+        return f"device {member.device}, manifest says {expected.device}"
+    if expected.xattrs is not None or member.xattrs:
+        if dict(member.xattrs) != (expected.xattrs or {}):
+            return f"extended attributes {sorted(member.xattrs)}, manifest says {sorted(expected.xattrs or {})}"
+    if check_owners and expected.uid is not None:
+        archived = (member.uid, member.gid, member.uname, member.gname)
+        recorded = (expected.uid, expected.gid, expected.user or "", expected.group or "")
+        if archived != recorded:
+            return f"owner {_owner(*archived)}, manifest says {_owner(*recorded)}"
     return None
+
+
+def _owner(uid: int, gid: int | None, user: str, group: str) -> str:
+    return f"{user or '?'}({uid}):{group or '?'}({'?' if gid is None else gid})"
 
 
 @dataclass
@@ -125,6 +143,8 @@ def compare_with_manifest(
     archive_size: int | None = None,
     archive_digest: str | None = None,
     paths: Sequence[str] | None = None,
+    *,
+    check_owners: bool = False,
 ) -> Comparison:
     """Given a manifest and the members read from its archive (in archive order) with
     their data checksums, return every difference. ``paths`` limits the check to a
@@ -136,7 +156,7 @@ def compare_with_manifest(
         if entry is None:
             result.extra.append(name)
             continue
-        problem = compare_entry(member, entry, digests.get(name))
+        problem = compare_entry(member, entry, digests.get(name), check_owners=check_owners)
         if problem:
             result.mismatched.append(Mismatch(name, problem))
     info = manifest.archive
@@ -153,10 +173,12 @@ def verify_backup(
     manifest_path: Path | ObjectRef | None = None,
     *,
     progress: ProgressCallback | None = None,
+    check_owners: bool = False,
 ) -> VerifyReport:
     """Given an archive (and optionally its manifest), return what a full check found.
 
-    Never raises for a bad archive or manifest: each problem is in the report.
+    With ``check_owners`` the owners the archive gives are compared with the manifest's
+    too. Never raises for a bad archive or manifest: each problem is in the report.
     """
     started = time.monotonic()
     archive = locate(archive_path)
@@ -185,7 +207,9 @@ def verify_backup(
     except Exception as exc:  # a bug: reported, never raised
         report.problems.append(f"{archive.label}: verify failed: internal error: {type(exc).__name__}: {exc}")
     if manifest is not None:
-        found = compare_with_manifest(manifest, members, digests, archive.label, size, digest)
+        found = compare_with_manifest(
+            manifest, members, digests, archive.label, size, digest, check_owners=check_owners
+        )
         report.missing, report.extra, report.mismatched = found.missing, found.extra, found.mismatched
         report.problems += found.archive
     report.duration_seconds = time.monotonic() - started
@@ -227,11 +251,8 @@ def _read_members(
             if safe is None:
                 continue
             if safe.kind == "file":
-                hasher = new_hasher(algorithm)
-                for chunk in reader.chunks(member):
-                    hasher.update(chunk)
-                digests[safe.name] = hasher.hexdigest()
-                report.checked_bytes += safe.size
+                digests[safe.name] = digest_regions(reader.regions(member), safe.size, algorithm)
+                report.checked_bytes += safe.data_size
             elif safe.kind == "hardlink" and safe.link_target in digests:
                 digests[safe.name] = digests[safe.link_target]
             members[safe.name] = safe

@@ -1,7 +1,7 @@
 """Sources that change under the backup: files rewritten in place with their mtime put
 back (``rsync --inplace -t``, ``cp -p`` over a file), a file swapped for a FIFO, and
-special files the backup cannot archive. None may give a silent torn copy, a hang, or
-a silent omission.
+special files (a socket cannot be archived; FIFOs and devices are). None may give a
+silent torn copy, a hang, or a silent omission.
 
 A change at an exact moment (right after a file's first read) is made by a source file
 system that runs it from its read (``support.sources.AfterReadFileSystem``, passed as
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from backup import BackupConfig, create_backup, execute_plan, plan_backup, verify_backup
+from backup import BackupConfig, create_backup, execute_plan, plan_backup, restore_backup, verify_backup
 from backup.cli import main
 from support.sources import AfterReadFileSystem
 
@@ -179,35 +180,44 @@ def test_a_file_swapped_for_a_fifo_after_the_walk_does_not_hang_the_backup(tmp_p
     assert verify_backup(result.backup_path).ok
 
 
-def test_fifos_sockets_and_devices_in_the_source_are_named_in_the_result_and_the_manifest(
+def test_fifos_and_devices_are_archived_and_a_socket_is_named_in_the_result_and_the_manifest(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """They are not archived; a real backup says so, not only a dry run."""
+    """A FIFO and a device node are archived as what they are (and restored so, by root
+    from an archive with its manifest); a socket cannot be, and a real backup says so,
+    not only a dry run."""
     source = tmp_path / "source"
     source.mkdir()
     (source / "app.txt").write_bytes(b"app\n")
     os.mkfifo(source / "pipe")
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(source / "app.sock"))
-    os.mknod(source / "null", 0o600 | 0o020000, os.makedev(1, 3))  # a character device, as root may
+    os.mknod(source / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # a character device, as root may
     try:
         result = create_backup(BackupConfig(source, tmp_path / "backups"))
         code = main(["create", str(source), str(tmp_path / "cli-backups")])
     finally:
         listener.close()
     assert result.success, result.error
-    assert sorted(result.warnings) == sorted(
-        [
-            f"{source / 'app.sock'}: is a socket; not archived (only files, directories and symlinks are)",
-            f"{source / 'null'}: is a character device; not archived (only files, directories and symlinks are)",
-            f"{source / 'pipe'}: is a FIFO; not archived (only files, directories and symlinks are)",
-        ]
-    )
+    assert result.warnings == [f"{source / 'app.sock'}: is a socket; not archived (sockets cannot be restored)"]
     assert result.manifest.warnings == result.warnings
-    assert sorted(result.manifest.entry_map()) == ["app.txt"]
+    entries = result.manifest.entry_map()
+    assert sorted(entries) == ["app.txt", "null", "pipe"]
+    assert (entries["pipe"].type, entries["pipe"].device) == ("fifo", None)
+    assert (entries["null"].type, entries["null"].device) == ("chardev", (1, 3))
     err = capsys.readouterr().err
     assert code in (0, 3)
-    assert "is a FIFO; not archived" in err and "is a socket; not archived" in err
+    assert "is a socket; not archived" in err
+    assert str(source / "pipe") not in err and str(source / "null") not in err
+    assert verify_backup(result.backup_path).ok
+
+    restored = tmp_path / "restored"
+    outcome = restore_backup(result.backup_path, restored)
+    assert outcome.success, outcome.error
+    assert stat.S_ISFIFO(os.lstat(restored / "pipe").st_mode)
+    null = os.lstat(restored / "null")
+    assert stat.S_ISCHR(null.st_mode) and null.st_rdev == os.makedev(1, 3)
+    assert sorted(os.listdir(restored)) == ["app.txt", "null", "pipe"]
 
 
 def test_a_backup_directory_that_is_the_source_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

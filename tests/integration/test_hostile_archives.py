@@ -1,5 +1,9 @@
 """Hostile and damaged archives: refused with an error naming the problem, nothing written.
 
+(Archives holding FIFOs and device nodes are not refused: they restore, with device
+nodes skipped unless root restores an archive with its manifest; ``SPECIAL_CASES``
+checks that, and that nothing is written outside the target either.)
+
 Every case is restored three times (into a target holding the user's files, with and
 without ``overwrite``, and into a target that does not exist yet) and verified once.
 After each attempt the whole ``tmp_path`` tree, which holds the target, a sentinel
@@ -13,6 +17,7 @@ import gzip
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 import time
@@ -491,10 +496,7 @@ CASES: dict[str, Case] = {
     "hardlink-to-unknown": Case(
         build_hardlink_unknown, ("'h'", "not an earlier file"), lines_contain("not an earlier file")
     ),
-    "char-device": Case(build_chardev, ("'null'", "device file"), lines_contain("'null' is a device file")),
-    "block-device": Case(build_blockdev, ("'disk'", "device file"), lines_contain("'disk' is a device file")),
-    "fifo": Case(build_fifo, ("'pipe'", "FIFO"), lines_contain("'pipe' is a FIFO")),
-    "fifo-gnu-tar": Case(build_fifo_gnu, ("'./pipe'", "FIFO"), lines_contain("'./pipe' is a FIFO")),
+    # FIFOs and device nodes are not refused: see SPECIAL_CASES below.
     "duplicate-names": Case(
         build_duplicate, ("'dup.txt'", "appears more than once"), lines_contain("'dup.txt' appears more than once")
     ),
@@ -536,6 +538,94 @@ CASES: dict[str, Case] = {
         build_flipped_byte, ("sub/nested.bin", "checksum", "nothing was restored"), verify_flipped
     ),
 }
+
+
+@dataclass
+class SpecialCase:
+    """An archive without a manifest holding FIFOs or device nodes: what it restores."""
+
+    build: Callable[[Arena], tuple[Path, dict]]
+    files: list[str] = field(default_factory=list)
+    fifos: list[str] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+
+
+SPECIAL_CASES: dict[str, SpecialCase] = {
+    "char-device": SpecialCase(build_chardev, files=["ok.txt"], devices=["null"]),
+    "block-device": SpecialCase(build_blockdev, devices=["disk"]),
+    "fifo": SpecialCase(build_fifo, fifos=["pipe"]),
+    "fifo-gnu-tar": SpecialCase(build_fifo_gnu, files=["a.txt"], fifos=["pipe"]),
+}
+
+
+def device_warning(archive: Path, devices: list[str]) -> list[str]:
+    """The one line a restore gives for the device nodes it did not make (none: no line)."""
+    if not devices:
+        return []
+    count = "1 device node was" if len(devices) == 1 else f"{len(devices)} device nodes were"
+    return [
+        f"{archive}: {count} not restored ({', '.join(devices)}): "
+        "device nodes are made only by root, from an archive with its manifest"
+    ]
+
+
+def _outside(state: dict, target: Path, arena: Arena) -> dict:
+    """The part of a state that is not the target or under it."""
+    prefix = str(target.relative_to(arena.root))
+    return {key: value for key, value in state.items() if key != prefix and not key.startswith(prefix + "/")}
+
+
+def check_special_restore(arena: Arena, case: SpecialCase, target: Path, before: dict) -> None:
+    """What a restore of a SpecialCase archive must have done to ``target``, and only there."""
+    after = _state(arena)
+    assert _outside(after, target, arena) == _outside(before, target, arena)
+    prefix = str(target.relative_to(arena.root)) + "/"
+    new = sorted(key[len(prefix) :] for key in after if key.startswith(prefix) and key not in before)
+    assert new == sorted(case.files + case.fifos)
+    assert all(after[key] == value for key, value in before.items() if key.startswith(prefix))
+    for fifo in case.fifos:
+        assert stat.S_ISFIFO(os.lstat(target / fifo).st_mode), fifo
+    for device in case.devices:
+        assert not os.path.lexists(target / device), device
+    assert staging_leftovers(arena.root) == []
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", list(SPECIAL_CASES))
+def test_fifo_and_device_members_of_an_archive_without_a_manifest(arena: Arena, name: str) -> None:
+    """Not refused, and not trusted either: from an archive without a manifest (anyone's),
+    a FIFO is made, a device node is not (it could open this machine's disks): it is
+    skipped with one warning line naming it, and nothing is created in its place.
+    Nothing is written outside the target, whether it exists or not."""
+    case = SPECIAL_CASES[name]
+    archive, kwargs = case.build(arena)
+    passwd = _file_signature("/etc/passwd")
+    for target in (arena.target, arena.fresh):
+        before = _state(arena)
+        result = restore_backup(archive, target, **kwargs)
+        assert result.success, (name, target, result.error)
+        assert result.verified is False
+        assert result.warnings == [
+            f"{archive}: no manifest; restored without checksum verification",
+            *device_warning(archive, case.devices),
+        ]
+        check_special_restore(arena, case, target, before)
+
+    before = _state(arena)
+    report = verify_backup(archive)
+    only_the_missing_manifest(report)
+    assert _state(arena) == before
+    assert _file_signature("/etc/passwd") == passwd
+
+
+@pytest.mark.parametrize("name", ["char-device", "block-device"])
+def test_skipped_device_nodes_are_not_counted_as_restored(arena: Arena, name: str) -> None:
+    """The result counts the entries restored: a device node it did not make is not one."""
+    case = SPECIAL_CASES[name]
+    archive, _kwargs = case.build(arena)
+    result = restore_backup(archive, arena.fresh)
+    assert result.success, result.error
+    assert result.entry_count == len(case.files + case.fifos)
 
 
 @pytest.mark.timeout(30)

@@ -4,7 +4,7 @@ For each case of its ``CASES`` table (the same builders, the same arena) the CLI
 as a real process, ``python -m backup``: ``restore`` into the user's target for every
 case; ``restore --overwrite``, ``restore`` into a target that does not exist yet, and
 ``verify`` for a representative subset (one case or two of each kind: paths, links, hard links,
-special files, damaged streams, damaged manifests, damaged data), since each process
+damaged streams, damaged manifests, damaged data), since each process
 costs about 0.15 s and all of them for all cases would take half a minute. Each must
 exit 1 with no traceback; a restore prints exactly one line on stderr, naming the
 problem (the very line the library gives); a verify prints every problem the library
@@ -13,6 +13,10 @@ the process's working directory, which is inside it) must be exactly as before:
 nothing written outside the target, the target unchanged, no staging left.
 
 The processes of a case run at once (they are independent), to keep this fast.
+
+The archives of its ``SPECIAL_CASES`` (FIFOs and device nodes, no manifest) are not
+refused: through the CLI too they restore, with warnings on stderr, FIFOs made, device
+nodes skipped, and nothing written outside the target.
 """
 
 from __future__ import annotations
@@ -27,7 +31,15 @@ from backup import restore_backup, verify_backup
 
 from . import test_hostile_archives as hostile
 from .conftest import SRC, staging_leftovers
-from .test_hostile_archives import CASES, Arena, _file_signature, _state
+from .test_hostile_archives import (
+    CASES,
+    SPECIAL_CASES,
+    Arena,
+    _file_signature,
+    _state,
+    check_special_restore,
+    device_warning,
+)
 
 arena = hostile.arena  # the same fixture: the target, a sentinel beside it, the archives
 
@@ -60,7 +72,6 @@ FULL = {
     "symlink-outside-then-write-allowed",
     "symlink-chain-escapes-through-later-link",
     "hardlink-to-etc-passwd",
-    "fifo-gnu-tar",
     "duplicate-file-and-dir",
     "pax-huge-size-gz",
     "truncated-tar-gz",
@@ -123,3 +134,58 @@ def test_hostile_archive_through_the_cli(arena: Arena, name: str) -> None:
     assert staging_leftovers(arena.root) == []
     assert not arena.fresh.exists()
     assert _file_signature("/etc/passwd") == passwd
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", list(SPECIAL_CASES))
+def test_fifo_and_device_members_through_the_cli(arena: Arena, name: str) -> None:
+    """``restore`` of an archive without a manifest holding FIFOs or device nodes exits 0;
+    its only output on stderr is one warning line that nothing was verified and one for
+    the device nodes it skipped; the FIFOs are made, and nothing is written elsewhere.
+    ``verify`` fails on the missing manifest alone."""
+    case = SPECIAL_CASES[name]
+    archive, kwargs = case.build(arena)
+    assert _cli_flags(kwargs) == []
+    passwd = _file_signature("/etc/passwd")
+    for target in (arena.target, arena.fresh):
+        before = _state(arena)
+        proc = _start(arena, "restore", str(archive), str(target))
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, (name, out, err)
+        assert "Traceback" not in err and "internal error" not in err, (name, err)
+        warnings = [f"{archive}: no manifest; restored without checksum verification"]
+        warnings += device_warning(archive, case.devices)
+        assert err.splitlines() == [f"obs-backup: warning: {line}" for line in warnings], (name, err)
+        assert out.startswith(f"restored {len(case.files + case.fifos)} entries "), (name, out)
+        assert f" into {target} (not verified)" in out, (name, out)
+        check_special_restore(arena, case, target, before)
+
+    before = _state(arena)
+    verify = _start(arena, "verify", str(archive))
+    verify_out, verify_err = verify.communicate(timeout=30)
+    assert verify.returncode == 1, (name, verify_out, verify_err)
+    report = verify_backup(archive)
+    assert verify_err.splitlines() == [*report.lines(), report.summary()], name
+    assert [line for line in report.lines() if "no manifest" not in line] == []
+    assert _state(arena) == before
+    assert _file_signature("/etc/passwd") == passwd
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", list(SPECIAL_CASES))
+def test_a_dry_run_says_which_device_nodes_it_would_skip(arena: Arena, name: str) -> None:
+    """A dry run lists the device nodes of an archive without a manifest as skipped, not
+    as written, and writes nothing."""
+    case = SPECIAL_CASES[name]
+    archive, _kwargs = case.build(arena)
+    before = _state(arena)
+    proc = _start(arena, "restore", "--dry-run", str(archive), str(arena.fresh))
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, (name, out, err)
+    skipped = [line for line in out.splitlines() if " skip " in line]
+    written = [line for line in out.splitlines() if " write " in line]
+    assert len(skipped) == len(case.devices), out
+    assert all("device nodes are made only by root" in line for line in skipped)
+    assert not any("chardev" in line or "blockdev" in line for line in written), out
+    assert len(written) == len(case.files + case.fifos), out
+    assert _state(arena) == before and not arena.fresh.exists()

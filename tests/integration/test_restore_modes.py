@@ -6,16 +6,15 @@ bits kept; and a restore by a user who is not root.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from backup import BackupConfig, create_backup, restore_backup
+from support.trees import shared_directory
 
 from .conftest import GNU_TAR
 
@@ -42,15 +41,8 @@ def _private_tree(root: Path) -> Path:
 @pytest.fixture
 def shared() -> Iterator[Path]:
     """A directory another user can reach (pytest's tmp_path is private to root)."""
-    root = Path(tempfile.mkdtemp(prefix="obs-modes-", dir="/tmp"))
-    os.chmod(root, 0o755)
-    try:
+    with shared_directory("obs-modes-") as root:
         yield root
-    finally:
-        for dirpath, dirnames, _ in os.walk(root):
-            for name in dirnames:
-                os.chmod(os.path.join(dirpath, name), 0o700)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _as_nobody(work) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import io
 import json
 import os
+import pwd
 import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,15 +104,19 @@ def test_manifest_lists_every_entry_with_source_sha256(tmp_path: Path, corpus) -
     source, expected = corpus
     result = backup(source, tmp_path / "backups", compression="gz")
     data = json.loads(result.manifest_path.read_text(encoding="utf-8"))
-    assert data["version"] == 2
+    assert data["version"] == 3
     assert data["backup_id"] == result.backup_id
     entries = {entry["path"]: entry for entry in data["files"]}
     assert len(entries) == len(data["files"])
     assert sorted(entries) == sorted(expected)
     for path, (kind, mode, _mtime, value) in expected.items():
         entry = entries[path]
+        info = os.lstat(source / path)
         assert entry["type"] == kind, path
         assert entry["mode"] == mode, path
+        assert (entry["uid"], entry["gid"]) == (info.st_uid, info.st_gid), path
+        assert (entry["user"], entry["group"]) == (pwd.getpwuid(info.st_uid).pw_name, grp.getgrgid(info.st_gid).gr_name)
+        assert entry["mtime_ns"] == info.st_mtime_ns, path
         if kind == "file":
             content = (source / path).read_bytes()
             assert entry["checksum"] == hashlib.sha256(content).hexdigest(), path

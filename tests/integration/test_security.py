@@ -1,15 +1,20 @@
-"""What a restore never does (set-id bits, ownership), what the backup directory always
-is (private, whatever the umask), and what an error never shows (file contents).
+"""What a restore does with owners and set-id bits, what the backup directory always is
+(private, whatever the umask), and what an error never shows (file contents).
 
-We run as root, which is what makes the ownership and set-id tests meaningful: root
-could chown a file to uid 4321 or keep a set-user-id bit, so only the tool's own
-choice stops it.
+We run as root, which is what makes the ownership and set-id tests meaningful: as GNU
+tar does for root, a restore gives entries their archived owners and then keeps their
+set-id bits; told not to (``same_owner=False``, ``--no-same-owner``) it changes no
+owner, and a set-id bit on a file that is now root's would hand root's identity to
+whoever made the archive, so it is removed.
 """
 
 from __future__ import annotations
 
+import ast
+import grp
 import json
 import os
+import pwd
 import stat
 import subprocess
 import tarfile
@@ -22,6 +27,7 @@ from backup.cli import main
 from backup.monitor import STATE_NAME
 from backup.storage.lock import LOCK_NAME
 
+from . import test_restore_modes
 from .conftest import (
     BASE_MTIME,
     GNU_TAR,
@@ -36,6 +42,9 @@ from .conftest import (
     tar_link,
     write_tar,
 )
+from .test_restore_modes import NOBODY, _as_nobody
+
+shared = test_restore_modes.shared  # the same fixture: a directory another user can reach
 
 
 def _mode(path: Path) -> int:
@@ -44,20 +53,23 @@ def _mode(path: Path) -> int:
 
 # --- set-user-id, set-group-id and sticky bits ---------------------------------------------
 
+OTHER = 4321  # an owner with no name on this machine
 SPECIAL = {"suid": 0o4755, "sgid": 0o2755, "sticky": 0o1777}  # two files and a directory
-# Set-id bits are dropped (ownership is not restored, so they would grant the restoring
-# user's identity); the sticky bit of a shared directory is kept.
-RESTORED = {"suid": 0o755, "sgid": 0o755, "sticky": 0o1777}
+SET_ID = ("suid", "sgid")
+# Without their owners the set-id bits are dropped; the sticky bit of a shared directory
+# is kept either way.
+STRIPPED = {"suid": 0o755, "sgid": 0o755, "sticky": 0o1777}
 
 
 def _special_tree(root: Path) -> Path:
-    """Real files with the bits set (root may set them on anything)."""
+    """Real files with the bits set, owned by OTHER (root may do both on anything)."""
     (root / "sticky").mkdir(parents=True)
     (root / "sticky" / "inside.txt").write_bytes(b"inside\n")
-    for name in ("suid", "sgid"):
+    for name in SET_ID:
         (root / name).write_bytes(b"#!/bin/sh\necho " + name.encode() + b"\n")
+        os.chown(root / name, OTHER, OTHER)
     for name, mode in SPECIAL.items():
-        os.chmod(root / name, mode)
+        os.chmod(root / name, mode)  # after the chown, which clears set-id bits
     assert {name: _mode(root / name) for name in SPECIAL} == SPECIAL
     return root
 
@@ -70,6 +82,8 @@ def _special_archive(tmp_path: Path, how: str) -> Path:
             tar_dir("sticky", SPECIAL["sticky"]),
             tar_file("sticky/inside.txt", b"inside\n"),
         ]
+        for info, _data in members[:2]:
+            info.uid = info.gid = OTHER
         return write_tar(tmp_path / "special.tar.gz", members, mode="w:gz")
     source = _special_tree(tmp_path / "source")
     if how == "gnu-tar":
@@ -79,27 +93,84 @@ def _special_archive(tmp_path: Path, how: str) -> Path:
     return backup(source, tmp_path / "backups", compression="xz").backup_path  # ours, with a manifest
 
 
+def _owner(path: Path) -> tuple[int, int]:
+    info = os.lstat(path)
+    return info.st_uid, info.st_gid
+
+
+@pytest.mark.parametrize("owners", ["restored", "not-restored"])
 @pytest.mark.parametrize("how", ["tarfile", "gnu-tar", "obs-backup"])
-def test_restore_never_sets_set_id_bits_and_keeps_the_sticky_bit(tmp_path: Path, how: str) -> None:
+def test_set_id_bits_are_kept_only_with_their_owners_and_the_sticky_bit_always(
+    tmp_path: Path, how: str, owners: str
+) -> None:
+    """As root, by default, files get their archived owners and keep their set-id bits (the
+    owner is set first: a chown after the chmod would clear them). With same_owner=False
+    they are root's, and the bits are removed, with one warning naming the entries."""
     archive = _special_archive(tmp_path, how)
     with tarfile.open(archive) as tf:  # the archive really asks for them
-        modes = {member.name.removeprefix("./"): member.mode for member in tf.getmembers()}
-    assert {name: modes[name] for name in SPECIAL} == SPECIAL
+        members = {member.name.removeprefix("./"): member for member in tf.getmembers()}
+    assert {name: members[name].mode for name in SPECIAL} == SPECIAL
+    assert {(members[name].uid, members[name].gid) for name in SET_ID} == {(OTHER, OTHER)}
     target = tmp_path / "restored"
-    result = restore_backup(archive, target)
+    keep = owners == "restored"
+    result = restore_backup(archive, target, **({} if keep else {"same_owner": False}))
     assert result.success, result.error
     assert result.verified is (how == "obs-backup")
-    assert {name: _mode(target / name) for name in SPECIAL} == RESTORED
     stripped = [warning for warning in result.warnings if "set-user-id and set-group-id bits" in warning]
-    assert len(stripped) == 1 and "2 entries (" in stripped[0], result.warnings
-    assert "suid" in stripped[0] and "sgid" in stripped[0] and "sticky" not in stripped[0]
+    if keep:
+        assert {name: _mode(target / name) for name in SPECIAL} == SPECIAL
+        assert {_owner(target / name) for name in SET_ID} == {(OTHER, OTHER)}
+        assert stripped == [], result.warnings
+    else:
+        assert {name: _mode(target / name) for name in SPECIAL} == STRIPPED
+        assert {_owner(target / name) for name in SET_ID} == {(os.getuid(), os.getgid())}
+        assert len(stripped) == 1 and "2 entries (" in stripped[0], result.warnings
+        assert "suid" in stripped[0] and "sgid" in stripped[0] and "sticky" not in stripped[0]
+        assert "\n" not in stripped[0]
     assert (target / "sticky" / "inside.txt").read_bytes() == b"inside\n"
     assert _mode(target / "sticky" / "inside.txt") == 0o644
 
 
-# --- ownership ---------------------------------------------------------------------------------
+def test_no_same_owner_on_the_command_line_strips_set_id_bits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = _special_archive(tmp_path, "obs-backup")
+    target = tmp_path / "restored"
+    assert main(["restore", str(archive), str(target), "--no-same-owner"]) == 0
+    err = capsys.readouterr().err
+    assert {name: _mode(target / name) for name in SPECIAL} == STRIPPED
+    assert {_owner(target / name) for name in SET_ID} == {(os.getuid(), os.getgid())}
+    assert err.count("set-user-id and set-group-id bits were not restored on 2 entries (") == 1, err
 
-OTHER = 4321
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to restore as another user")
+def test_a_user_who_is_not_root_gets_set_id_bits_stripped_and_cannot_ask_for_owners(shared: Path) -> None:
+    """Not root, every restored file is the restoring user's own: set-id bits are removed,
+    with the warning; asking for the archived owners is refused before anything is written."""
+    archive = _special_archive(shared, "obs-backup")
+    os.chmod(archive.parent, 0o755)
+    for name in os.listdir(archive.parent):
+        os.chmod(archive.parent / name, 0o644)
+    home = shared / "home"
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+
+    def work() -> str:
+        kept = restore_backup(archive, home / "restored")
+        refused = restore_backup(archive, home / "refused", same_owner=True)
+        warnings = [warning for warning in kept.warnings if "set-user-id" in warning]
+        return repr((kept.success, kept.error, warnings, refused.success, refused.error))
+
+    kept, error, warnings, refused, refusal = ast.literal_eval(_as_nobody(work))
+    assert (kept, error) == (True, None)
+    assert {name: _mode(home / "restored" / name) for name in SPECIAL} == STRIPPED
+    assert {_owner(home / "restored" / name) for name in SPECIAL} == {(NOBODY, NOBODY)}
+    assert len(warnings) == 1 and "2 entries (" in warnings[0], warnings
+    assert refused is False and "only root can give restored files their archived owners" in refusal
+    assert not (home / "refused").exists()
+
+
+# --- ownership ---------------------------------------------------------------------------------
 
 
 def _owned_archive(tmp_path: Path, how: str) -> Path:
@@ -108,7 +179,7 @@ def _owned_archive(tmp_path: Path, how: str) -> Path:
         members.append(tar_link("hard", "dir/file.txt", tarfile.LNKTYPE))
         for info, _data in members:
             info.uid = info.gid = OTHER
-            info.uname = info.gname = "someone"
+            info.uname = info.gname = "someone"  # a name nobody has here: the number is used
         return write_tar(tmp_path / "owned.tar", members)
     source = tmp_path / "source"
     (source / "dir").mkdir(parents=True)
@@ -123,8 +194,20 @@ def _owned_archive(tmp_path: Path, how: str) -> Path:
     return backup(source, tmp_path / "backups").backup_path
 
 
+def _owned_paths(target: Path, how: str) -> list[Path]:
+    restored = [target / "dir", target / "dir" / "file.txt", target / "link"]
+    if how == "tarfile":
+        restored.append(target / "hard")
+    return restored
+
+
 @pytest.mark.parametrize("how", ["tarfile", "gnu-tar", "obs-backup"])
-def test_restore_never_changes_ownership(tmp_path: Path, how: str) -> None:
+def test_as_root_a_restore_gives_entries_their_archived_owners(tmp_path: Path, how: str) -> None:
+    """As GNU tar does for root: every entry, the symlink itself included, gets the owner
+    the archive names (here by number: no user or group here is called "someone")."""
+    for lookup in (pwd.getpwnam, grp.getgrnam):
+        with pytest.raises(KeyError):
+            lookup("someone")
     archive = _owned_archive(tmp_path, how)
     with tarfile.open(archive) as tf:  # the archive really names another owner
         owners = {(m.uid, m.gid) for m in tf.getmembers() if m.name not in (".", "./")}
@@ -132,14 +215,52 @@ def test_restore_never_changes_ownership(tmp_path: Path, how: str) -> None:
     target = tmp_path / "restored"
     result = restore_backup(archive, target)
     assert result.success, result.error
-    me = (os.getuid(), os.getgid())
-    restored = [target / "dir", target / "dir" / "file.txt", target / "link"]
-    if how == "tarfile":
-        restored.append(target / "hard")
-    for path in restored:
-        info = os.lstat(path)
-        assert (info.st_uid, info.st_gid) == me, path
+    for path in _owned_paths(target, how):
+        assert _owner(path) == (OTHER, OTHER), path
     assert (target / "link").read_bytes() == b"owned\n"
+
+
+@pytest.mark.parametrize("how", ["tarfile", "gnu-tar", "obs-backup"])
+def test_with_no_same_owner_a_restore_never_changes_ownership(
+    tmp_path: Path, how: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """same_owner=False, or --no-same-owner: every entry belongs to the restoring user."""
+    archive = _owned_archive(tmp_path, how)
+    me = (os.getuid(), os.getgid())
+    result = restore_backup(archive, tmp_path / "restored", same_owner=False)
+    assert result.success, result.error
+    assert main(["restore", str(archive), str(tmp_path / "cli"), "--no-same-owner"]) == 0, capsys.readouterr().err
+    for target in (tmp_path / "restored", tmp_path / "cli"):
+        for path in _owned_paths(target, how):
+            assert _owner(path) == me, path
+        assert (target / "link").read_bytes() == b"owned\n"
+
+
+def test_owners_are_found_by_name_unless_numeric_owner(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A user or group name that exists here wins over the archived number (the same
+    user may have another id on another machine), as in GNU tar; a name unknown here
+    falls back to the number; numeric_owner (--numeric-owner) uses the numbers only."""
+    daemon = (pwd.getpwnam("daemon").pw_uid, grp.getgrnam("daemon").gr_gid)
+    assert daemon != (OTHER, OTHER)
+    named, data = tar_file("named.txt", b"named\n")
+    named.uid = named.gid = OTHER
+    named.uname = named.gname = "daemon"
+    unknown, other_data = tar_file("unknown.txt", b"unknown\n")
+    unknown.uid = unknown.gid = OTHER + 1
+    unknown.uname, unknown.gname = "no-such-user-here", "no-such-group-here"
+    archive = write_tar(tmp_path / "names.tar", [(named, data), (unknown, other_data)])
+
+    by_name = tmp_path / "by-name"
+    assert restore_backup(archive, by_name).success
+    assert _owner(by_name / "named.txt") == daemon
+    assert _owner(by_name / "unknown.txt") == (OTHER + 1, OTHER + 1)
+
+    numeric, cli = tmp_path / "numeric", tmp_path / "cli"
+    assert restore_backup(archive, numeric, numeric_owner=True).success
+    assert main(["restore", str(archive), str(cli), "--numeric-owner"]) == 0, capsys.readouterr().err
+    for target in (numeric, cli):
+        assert _owner(target / "named.txt") == (OTHER, OTHER)
+        assert _owner(target / "unknown.txt") == (OTHER + 1, OTHER + 1)
 
 
 # --- private files and directories, whatever the umask ------------------------------------

@@ -37,11 +37,11 @@ __all__ = [
 ]
 
 MANIFEST_FORMAT = "obs-backup-manifest"
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
 MANIFEST_SUFFIX = ".manifest.json"
-SUPPORTED_VERSIONS = frozenset({1, 2})
+SUPPORTED_VERSIONS = frozenset({1, 2, 3})
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "))
-ENTRY_TYPES = frozenset({"file", "dir", "symlink"})
+ENTRY_TYPES = frozenset({"file", "dir", "symlink", "hardlink", "fifo", "chardev", "blockdev"})
 
 
 def encode_json_text(text: str) -> bytes:
@@ -73,19 +73,29 @@ def display_name(text: str) -> str:
 
 
 def iso_from_timestamp(timestamp: float) -> str:
-    """Given a POSIX timestamp, return it as ISO 8601 in UTC with its offset."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat()
+    """Given a POSIX timestamp, return it as ISO 8601 in UTC with its offset (a time
+    beyond what a calendar date holds, year 10000 say, as ``@<seconds>``)."""
+    try:
+        return datetime.fromtimestamp(timestamp, UTC).isoformat()
+    except (OverflowError, ValueError, OSError):
+        return f"@{timestamp:.0f}"
 
 
 @dataclass
 class ManifestEntry:
-    """One archived entry: a regular file, a directory or a symlink.
+    """One archived entry: a file, a directory, a symlink, a hard link, a FIFO or a device.
 
     ``checksum`` is the hex digest of the file's archived bytes (empty for directories
-    and symlinks); ``modified`` is ISO 8601 with offset; ``mode`` holds permission
-    bits; ``warning`` says what went wrong while the entry was read, if anything, and
-    ``changed_during_backup`` whether the file kept changing while it was read (the
-    archived copy may mix old and new data).
+    and symlinks); ``modified`` is ISO 8601 with offset and ``mtime_ns`` the exact
+    time; ``mode`` holds permission bits; ``warning`` says what went wrong while the
+    entry was read, if anything, and ``changed_during_backup`` whether the file kept
+    changing while it was read (the archived copy may mix old and new data).
+
+    Version 3 adds: owners (``uid``, ``gid``, ``user``, ``group``); ``hardlink``
+    entries, whose ``link_target`` is the first name of the same file (size and
+    checksum are that file's: together they are the link group); ``xattrs`` (name ->
+    raw value, base64 in JSON); ``device`` (major, minor) of a device node; and
+    ``data_size`` for a sparse file (the bytes it holds; ``size`` is its length).
 
     A ``path`` or ``link_target`` that is not valid UTF-8 is held as Python holds such
     names (surrogate escapes); in JSON it is written readable (``\\xNN`` per bad byte)
@@ -101,6 +111,14 @@ class ManifestEntry:
     link_target: str | None = None
     warning: str | None = None
     changed_during_backup: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    user: str | None = None
+    group: str | None = None
+    mtime_ns: int | None = None
+    xattrs: dict[str, bytes] | None = None
+    device: tuple[int, int] | None = None
+    data_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the entry as plain data ready for JSON."""
@@ -116,6 +134,14 @@ class ManifestEntry:
         }
         if self.changed_during_backup:
             data["changed_during_backup"] = True
+        for key in ("uid", "gid", "user", "group", "mtime_ns", "data_size"):
+            value = getattr(self, key)
+            if value is not None:
+                data[key] = value
+        if self.xattrs:
+            data["xattrs"] = {name: base64.b64encode(value).decode("ascii") for name, value in self.xattrs.items()}
+        if self.device is not None:
+            data["device"] = list(self.device)
         for key in ("path", "link_target"):
             value = data[key]
             if value is not None and not _is_utf8(value):
@@ -153,6 +179,12 @@ class ManifestEntry:
             ("link_target", str),
             ("warning", str),
             ("changed_during_backup", bool),
+            ("uid", int),
+            ("gid", int),
+            ("user", str),
+            ("group", str),
+            ("mtime_ns", int),
+            ("data_size", int),
         )
         for key, expected in optional:
             value = values.get(key)
@@ -162,10 +194,33 @@ class ManifestEntry:
                 raise ManifestError(
                     f"manifest entry {data.get('path')!r:.80}: field {key!r} is not {expected.__name__}"
                 )
+        values["xattrs"] = _decode_xattrs(data.get("xattrs"), data.get("path"))
+        values["device"] = _decode_device(data.get("device"), data.get("path"))
         entry = cls(**values)
         if entry.type not in ENTRY_TYPES:
             raise ManifestError(f"manifest entry {entry.path!r}: unknown type {entry.type!r}")
         return entry
+
+
+def _decode_xattrs(raw: Any, path: Any) -> dict[str, bytes] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"manifest entry {path!r:.80}: field 'xattrs' is not an object")
+    try:
+        return {str(name): base64.b64decode(str(value), validate=True) for name, value in raw.items()}
+    except (binascii.Error, ValueError) as exc:
+        raise ManifestError(f"manifest entry {path!r:.80}: an xattr value is not base64") from exc
+
+
+def _decode_device(raw: Any, path: Any) -> tuple[int, int] | None:
+    if raw is None:
+        return None
+    if not (
+        isinstance(raw, list) and len(raw) == 2 and all(isinstance(n, int) and not isinstance(n, bool) for n in raw)
+    ):
+        raise ManifestError(f"manifest entry {path!r:.80}: field 'device' is not [major, minor]")
+    return (raw[0], raw[1])
 
 
 @dataclass
@@ -199,6 +254,7 @@ class BackupManifest:
     warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # Each file counts once: a hard link is another name of a file already counted.
         regular = [entry for entry in self.files if entry.type == "file"]
         if not self.total_size:
             self.total_size = sum(entry.size for entry in regular)

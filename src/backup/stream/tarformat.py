@@ -1,51 +1,105 @@
-"""The tar format itself: building member headers fast, and parsing a tar stream.
+"""The tar format itself: building member headers, and parsing a tar stream.
 
-Headers are packed here, a ustar block preceded, when a field does not fit it (a long
-or non-ASCII name, a size or time beyond the octal fields), by a pax extended header.
-For names that are valid UTF-8 the output is byte for byte what ``tarfile`` writes in
-pax format; a name that is not (an old Latin-1 file name) keeps its raw bytes in its
-pax record, as GNU tar writes it.
+Headers are packed here: a ustar block preceded, when a field does not fit it (a long
+or non-ASCII name, a size or time beyond the octal fields, nanoseconds, extended
+attributes, a sparse map), by a pax extended header. For names that are valid UTF-8
+the output is byte for byte what ``tarfile`` writes in pax format; a name that is not
+(an old Latin-1 file name) keeps its raw bytes in its pax record, as GNU tar writes it.
+
+What GNU tar writes, this writes the same way, so that GNU tar restores it:
+nanosecond times as pax ``mtime`` records; owners as uid/gid plus user and group names;
+extended attributes as ``SCHILY.xattr.<name>`` records and POSIX ACLs also as
+``SCHILY.acl.access``/``default`` text; sparse files in GNU's pax sparse format 1.0
+(the data map at the start of the member's data, the real name and size in
+``GNU.sparse.*`` records).
 
 The reader parses one header block at a time with ``tarfile.TarInfo.frombuf`` (which
-checks the header checksum) and handles pax and GNU long-name records itself, with a
-size cap on each, so a hostile archive cannot make it allocate without bound. File
-data is not read here: the caller reads exactly ``member.size`` bytes, then calls
-:meth:`TarStreamReader.skip_padding`.
+checks the header checksum) and handles pax, GNU long-name, GNU volume-label and every
+GNU sparse variant (old GNU, pax 0.0, 0.1 and 1.0) itself, with a size cap on each
+record, so a hostile archive cannot make it allocate without bound. Numbers in pax
+records are parsed as POSIX defines them (digits, a sign, a fraction for times: no
+``1_0``, ``inf`` or ``nan``). File data is not read here: the caller reads exactly
+``member.size`` bytes, then calls :meth:`TarStreamReader.skip_padding`.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 import tarfile
+from collections.abc import Mapping, Sequence
 from typing import BinaryIO
 
 __all__ = [
     "BLOCK",
     "MAX_METADATA_BYTES",
+    "Member",
     "TarFormatError",
     "TarStreamReader",
     "backup_id_from_comment",
     "encode_global_header",
     "encode_header",
+    "encode_sparse_map",
+    "format_pax_time",
+    "sparse_member_name",
     "writer_comment",
+    "xattr_key",
+    "xattr_name_from_key",
 ]
 
 BLOCK = tarfile.BLOCKSIZE
 MAX_METADATA_BYTES = 1 << 20  # a pax or GNU long-name record larger than this is refused
+MAX_SPARSE_SEGMENTS = 1 << 20  # a sparse map longer than this is refused
 _OCTAL_LIMIT_7 = 8**7
 _OCTAL_LIMIT_11 = 8**11
+_NS = 1_000_000_000
 _HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12s")
 _ZERO_BLOCK = bytes(BLOCK)
 _PAX_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
 _GNU_LONG = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+_GNU_VOLUME = b"V"
+_DEVICE_TYPES = (tarfile.CHRTYPE, tarfile.BLKTYPE)
+# Types whose size field means nothing: they never carry data.
+_NO_DATA = (tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.DIRTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE)
+_INTEGER = re.compile(r"-?[0-9]+")
+_DECIMAL = re.compile(r"(-?)([0-9]+)(?:\.([0-9]*))?")
+_XATTR = "SCHILY.xattr."
+_ACL = {"SCHILY.acl.access": "access", "SCHILY.acl.default": "default"}
 
 
 class TarFormatError(Exception):
     """The stream is not a valid tar archive (message says why)."""
 
 
+class Member(tarfile.TarInfo):
+    """A member as read: ``tarfile``'s fields plus what this reader also keeps.
+
+    ``mtime_ns`` is the exact modification time; ``xattrs`` the extended attributes
+    (name -> raw value); ``acls`` POSIX ACLs given as text (``access``/``default``);
+    ``sparse_map`` the data segments ``(offset, length)`` of a sparse file (None for
+    others) and ``realsize`` its logical size. ``size`` is what is left to read of the
+    member's data in the stream (for a sparse file: the segments, the map already read).
+    """
+
+    __slots__ = ("acls", "mtime_ns", "realsize", "sparse_map", "xattrs")
+
+    def _init_extras(self) -> None:
+        self.mtime_ns = int(self.mtime) * _NS
+        self.xattrs: dict[str, bytes] = {}
+        self.acls: dict[str, str] = {}
+        self.sparse_map: list[tuple[int, int]] | None = None
+        self.realsize = self.size
+
+
 def _octal(value: int, width: int) -> bytes:
     return b"%0*o\x00" % (width - 1, value)
+
+
+def format_pax_time(ns: int) -> str:
+    """Given nanoseconds since the epoch, return a pax time: ``-1.5``, ``1700000000.123``."""
+    sign = "-" if ns < 0 else ""
+    whole, fraction = divmod(abs(ns), _NS)
+    return f"{sign}{whole}.{fraction:09d}".rstrip("0").rstrip(".")
 
 
 def encode_header(
@@ -55,37 +109,73 @@ def encode_header(
     size: int = 0,
     mode: int = 0o644,
     mtime: int = 0,
+    mtime_ns: int | None = None,
     uid: int = 0,
     gid: int = 0,
+    uname: str = "",
+    gname: str = "",
     linkname: str = "",
+    devmajor: int = 0,
+    devminor: int = 0,
+    records: Mapping[str, str | bytes] | None = None,
 ) -> bytes:
-    """Given a member's fields, return its header block(s) in pax format."""
+    """Given a member's fields, return its header block(s) in pax format.
+
+    ``mtime_ns``, when given, wins over ``mtime`` and keeps its nanoseconds (in a pax
+    record, as GNU tar writes them). ``records`` are further pax records (extended
+    attributes, a sparse file's ``GNU.sparse.*``), written after the standard ones.
+    """
     if kind == tarfile.DIRTYPE and not name.endswith("/"):
         name += "/"
+    if mtime_ns is not None:
+        mtime, fraction = divmod(mtime_ns, _NS)
+    else:
+        fraction = 0
     if (
-        len(name) <= 100
+        not records
+        and not fraction
+        and len(name) <= 100
         and len(linkname) <= 100
         and name.isascii()
         and linkname.isascii()
+        and len(uname) <= 32
+        and len(gname) <= 32
+        and uname.isascii()
+        and gname.isascii()
         and 0 <= size < _OCTAL_LIMIT_11
         and 0 <= mtime < _OCTAL_LIMIT_11
         and 0 <= uid < _OCTAL_LIMIT_7
         and 0 <= gid < _OCTAL_LIMIT_7
+        and 0 <= devmajor < _OCTAL_LIMIT_7
+        and 0 <= devminor < _OCTAL_LIMIT_7
     ):
         # The common case, packed at once: it is most of the cost of a tree of small files.
-        return _ustar_block(name, kind, mode, uid, gid, size, mtime, linkname)
-    records: dict[str, str] = {}
+        return _ustar_block(name, kind, mode, uid, gid, size, mtime, linkname, uname, gname, devmajor, devminor)
+    pax: dict[str, str | bytes] = {}
     if len(name) > 100 or not name.isascii():
-        records["path"] = name
+        pax["path"] = name
     if len(linkname) > 100 or not linkname.isascii():
-        records["linkpath"] = linkname
-    numbers = {"uid": uid, "gid": gid, "size": size, "mtime": mtime}
-    for key, value in numbers.items():
-        if not 0 <= value < (_OCTAL_LIMIT_7 if key in ("uid", "gid") else _OCTAL_LIMIT_11):
-            records[key] = str(value)
-            numbers[key] = 0
-    return _pax_block(records, tarfile.XHDTYPE) + _ustar_block(
-        name, kind, mode, numbers["uid"], numbers["gid"], numbers["size"], numbers["mtime"], linkname
+        pax["linkpath"] = linkname
+    if len(uname) > 32 or not uname.isascii():
+        pax["uname"] = uname
+    if len(gname) > 32 or not gname.isascii():
+        pax["gname"] = gname
+    if not 0 <= uid < _OCTAL_LIMIT_7:
+        pax["uid"], uid = str(uid), 0
+    if not 0 <= gid < _OCTAL_LIMIT_7:
+        pax["gid"], gid = str(gid), 0
+    if not 0 <= size < _OCTAL_LIMIT_11:
+        pax["size"], size = str(size), 0
+    if fraction or not 0 <= mtime < _OCTAL_LIMIT_11:
+        pax["mtime"] = format_pax_time(mtime_ns if mtime_ns is not None else mtime * _NS)
+        if not 0 <= mtime < _OCTAL_LIMIT_11:
+            mtime = 0
+    if not (0 <= devmajor < _OCTAL_LIMIT_7 and 0 <= devminor < _OCTAL_LIMIT_7):
+        raise ValueError(f"{name}: device numbers {devmajor},{devminor} do not fit a tar header")
+    if records:
+        pax.update(records)
+    return _pax_block(pax, tarfile.XHDTYPE) + _ustar_block(
+        name, kind, mode, uid, gid, size, mtime, linkname, uname, gname, devmajor, devminor
     )
 
 
@@ -96,34 +186,51 @@ def _field(text: str, width: int) -> bytes:
     return text.encode("ascii", "replace")[:width]
 
 
-def _ustar_block(name: str, kind: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, linkname: str) -> bytes:
-    block = _HEADER.pack(
+def _ustar_block(
+    name: str,
+    kind: bytes,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime: int,
+    linkname: str,
+    uname: str = "",
+    gname: str = "",
+    devmajor: int = 0,
+    devminor: int = 0,
+) -> bytes:
+    devices = kind in _DEVICE_TYPES
+    fields = (
         _field(name, 100),
         _octal(mode & 0o7777, 8),
         _octal(uid, 8),
         _octal(gid, 8),
         _octal(size, 12),
         _octal(mtime, 12),
-        b"        ",
         kind,
         _field(linkname, 100),
-        tarfile.POSIX_MAGIC,
-        b"",  # uname: numeric ids only, no name look-ups
-        b"",  # gname
-        b"",  # devmajor: only for device members, which are never written
-        b"",  # devminor
-        b"",  # prefix: long names take the pax path instead
-        b"",
+        _field(uname, 32),
+        _field(gname, 32),
+        _octal(devmajor, 8) if devices else b"",  # only device members carry device numbers
+        _octal(devminor, 8) if devices else b"",
     )
-    checksum = sum(block)
+    block = _HEADER.pack(*fields[:6], b"        ", *fields[6:8], tarfile.POSIX_MAGIC, *fields[8:], b"", b"")
+    # The checksum is the sum of the header's bytes, the checksum field counted as
+    # spaces; summing the few short fields is much cheaper than summing 512 bytes.
+    checksum = _CHECKSUM_BASE + sum(sum(piece) for piece in fields)
     return block[:148] + b"%06o\x00 " % checksum + block[156:]
 
 
-def _pax_record(key: str, value: str) -> bytes:
+_CHECKSUM_BASE = 8 * 0x20 + sum(tarfile.POSIX_MAGIC)
+
+
+def _pax_record(key: str, value: str | bytes) -> bytes:
     """One ``"<length> <key>=<value>\\n"`` record; the length counts its own digits."""
     # A name that is not UTF-8 keeps its original bytes (surrogate escapes undone), as
     # GNU tar writes them; no hdrcharset record, which GNU tar 1.34 warns about.
-    payload = b" " + key.encode("utf-8") + b"=" + value.encode("utf-8", "surrogateescape") + b"\n"
+    raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+    payload = b" " + key.encode("utf-8", "surrogateescape") + b"=" + raw + b"\n"
     length = len(payload)
     total = length + len(str(length))
     if len(str(total)) > len(str(length)):
@@ -131,12 +238,47 @@ def _pax_record(key: str, value: str) -> bytes:
     return str(total).encode("ascii") + payload
 
 
-def _pax_block(records: dict[str, str], kind: bytes) -> bytes:
+_PAX_HEADERS: dict[tuple[bytes, int], bytes] = {}
+
+
+def _pax_block(records: Mapping[str, str | bytes], kind: bytes) -> bytes:
     if not records:
         return b""
     payload = b"".join(_pax_record(key, value) for key, value in records.items())
-    header = _ustar_block("././@PaxHeader", kind, 0, 0, 0, len(payload), 0, "")
+    # The extended header's own block depends only on its type and size: made once each.
+    header = _PAX_HEADERS.get((kind, len(payload)))
+    if header is None:
+        header = _ustar_block("././@PaxHeader", kind, 0, 0, 0, len(payload), 0, "")
+        if len(_PAX_HEADERS) < 4096:
+            _PAX_HEADERS[(kind, len(payload))] = header
     return header + payload + bytes(-len(payload) % BLOCK)
+
+
+def xattr_key(name: str) -> str:
+    """Given an extended attribute's name, return its pax record's key: as GNU tar
+    writes it, with "%" and "=" (which would end the key) written ``%25`` and ``%3D``."""
+    return "SCHILY.xattr." + name.replace("%", "%25").replace("=", "%3D")
+
+
+def xattr_name_from_key(encoded: str) -> str:
+    """Given what follows ``SCHILY.xattr.`` in a key, return the attribute's name."""
+    return re.sub(r"%(25|3D)", lambda match: "%" if match.group(1) == "25" else "=", encoded)
+
+
+def sparse_member_name(name: str) -> str:
+    """Given a sparse file's name, return the stand-in name its ustar header carries
+    (GNU's ``%d/GNUSparseFile.%p/%f``; a tar that does not know the format extracts the
+    member there, map and all, instead of over the real file)."""
+    head, _, tail = name.rpartition("/")
+    return f"{head or '.'}/GNUSparseFile.0/{tail}"
+
+
+def encode_sparse_map(segments: Sequence[tuple[int, int]]) -> bytes:
+    """Given a sparse file's data segments, return the map that starts its member data
+    (pax sparse 1.0: the count, then offset and length, one number a line, padded)."""
+    text = f"{len(segments)}\n" + "".join(f"{offset}\n{length}\n" for offset, length in segments)
+    data = text.encode("ascii")
+    return data + bytes(-len(data) % BLOCK)
 
 
 _MARKER_PREFIX = "obs-backup "
@@ -163,12 +305,29 @@ def encode_global_header(records: dict[str, str]) -> bytes:
     return _pax_block(records, tarfile.XGLTYPE)
 
 
+def _pax_integer(text: str, what: str) -> int:
+    if not _INTEGER.fullmatch(text):
+        raise TarFormatError(f"malformed number {text!r} in pax record {what!r}")
+    return int(text)
+
+
+def _pax_time_ns(text: str, what: str) -> int:
+    """Given a pax time (``1700000000.5``, ``-1.25``), return nanoseconds, exactly."""
+    match = _DECIMAL.fullmatch(text)
+    if not match:
+        raise TarFormatError(f"malformed time {text!r} in pax record {what!r}")
+    sign, whole, fraction = match.groups()
+    value = int(whole) * _NS + int((fraction or "")[:9].ljust(9, "0"))
+    return -value if sign else value
+
+
 class TarStreamReader:
     """Yields the members of a tar stream, front to back, reading only what it needs.
 
-    Supports ustar, GNU and pax archives (long names and link targets, pax ``path``,
-    ``linkpath``, ``size``, ``mtime``, ``uid``, ``gid``). Refuses sparse members, which
-    this tool never writes and could not restore byte for byte without expanding them.
+    Supports ustar, GNU and pax archives: long names and link targets, pax ``path``,
+    ``linkpath``, ``size``, ``mtime`` (nanoseconds), ``uid``, ``gid``, ``uname``,
+    ``gname``, extended attributes and ACLs, GNU volume labels (skipped, as tar does)
+    and GNU sparse members in every format GNU tar writes.
     """
 
     def __init__(self, stream: BinaryIO) -> None:
@@ -198,11 +357,22 @@ class TarStreamReader:
 
     def _read_record(self, size: int, what: str) -> bytes:
         if size > MAX_METADATA_BYTES:
-            raise TarFormatError(f"{what} of {size} bytes exceeds the {MAX_METADATA_BYTES}-byte limit")
+            raise TarFormatError(
+                f"{what} of {size} bytes exceeds the {MAX_METADATA_BYTES}-byte limit on metadata records"
+            )
         data = bytearray(size + (-size % BLOCK))
         if data and not self._read_exact(data, what):
             raise TarFormatError(f"unexpected end of data in {what}")
         return bytes(data[:size])
+
+    def _skip(self, size: int, what: str) -> None:
+        remaining = size + (-size % BLOCK)
+        chunk = bytearray(min(remaining, 1 << 20) or 1)
+        while remaining:
+            piece = memoryview(chunk)[: min(len(chunk), remaining)]
+            if not self._read_exact(piece, what):
+                raise TarFormatError(f"unexpected end of data in {what}")
+            remaining -= len(piece)
 
     def skip_padding(self) -> None:
         """After a member's data has been read, consume its padding to the block boundary."""
@@ -214,7 +384,7 @@ class TarStreamReader:
 
     def skip_data(self, member: tarfile.TarInfo) -> None:
         """Consume a member's data without using it."""
-        remaining = member.size if member.type in tarfile.REGULAR_TYPES else 0
+        remaining = member.size
         chunk = bytearray(min(remaining, 1 << 20) or 1)
         while remaining:
             piece = memoryview(chunk)[: min(len(chunk), remaining)]
@@ -223,10 +393,10 @@ class TarStreamReader:
             remaining -= len(piece)
         self.skip_padding()
 
-    def next(self) -> tarfile.TarInfo | None:
+    def next(self) -> Member | None:
         """Return the next member, or None at the end of the archive; raise TarFormatError."""
         self.skip_padding()
-        local: dict[str, str] = {}
+        local: list[tuple[str, str]] = []
         long_name = long_link = None
         while True:
             if not self._read_exact(self._block, "header"):
@@ -238,12 +408,17 @@ class TarStreamReader:
                     raise TarFormatError("archive ends between an extended header and its member")
                 return None  # end of archive (an archive of no members is just this)
             try:
-                member = tarfile.TarInfo.frombuf(bytes(self._block), "utf-8", "surrogateescape")
+                member = Member.frombuf(bytes(self._block), "utf-8", "surrogateescape")
             except tarfile.HeaderError as exc:
                 raise TarFormatError(f"invalid header ({exc})") from None
+            if member.size < 0:
+                raise TarFormatError(f"malformed header: member {member.name!r} has a negative size")
             if member.type in _PAX_TYPES:
                 records = _parse_pax(self._read_record(member.size, "pax header"))
-                (self._global if member.type == tarfile.XGLTYPE else local).update(records)
+                if member.type == tarfile.XGLTYPE:
+                    self._global.update(records)
+                else:
+                    local += records
                 continue
             if member.type in _GNU_LONG:
                 value = self._read_record(member.size, "GNU long name").rstrip(b"\x00")
@@ -253,50 +428,176 @@ class TarStreamReader:
                 else:
                     long_link = text
                 continue
+            if member.type == _GNU_VOLUME:
+                self._skip(member.size, "GNU volume label")  # a label, not a member (tar -V)
+                continue
             break
-        if member.type == tarfile.GNUTYPE_SPARSE or any(key.startswith("GNU.sparse") for key in local):
-            raise TarFormatError(f"member {member.name!r} is a sparse file, which is not supported")
+        member._init_extras()
+        header = bytes(self._block)
         if long_name is not None:
             member.name = long_name
         if long_link is not None:
             member.linkname = long_link
-        self._apply_pax(member, {**self._global, **local})
+        merged = {**self._global, **dict(local)}
+        self._apply_pax(member, merged)
         if member.type == tarfile.AREGTYPE and member.name.endswith("/"):
             member.type = tarfile.DIRTYPE
         if member.isdir():
             member.name = member.name.rstrip("/")
-        data = member.size if member.type in tarfile.REGULAR_TYPES else 0
-        if member.type not in tarfile.REGULAR_TYPES:
+        if member.type in _NO_DATA:
             member.size = 0
+        data = member.size
+        if member.type == tarfile.GNUTYPE_SPARSE:
+            self._old_gnu_sparse(member, header)
+        elif any(key.startswith("GNU.sparse.") for key in merged):
+            self._pax_sparse(member, merged, local)
+        member.realsize = member.realsize if member.sparse_map is not None else member.size
         self._pending_padding = -data % BLOCK
         self.count += 1
         return member
 
     @staticmethod
-    def _apply_pax(member: tarfile.TarInfo, records: dict[str, str]) -> None:
+    def _apply_pax(member: Member, records: dict[str, str]) -> None:
         if not records:
             return
-        try:
-            if "path" in records:
-                member.name = records["path"]
-            if "linkpath" in records:
-                member.linkname = records["linkpath"]
-            if "size" in records:
-                member.size = int(records["size"])
-            if "mtime" in records:
-                member.mtime = float(records["mtime"])
-            for key in ("uid", "gid"):
-                if key in records:
-                    setattr(member, key, int(records[key]))
-        except ValueError as exc:
-            raise TarFormatError(f"invalid pax record for {member.name!r}: {exc}") from None
+        if "path" in records:
+            member.name = records["path"]
+        if "linkpath" in records:
+            member.linkname = records["linkpath"]
+        if "size" in records:
+            member.size = _pax_integer(records["size"], "size")
+        if "mtime" in records:
+            member.mtime_ns = _pax_time_ns(records["mtime"], "mtime")
+            member.mtime = member.mtime_ns // _NS
+        for key in ("uid", "gid"):
+            if key in records:
+                setattr(member, key, _pax_integer(records[key], key))
+        for key in ("uname", "gname"):
+            if key in records:
+                setattr(member, key, records[key])
+        for key, value in records.items():
+            if key.startswith(_XATTR):
+                member.xattrs[xattr_name_from_key(key[len(_XATTR) :])] = value.encode("utf-8", "surrogateescape")
+            elif key in _ACL:
+                member.acls[_ACL[key]] = value
         if member.size < 0:
-            raise TarFormatError(f"member {member.name!r} has a negative size")
+            raise TarFormatError(f"malformed header: member {member.name!r} has a negative size")
+
+    def _pax_sparse(self, member: Member, records: dict[str, str], ordered: list[tuple[str, str]]) -> None:
+        """Read a pax sparse member's map (versions 0.0, 0.1 and 1.0; 1.0 keeps it at the
+        start of the member's data, which is then what is left to read)."""
+        name = records.get("GNU.sparse.name")
+        if name is not None:
+            member.name = name
+        size_key = "GNU.sparse.realsize" if "GNU.sparse.realsize" in records else "GNU.sparse.size"
+        if size_key not in records:
+            raise TarFormatError(f"sparse member {member.name!r} does not give its real size")
+        member.realsize = _pax_integer(records[size_key], size_key)
+        major, minor = records.get("GNU.sparse.major"), records.get("GNU.sparse.minor")
+        consumed = 0
+        if (major, minor) == ("1", "0"):
+            segments, consumed = self._read_sparse_map(member)
+        elif "GNU.sparse.map" in records:  # 0.1
+            numbers = [_pax_integer(part, "GNU.sparse.map") for part in records["GNU.sparse.map"].split(",") if part]
+            if len(numbers) % 2:
+                raise TarFormatError(f"sparse member {member.name!r} has an odd number of map entries")
+            segments = list(zip(numbers[::2], numbers[1::2], strict=True))
+        else:  # 0.0: offset and numbytes records repeat, in order
+            offsets = [_pax_integer(v, k) for k, v in ordered if k == "GNU.sparse.offset"]
+            lengths = [_pax_integer(v, k) for k, v in ordered if k == "GNU.sparse.numbytes"]
+            if len(offsets) != len(lengths):
+                raise TarFormatError(f"sparse member {member.name!r} has a malformed map")
+            segments = list(zip(offsets, lengths, strict=True))
+        self._set_sparse(member, segments, member.size - consumed)
+        member.size -= consumed
+
+    def _read_sparse_map(self, member: Member) -> tuple[list[tuple[int, int]], int]:
+        """Read a sparse 1.0 map from the start of the member's data; return it and the
+        bytes it took (whole blocks)."""
+        text = b""
+        consumed = 0
+        while True:
+            if consumed + BLOCK > member.size:
+                raise TarFormatError(f"sparse member {member.name!r}: its map runs past its data")
+            block = bytearray(BLOCK)
+            if not self._read_exact(block, f"sparse map of {member.name!r}"):
+                raise TarFormatError(f"unexpected end of data in the sparse map of {member.name!r}")
+            consumed += BLOCK
+            text += bytes(block)
+            lines = text.split(b"\n")
+            if lines and lines[0].strip(b"\x00"):
+                count = _pax_integer(lines[0].decode("ascii", "replace"), "sparse map")
+                if count < 0 or count > MAX_SPARSE_SEGMENTS:
+                    raise TarFormatError(f"sparse member {member.name!r}: a map of {count} entries is refused")
+                if len(lines) > 2 * count + 1:
+                    numbers = [
+                        _pax_integer(line.decode("ascii", "replace"), "sparse map") for line in lines[1 : 2 * count + 1]
+                    ]
+                    return list(zip(numbers[::2], numbers[1::2], strict=True)), consumed
+            if len(text) > MAX_METADATA_BYTES:
+                raise TarFormatError(f"sparse map of {member.name!r} exceeds the {MAX_METADATA_BYTES}-byte limit")
+
+    def _old_gnu_sparse(self, member: Member, header: bytes) -> None:
+        """Read an old GNU sparse member's map: in its header, then in extension blocks."""
+        segments = _old_gnu_entries(header[386:482], 4)
+        extended = header[482]
+        realsize = _octal_number(header[483:495], "sparse real size")
+        while extended:
+            block = bytearray(BLOCK)
+            if not self._read_exact(block, f"sparse header of {member.name!r}"):
+                raise TarFormatError(f"unexpected end of data in the sparse header of {member.name!r}")
+            segments += _old_gnu_entries(bytes(block[:504]), 21)
+            extended = block[504]
+            if len(segments) > MAX_SPARSE_SEGMENTS:
+                raise TarFormatError(f"sparse member {member.name!r}: its map is too long")
+        member.type = tarfile.REGTYPE
+        member.realsize = realsize
+        self._set_sparse(member, segments, member.size)
+
+    @staticmethod
+    def _set_sparse(member: Member, segments: list[tuple[int, int]], stored: int) -> None:
+        """Check a sparse map against the data and the real size, and keep it."""
+        total = 0
+        end = 0
+        for offset, length in segments:
+            if offset < end or length < 0:
+                raise TarFormatError(f"sparse member {member.name!r}: its map overlaps or goes backwards")
+            end = offset + length
+            total += length
+        if end > member.realsize:
+            raise TarFormatError(f"sparse member {member.name!r}: its map runs past its real size")
+        if total != stored:
+            raise TarFormatError(
+                f"sparse member {member.name!r}: its map holds {total} bytes of data, the member {stored}"
+            )
+        member.sparse_map = [(offset, length) for offset, length in segments if length]
+        member.type = tarfile.REGTYPE if member.type == tarfile.GNUTYPE_SPARSE else member.type
 
 
-def _parse_pax(data: bytes) -> dict[str, str]:
-    """Given a pax extended header's payload, return its records."""
-    records: dict[str, str] = {}
+def _octal_number(field: bytes, what: str) -> int:
+    text = field.rstrip(b"\x00 ").lstrip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise TarFormatError(f"malformed number in the {what}") from None
+
+
+def _old_gnu_entries(data: bytes, count: int) -> list[tuple[int, int]]:
+    entries = []
+    for index in range(count):
+        field = data[index * 24 : index * 24 + 24]
+        if not field.strip(b"\x00"):
+            break
+        entries.append((_octal_number(field[:12], "sparse map"), _octal_number(field[12:], "sparse map")))
+    return entries
+
+
+def _parse_pax(data: bytes) -> list[tuple[str, str]]:
+    """Given a pax extended header's payload, return its records, in order (sparse
+    format 0.0 repeats keys)."""
+    records: list[tuple[str, str]] = []
     position = 0
     while position < len(data):
         if data[position] == 0:
@@ -304,16 +605,16 @@ def _parse_pax(data: bytes) -> dict[str, str]:
         space = data.find(b" ", position)
         if space == -1:
             raise TarFormatError("malformed pax record (no length)")
-        try:
-            length = int(data[position:space])
-        except ValueError:
-            raise TarFormatError("malformed pax record length") from None
+        digits = data[position:space]
+        if not digits.isdigit():
+            raise TarFormatError("malformed pax record length")
+        length = int(digits)
         end = position + length
         if length <= 0 or end > len(data) or data[end - 1 : end] != b"\n":
             raise TarFormatError("malformed pax record")
         key, equals, value = data[space + 1 : end - 1].partition(b"=")
         if not equals:
             raise TarFormatError("malformed pax record (no '=')")
-        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        records.append((key.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
         position = end
     return records

@@ -10,18 +10,18 @@ the archive.
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from ..checksum import CHUNK_SIZE, DEFAULT_ALGORITHM
 from ..errors import ArchiveError
+from ..hashing import CHUNK_SIZE, DEFAULT_ALGORITHM, new_hasher
 from ..storage.base import ObjectRef
 from .compression import DECOMPRESSION_ERRORS, SNIFF_BYTES, detect_compression
 from .pipeline import ArchiveInput, archive_layers
 from .tarformat import TarFormatError, TarStreamReader, backup_id_from_comment
 
-__all__ = ["ArchiveReader", "read_archive_marker", "sniff_compression"]
+__all__ = ["ArchiveReader", "digest_regions", "read_archive_marker", "sniff_compression"]
 
 _READ_ERRORS: tuple[type[BaseException], ...] = (TarFormatError, *DECOMPRESSION_ERRORS, OSError, ValueError)
 
@@ -133,6 +133,29 @@ class ArchiveReader:
         except _READ_ERRORS as exc:
             raise self._error(exc) from exc
 
+    def regions(self, member: tarfile.TarInfo) -> Iterator[tuple[int, memoryview]]:
+        """Yield a file member's data as ``(offset, chunk)``: from 0 on for a plain file,
+        run by run for a sparse one (what lies between runs, and after the last up to
+        its real size, is a hole). Each chunk is a view of one reused buffer."""
+        sparse = getattr(member, "sparse_map", None)
+        if sparse is None:
+            position = 0
+            for chunk in self.chunks(member):
+                yield position, chunk
+                position += len(chunk)
+            return
+        runs = iter(sparse)
+        offset, left = next(runs, (0, 0))
+        for chunk in self.chunks(member):
+            while chunk:
+                while not left:
+                    offset, left = next(runs)  # the map's total equals the data's: checked
+                piece = chunk[:left]
+                yield offset, piece
+                offset += len(piece)
+                left -= len(piece)
+                chunk = chunk[len(piece) :]
+
     def finish(self) -> tuple[int, str]:
         """Read to the end of the archive; return its stored size and hex checksum.
 
@@ -143,6 +166,37 @@ class ArchiveReader:
             return self._input.drain(self._buffer)
         except _READ_ERRORS as exc:
             raise self._error(exc) from exc
+
+
+_ZEROS = bytes(CHUNK_SIZE)
+
+
+def digest_regions(
+    regions: Iterator[tuple[int, memoryview]],
+    size: int,
+    algorithm: str,
+    sink: Callable[[int, memoryview], None] | None = None,
+) -> str:
+    """Given a member's regions (see :meth:`ArchiveReader.regions`) and its real size,
+    return the hex digest of all its bytes, holes read as zeros; hand each region to
+    ``sink`` on the way (a restore writes it)."""
+    hasher = new_hasher(algorithm)
+    position = 0
+    for offset, chunk in regions:
+        _zeros(hasher, offset - position)
+        hasher.update(chunk)
+        if sink is not None:
+            sink(offset, chunk)
+        position = offset + len(chunk)
+    _zeros(hasher, size - position)
+    return hasher.hexdigest()
+
+
+def _zeros(hasher: Any, count: int) -> None:
+    while count > 0:
+        piece = min(count, CHUNK_SIZE)
+        hasher.update(_ZEROS[:piece])
+        count -= piece
 
 
 def read_archive_marker(archive: ObjectRef) -> str | None:

@@ -4,6 +4,12 @@ Every file is opened once, relative to its directory's descriptor and without
 following links, and the same bytes feed its checksum and the archive, so the
 manifest can never disagree with the archive.
 
+What is kept of each entry, as GNU tar keeps it (see ``backup.stream.tarformat``):
+owners (ids and names), the mode with its sticky and set-id bits, nanosecond mtimes,
+extended attributes and ACLs, symlinks as symlinks, hard links as links to the first
+name archived (the data once), sparse files as their data runs only, FIFOs and device
+nodes as such. Sockets are left out by the walk.
+
 A file that changes while it is read (its size, mtime or ctime differ after the read;
 a writer that puts the mtime back still changes the ctime, as GNU tar checks) is read
 again: a file smaller than one chunk is read whole before anything is written, so the
@@ -19,23 +25,33 @@ import errno
 import os
 import stat
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
-from ..checksum import CHUNK_SIZE, new_hasher
+from ..acl import ACL_XATTRS, AclError, acl_to_text
 from ..errors import SourceError
 from ..fstree import LOCAL_FILESYSTEM, DirectoryChain, FileSystem
+from ..hashing import CHUNK_SIZE, new_hasher
 from ..manifest.model import ManifestEntry, iso_from_timestamp
 from ..progress import ProgressCallback
 from ..scan import SourceEntry
-from .tarformat import encode_global_header, encode_header, writer_comment
+from .tarformat import (
+    encode_global_header,
+    encode_header,
+    encode_sparse_map,
+    sparse_member_name,
+    writer_comment,
+    xattr_key,
+)
 
 __all__ = ["WriteOutcome", "write_entries"]
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 _ZEROS = bytes(CHUNK_SIZE)
+_NS = 1_000_000_000
+_SPECIAL_TYPES = {"fifo": tarfile.FIFOTYPE, "chardev": tarfile.CHRTYPE, "blockdev": tarfile.BLKTYPE}
 
 
 @dataclass
@@ -91,20 +107,68 @@ class _TarStream:
         self.flush()
 
 
-def _header(
-    entry: SourceEntry, kind: bytes, size: int = 0, mode: int | None = None, mtime: float | None = None
-) -> bytes:
-    # Whole seconds, as GNU tar's default format keeps them: no pax record per member.
-    return encode_header(
-        entry.path,
-        kind,
-        size=size,
-        mode=entry.mode if mode is None else mode,
-        mtime=int(entry.mtime if mtime is None else mtime),
-        uid=entry.uid,
-        gid=entry.gid,
-        linkname=entry.link_target or "",
-    )
+class _Owners:
+    """User and group names by id, each looked up once."""
+
+    def __init__(self, filesystem: FileSystem) -> None:
+        self._fs = filesystem
+        self._users: dict[int, str] = {}
+        self._groups: dict[int, str] = {}
+
+    def user(self, uid: int) -> str:
+        name = self._users.get(uid)
+        if name is None:
+            name = self._users[uid] = self._fs.user_name(uid)
+        return name
+
+    def group(self, gid: int) -> str:
+        name = self._groups.get(gid)
+        if name is None:
+            name = self._groups[gid] = self._fs.group_name(gid)
+        return name
+
+
+@dataclass
+class _Meta:
+    """What a member's header and manifest entry say about an entry besides its data."""
+
+    mode: int
+    mtime_ns: int
+    uid: int
+    gid: int
+    user: str
+    group: str
+    xattrs: dict[str, bytes]
+
+    def records(self) -> dict[str, str | bytes]:
+        """The pax records for the extended attributes, and the ACLs' text form."""
+        if not self.xattrs:
+            return {}
+        records: dict[str, str | bytes] = {xattr_key(name): value for name, value in self.xattrs.items()}
+        for kind, name in ACL_XATTRS.items():
+            if name in self.xattrs:
+                try:
+                    records[f"SCHILY.acl.{kind}"] = acl_to_text(self.xattrs[name])
+                except AclError:
+                    pass  # the binary form is archived as it is; GNU tar's text cannot say it
+        return records
+
+    def entry(self, path: str, size: int, checksum: str, kind: str, **extra: object) -> ManifestEntry:
+        return ManifestEntry(
+            path,
+            size,
+            checksum,
+            iso_from_timestamp(self.mtime_ns / _NS),
+            kind,
+            self.mode,
+            uid=self.uid,
+            gid=self.gid,
+            user=self.user,
+            group=self.group,
+            mtime_ns=self.mtime_ns,
+            xattrs=dict(self.xattrs) or None,
+            **extra,  # type: ignore[arg-type]
+        )
 
 
 def write_entries(
@@ -132,40 +196,18 @@ def write_entries(
     if backup_id is not None:
         tar.write(encode_global_header({"comment": writer_comment(backup_id)}))
     outcome = WriteOutcome()
-    buffer = bytearray(CHUNK_SIZE)
-    empty_digest = new_hasher(algorithm).hexdigest()
     try:
         root_fd = filesystem.open_root(root)
     except OSError as exc:
         raise SourceError(f"{root}: source directory cannot be opened: {exc.strerror or exc}", root) from exc
     try:
         with DirectoryChain(root_fd) as chain:
-            reader = _FileReader(tar, chain, filesystem, algorithm, on_read_error, buffer, outcome)
+            writer = _EntryWriter(tar, chain, filesystem, algorithm, on_read_error, outcome)
             for done, entry in enumerate(entries, start=1):
-                if entry.kind == "dir":
-                    tar.write(_header(entry, tarfile.DIRTYPE))
-                    outcome.entries.append(
-                        ManifestEntry(entry.path, 0, "", iso_from_timestamp(entry.mtime), "dir", entry.mode)
-                    )
-                elif entry.kind == "symlink":
-                    tar.write(_header(entry, tarfile.SYMTYPE))
-                    outcome.entries.append(
-                        ManifestEntry(
-                            entry.path, 0, "", iso_from_timestamp(entry.mtime), "symlink", entry.mode, entry.link_target
-                        )
-                    )
-                elif entry.size == 0:
-                    # As GNU tar does, an empty file is not opened: there is nothing to
-                    # read, and on a tree of many empty files the open would be most of
-                    # the cost.
-                    tar.write(_header(entry, tarfile.REGTYPE))
-                    outcome.entries.append(
-                        ManifestEntry(entry.path, 0, empty_digest, iso_from_timestamp(entry.mtime), "file", entry.mode)
-                    )
-                else:
-                    archived = reader.write(entry)
-                    if archived is not None:
-                        outcome.entries.append(archived)
+                archived = writer.write(entry)
+                if archived is not None:
+                    outcome.entries.append(archived)
+                    if archived.type == "file":
                         outcome.bytes_read += archived.size
                 if progress is not None:
                     progress(done, outcome.bytes_read)
@@ -187,8 +229,8 @@ class _Outgrew(Exception):
     """A file read whole grew past the buffer while being read."""
 
 
-class _FileReader:
-    """Reads one source file at a time into the tar stream (see the module docstring)."""
+class _EntryWriter:
+    """Writes one entry at a time into the tar stream (see the module docstring)."""
 
     def __init__(
         self,
@@ -197,7 +239,6 @@ class _FileReader:
         filesystem: FileSystem,
         algorithm: str,
         on_read_error: Literal["fail", "skip"],
-        buffer: bytearray,
         outcome: WriteOutcome,
     ) -> None:
         self.tar = tar
@@ -205,11 +246,103 @@ class _FileReader:
         self.fs = filesystem
         self.algorithm = algorithm
         self.on_read_error = on_read_error
-        self.view = memoryview(buffer)
+        self.view = memoryview(bytearray(CHUNK_SIZE))
         self.outcome = outcome
+        self.owners = _Owners(filesystem)
+        self.empty_digest = new_hasher(algorithm).hexdigest()
+        # (device, inode) of each file archived with several names -> its entry.
+        self.links: dict[tuple[int, int], ManifestEntry] = {}
+
+    # -- metadata -------------------------------------------------------------------
+
+    def _meta(self, entry: SourceEntry, info: os.stat_result | None = None, fd: int | None = None) -> _Meta:
+        """Given an entry (and, for an open file, its fstat and descriptor), return what
+        its header says besides its data."""
+        uid, gid = (info.st_uid, info.st_gid) if info is not None else (entry.uid, entry.gid)
+        mode = stat.S_IMODE(info.st_mode) if info is not None else entry.mode
+        mtime_ns = info.st_mtime_ns if info is not None else entry.mtime_ns or int(entry.mtime * _NS)
+        return _Meta(mode, mtime_ns, uid, gid, self.owners.user(uid), self.owners.group(gid), self._xattrs(entry, fd))
+
+    def _xattrs(self, entry: SourceEntry, fd: int | None) -> dict[str, bytes]:
+        parts = entry.path.split("/")
+        try:
+            if fd is None and entry.kind == "dir":
+                return self.fs.xattrs(parts[-1], self.chain.fd(parts[:-1]), self.chain.fd(parts))
+            return self.fs.xattrs(parts[-1], self.chain.fd(parts[:-1]), fd)
+        except OSError as exc:
+            self.outcome.warnings.append(
+                f"{entry.abspath}: extended attributes cannot be read: {exc.strerror or exc}; archived without them"
+            )
+            return {}
+
+    def _header(
+        self,
+        entry: SourceEntry,
+        meta: _Meta,
+        kind: bytes,
+        size: int = 0,
+        *,
+        name: str | None = None,
+        records: Mapping[str, str | bytes] | None = None,
+        **fields: object,
+    ) -> bytes:
+        return encode_header(
+            entry.path if name is None else name,
+            kind,
+            size=size,
+            mode=meta.mode,
+            mtime_ns=meta.mtime_ns,
+            uid=meta.uid,
+            gid=meta.gid,
+            uname=meta.user,
+            gname=meta.group,
+            records=meta.records() if records is None else {**records, **meta.records()},
+            **fields,  # type: ignore[arg-type]
+        )
+
+    # -- entries --------------------------------------------------------------------
 
     def write(self, entry: SourceEntry) -> ManifestEntry | None:
-        """Archive one regular file; return its manifest entry, or None if it was left out."""
+        """Archive one entry; return its manifest entry, or None if it was left out."""
+        if entry.kind == "dir":
+            meta = self._meta(entry)
+            self.tar.write(self._header(entry, meta, tarfile.DIRTYPE))
+            return meta.entry(entry.path, 0, "", "dir")
+        if entry.kind == "symlink":
+            meta = self._meta(entry)
+            self.tar.write(self._header(entry, meta, tarfile.SYMTYPE, linkname=entry.link_target or ""))
+            return meta.entry(entry.path, 0, "", "symlink", link_target=entry.link_target)
+        if entry.kind in _SPECIAL_TYPES:
+            meta = self._meta(entry)
+            major, minor = os.major(entry.rdev), os.minor(entry.rdev)
+            self.tar.write(self._header(entry, meta, _SPECIAL_TYPES[entry.kind], devmajor=major, devminor=minor))
+            device = (major, minor) if entry.kind != "fifo" else None
+            return meta.entry(entry.path, 0, "", entry.kind, device=device)
+        key = (entry.dev, entry.ino) if entry.nlink > 1 else None
+        if key is not None and key in self.links:
+            return self._hard_link(entry, self.links[key])
+        if entry.size == 0:
+            # As GNU tar does, an empty file is not opened: there is nothing to read,
+            # and on a tree of many empty files the open would be most of the cost.
+            meta = self._meta(entry)
+            self.tar.write(self._header(entry, meta, tarfile.REGTYPE))
+            archived: ManifestEntry | None = meta.entry(entry.path, 0, self.empty_digest, "file")
+        else:
+            archived = self._file(entry)
+        if key is not None and archived is not None:
+            self.links[key] = archived
+        return archived
+
+    def _hard_link(self, entry: SourceEntry, first: ManifestEntry) -> ManifestEntry:
+        """Another name of a file already archived: a link to it, no data (as tar does)."""
+        meta = self._meta(entry)
+        self.tar.write(self._header(entry, meta, tarfile.LNKTYPE, linkname=first.path))
+        return meta.entry(
+            entry.path, first.size, first.checksum, "hardlink", link_target=first.path, data_size=first.data_size
+        )
+
+    def _file(self, entry: SourceEntry) -> ManifestEntry | None:
+        """Archive one regular file; return its entry, or None if it was left out."""
         parts = entry.path.split("/")
         try:
             parent = self.chain.fd(parts[:-1])
@@ -231,17 +364,22 @@ class _FileReader:
                 self.outcome.skipped.append(entry.abspath)
                 self.outcome.warnings.append(f"{entry.abspath}: is no longer a regular file; not archived")
                 return None
+            meta = self._meta(entry, before, fd)
+            if before.st_blocks * 512 < before.st_size:
+                segments = self.fs.data_segments(fd, before.st_size)
+                if sum(length for _, length in segments) < before.st_size:
+                    return self._sparse(fd, entry, before, meta, segments)
             if before.st_size < len(self.view):
                 try:
-                    return self._read_small(fd, entry, before)
+                    return self._read_small(fd, entry, before, meta)
                 except _Outgrew:
                     before = os.fstat(fd)  # it grew past one chunk while read: stream it
                     os.lseek(fd, 0, os.SEEK_SET)
-            return self._stream(fd, entry, before)
+            return self._stream(fd, entry, before, meta)
         finally:
             os.close(fd)
 
-    def _read_all(self, fd: int, entry: SourceEntry) -> int:
+    def _read_all(self, fd: int) -> int:
         """Read from the start into the buffer (at most all of it); return the count."""
         os.lseek(fd, 0, os.SEEK_SET)
         count = 0
@@ -252,7 +390,7 @@ class _FileReader:
             count += read
         return count
 
-    def _read_small(self, fd: int, entry: SourceEntry, before: os.stat_result) -> ManifestEntry | None:
+    def _read_small(self, fd: int, entry: SourceEntry, before: os.stat_result, meta: _Meta) -> ManifestEntry | None:
         """Archive a file smaller than the buffer: read it whole, then check it did not
         change; if it did, read it once more. Nothing is written until a read is done,
         so a failed read leaves the file out rather than padded. Return the entry, or
@@ -260,7 +398,7 @@ class _FileReader:
         changed = False
         for attempt in (1, 2):
             try:
-                count = self._read_all(fd, entry)
+                count = self._read_all(fd)
                 after = os.fstat(fd)
             except OSError as exc:
                 self._skip_or_fail(f"{entry.abspath}: read failed: {exc.strerror or exc}", entry)
@@ -271,8 +409,9 @@ class _FileReader:
                 break
             changed = attempt == 2
             before = after
+        meta.mode, meta.mtime_ns = stat.S_IMODE(after.st_mode), after.st_mtime_ns
         data = self.view[:count]
-        self.tar.write(_header(entry, tarfile.REGTYPE, count, stat.S_IMODE(after.st_mode), after.st_mtime))
+        self.tar.write(self._header(entry, meta, tarfile.REGTYPE, count))
         self.tar.write(data)
         self.tar.pad_block()
         hasher = new_hasher(self.algorithm)
@@ -281,21 +420,12 @@ class _FileReader:
         if changed:
             warning = f"{entry.abspath}: changed while being read, twice; the archived copy may mix old and new data"
             self._changed(entry, warning)
-        return ManifestEntry(
-            entry.path,
-            count,
-            hasher.hexdigest(),
-            iso_from_timestamp(after.st_mtime),
-            "file",
-            stat.S_IMODE(after.st_mode),
-            warning=warning,
-            changed_during_backup=changed,
-        )
+        return meta.entry(entry.path, count, hasher.hexdigest(), "file", warning=warning, changed_during_backup=changed)
 
-    def _stream(self, fd: int, entry: SourceEntry, before: os.stat_result) -> ManifestEntry:
+    def _stream(self, fd: int, entry: SourceEntry, before: os.stat_result, meta: _Meta) -> ManifestEntry:
         size = before.st_size
         tar, view = self.tar, self.view
-        tar.write(_header(entry, tarfile.REGTYPE, size, stat.S_IMODE(before.st_mode), before.st_mtime))
+        tar.write(self._header(entry, meta, tarfile.REGTYPE, size))
         hasher = new_hasher(self.algorithm)
         remaining = size
         warning = None
@@ -338,15 +468,75 @@ class _FileReader:
                 self._changed(entry, warning)
             else:
                 self.outcome.warnings.append(warning)
-        return ManifestEntry(
+        return meta.entry(entry.path, size, digest, "file", warning=warning, changed_during_backup=changed)
+
+    def _sparse(
+        self, fd: int, entry: SourceEntry, before: os.stat_result, meta: _Meta, segments: list[tuple[int, int]]
+    ) -> ManifestEntry:
+        """Archive a file with holes as its data runs only, in GNU's pax sparse format
+        1.0; its checksum is still that of all its bytes, holes read as zeros."""
+        size = before.st_size
+        data_size = sum(length for _, length in segments)
+        # The map ends with a zero-length run at the real size, as GNU tar writes it.
+        layout = [*segments, (size, 0)]
+        sparse_map = encode_sparse_map(layout)
+        records: dict[str, str | bytes] = {
+            "GNU.sparse.major": "1",
+            "GNU.sparse.minor": "0",
+            "GNU.sparse.name": entry.path,
+            "GNU.sparse.realsize": str(size),
+        }
+        name = sparse_member_name(entry.path)
+        self.tar.write(
+            self._header(entry, meta, tarfile.REGTYPE, len(sparse_map) + data_size, name=name, records=records)
+        )
+        self.tar.write(sparse_map)
+        hasher = new_hasher(self.algorithm)
+        position = 0
+        warning = None
+        for offset, length in segments:
+            _hash_zeros(hasher, offset - position)
+            done = 0
+            while done < length:
+                chunk = self.view[: min(CHUNK_SIZE, length - done)]
+                try:
+                    count = self.fs.pread_into(fd, chunk, offset + done)
+                except OSError as exc:
+                    message = f"{entry.abspath}: read failed at byte {offset + done}: {exc.strerror or exc}"
+                    if self.on_read_error == "fail":
+                        raise SourceError(message, entry.abspath) from exc
+                    count, warning = 0, message + "; the rest is archived as zero bytes"
+                if count == 0:
+                    # Shrank (or failed): the run is completed with zeros, as a stream is.
+                    warning = warning or f"{entry.abspath}: shrank while being read; completed with zero bytes"
+                    pad = _ZEROS[: min(CHUNK_SIZE, length - done)]
+                    hasher.update(pad)
+                    self.tar.write(pad)
+                    done += len(pad)
+                    continue
+                hasher.update(chunk[:count])
+                self.tar.write(chunk[:count])
+                done += count
+            position = offset + length
+        _hash_zeros(hasher, size - position)
+        self.tar.pad_block()
+        digest = hasher.hexdigest()
+        changed = warning is not None
+        if warning is None:
+            after = os.fstat(fd)
+            if not _same_state(before, after):
+                warning = f"{entry.abspath}: changed while being read; the archived copy may mix old and new data"
+                changed = True
+        if warning is not None:
+            self._changed(entry, warning)
+        return meta.entry(
             entry.path,
             size,
             digest,
-            iso_from_timestamp(before.st_mtime),
             "file",
-            stat.S_IMODE(before.st_mode),
             warning=warning,
             changed_during_backup=changed,
+            data_size=data_size,
         )
 
     def _changed_while_read(self, fd: int, path: str, before: os.stat_result, digest: str) -> str | None:
@@ -391,3 +581,12 @@ class _FileReader:
             raise SourceError(message, entry.abspath)
         self.outcome.skipped.append(entry.abspath)
         self.outcome.warnings.append(message + "; skipped")
+
+
+def _hash_zeros(hasher: object, count: int) -> None:
+    """Feed ``count`` zero bytes (a hole) to a hasher, a chunk at a time."""
+    update = hasher.update  # type: ignore[attr-defined]
+    while count > 0:
+        piece = min(count, CHUNK_SIZE)
+        update(_ZEROS[:piece])
+        count -= piece

@@ -37,6 +37,7 @@ IO_MODULES = {
 }
 # Decisions and formats: they take records and return records.
 PURE_MODULES = [
+    "backup.acl",
     "backup.catalog",
     "backup.manifest.model",
     "backup.retention",

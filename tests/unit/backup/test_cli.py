@@ -568,6 +568,7 @@ RESTORE_PLAN_KEYS = {
     "total_bytes",
     "entries",
     "conflicts",
+    "skipped",
     "warnings",
 }
 LIST_KEYS = {

@@ -85,12 +85,23 @@ def test_a_backup_writes_its_archive_and_manifest_and_reports_them(source: Path,
 
 
 def test_the_plan_s_problems_are_the_backup_s_warnings(source: Path, tmp_path: Path) -> None:
+    """A socket the walk left out is a warning of the backup and of its manifest; a FIFO
+    beside it is archived, and is no problem."""
+    import socket
+
     os.mkfifo(source / "pipe")
-    result = execute_backup(_plan(source, tmp_path / "backups"))
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(source / "sock"))
+    try:
+        result = execute_backup(_plan(source, tmp_path / "backups"))
+    finally:
+        listener.close()
     assert result.success, result.error
-    expected = f"{source / 'pipe'}: is a FIFO; not archived (only files, directories and symlinks are)"
+    expected = f"{source / 'sock'}: is a socket; not archived (sockets cannot be restored)"
     assert result.warnings == [expected]
     assert result.manifest is not None and result.manifest.warnings == [expected]
+    entries = result.manifest.entry_map()
+    assert entries["pipe"].type == "fifo" and "sock" not in entries
 
 
 def test_without_a_manifest_only_the_archive_is_written(source: Path, tmp_path: Path) -> None:

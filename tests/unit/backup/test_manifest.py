@@ -79,7 +79,7 @@ def test_to_dict_shape() -> None:
     """The JSON carries the format marker, the current version and the regular-file totals."""
     data = json.loads(_sample_manifest().to_json())
     assert data["format"] == "obs-backup-manifest"
-    assert data["version"] == MANIFEST_VERSION == 2
+    assert data["version"] == MANIFEST_VERSION == 3
     assert data["file_count"] == 3
     assert data["total_size"] == 15
     assert data["files"][3] == {
@@ -100,6 +100,45 @@ def test_to_dict_shape() -> None:
     }
 
 
+def test_version_3_entry_fields_in_json() -> None:
+    """Owners, the exact time, extended attributes (base64), a device's numbers and a
+    sparse file's data size are written only when known, and read back the same."""
+    entries = [
+        ManifestEntry(
+            "dev/null", 0, "", FIXED_ISO, "chardev", 0o666, uid=0, gid=0, user="root", group="root", device=(1, 3)
+        ),
+        ManifestEntry(
+            "big.img",
+            1 << 30,
+            "ab" * 32,
+            FIXED_ISO,
+            "file",
+            0o600,
+            mtime_ns=FIXED_TIME * 10**9 + 5,
+            xattrs={"user.k": b"\x00v"},
+            data_size=4096,
+        ),
+        ManifestEntry("big.link", 1 << 30, "ab" * 32, FIXED_ISO, "hardlink", 0o600, "big.img", data_size=4096),
+    ]
+    manifest = BackupManifest("b", "2024-01-02T12:04:05+09:00", "/data", files=entries)
+    data = json.loads(manifest.to_json())
+    common = {"size": 0, "checksum": "", "modified": FIXED_ISO, "link_target": None, "warning": None}
+    assert data["files"][0] == common | {
+        "path": "dev/null",
+        "type": "chardev",
+        "mode": 0o666,
+        "uid": 0,
+        "gid": 0,
+        "user": "root",
+        "group": "root",
+        "device": [1, 3],
+    }
+    assert data["files"][1]["xattrs"] == {"user.k": "AHY="}
+    assert (data["files"][1]["mtime_ns"], data["files"][1]["data_size"]) == (FIXED_TIME * 10**9 + 5, 4096)
+    assert (data["file_count"], data["total_size"]) == (1, 1 << 30)  # a hard link is not a second file
+    assert BackupManifest.from_json(manifest.to_json()).files == entries
+
+
 def test_seed_shaped_manifest_loads_as_version_1() -> None:
     """A seed manifest (no version, no types, naive created_at) still loads."""
     manifest = BackupManifest.from_json(json.dumps(_seed_dict()))
@@ -118,7 +157,7 @@ def test_seed_shaped_manifest_loads_as_version_1() -> None:
     assert [entry.mode for entry in manifest.files] == [None, None]
 
 
-@pytest.mark.parametrize("version", [99, 0, 3, "2", True])
+@pytest.mark.parametrize("version", [99, 0, 4, "2", "3", True])
 def test_unknown_version_raises_naming_it(version: object) -> None:
     """A version this reader does not know is refused, naming it."""
     data = _seed_dict() | {"version": version}
@@ -220,12 +259,13 @@ def test_entry_not_an_object() -> None:
         BackupManifest.from_dict(data)
 
 
-def test_unknown_extra_keys_are_ignored() -> None:
+@pytest.mark.parametrize("version", [2, 3])
+def test_unknown_extra_keys_are_ignored(version: int) -> None:
     """Keys a newer writer may add are ignored, at the top level and in entries."""
-    data = _seed_dict() | {"version": 2, "future_field": {"x": 1}, "format": "obs-backup-manifest"}
-    data["files"][0]["xattrs"] = {"user.k": "v"}
+    data = _seed_dict() | {"version": version, "future_field": {"x": 1}, "format": "obs-backup-manifest"}
+    data["files"][0]["acl_text"] = {"access": "user::rw-"}
     manifest = BackupManifest.from_dict(data)
-    assert manifest.version == 2
+    assert manifest.version == version
     assert manifest.files[0] == ManifestEntry("a.txt", 5, "aa" * 32, "2024-01-01T11:00:00")
     assert not hasattr(manifest, "future_field")
 

@@ -10,6 +10,7 @@ from backup.errors import ArchiveError, UnsafeArchiveError
 from backup.safety import MemberChecker, SafeMember, is_selected, normalize_member_name
 
 ARCHIVE = "test.tar"
+MTIME_NS = 1_700_000_000 * 1_000_000_000
 
 _TYPES = {
     "file": tarfile.REGTYPE,
@@ -46,9 +47,24 @@ def test_unsafe_archive_error_is_an_archive_error() -> None:
 
 
 def test_regular_file_passes() -> None:
-    """A plain file comes back normalised with its size, mode and time."""
-    safe = MemberChecker(ARCHIVE).check(member("a/b.txt", size=12, mode=0o640))
-    assert safe == SafeMember("a/b.txt", "file", 12, 0o640, 1_700_000_000.0, None)
+    """A plain file comes back normalised with its size, mode, exact time and owners."""
+    info = member("a/b.txt", size=12, mode=0o640)
+    info.uid, info.gid, info.uname, info.gname = 1000, 100, "alice", "users"
+    safe = MemberChecker(ARCHIVE).check(info)
+    assert safe == SafeMember(
+        "a/b.txt",
+        "file",
+        12,
+        0o640,
+        1_700_000_000.0,
+        None,
+        mtime_ns=MTIME_NS,
+        uid=1000,
+        gid=100,
+        uname="alice",
+        gname="users",
+        data_size=12,
+    )
 
 
 @pytest.mark.parametrize(
@@ -128,7 +144,7 @@ def test_symlink_inside_target_allowed() -> None:
     checker = MemberChecker(ARCHIVE)
     checker.check(member("a", "dir", mode=0o755))
     safe = checker.check(member("a/l", "symlink", "../b/c", mode=0o777))
-    assert safe == SafeMember("a/l", "symlink", 0, 0o777, 1_700_000_000.0, "../b/c")
+    assert safe == SafeMember("a/l", "symlink", 0, 0o777, 1_700_000_000.0, "../b/c", mtime_ns=MTIME_NS)
     checker.recheck_links()
 
 
@@ -229,7 +245,7 @@ def test_hard_link_to_earlier_file_allowed() -> None:
     checker.check(member("d", "dir"))
     checker.check(member("d/f", size=10))
     safe = checker.check(member("h", "hardlink", "./d/f", size=10))
-    assert safe == SafeMember("h", "hardlink", 0, 0o644, 1_700_000_000.0, "d/f")
+    assert safe == SafeMember("h", "hardlink", 0, 0o644, 1_700_000_000.0, "d/f", mtime_ns=MTIME_NS)
     chained = checker.check(member("h2", "hardlink", "h"))
     assert chained is not None and chained.link_target == "h"
 
@@ -254,12 +270,30 @@ def test_hard_link_outside_refused(target: str, fragment: str) -> None:
     assert str(error) == f"{ARCHIVE}: member {target!r} {fragment}"
 
 
-@pytest.mark.parametrize(("kind", "what"), [("chr", "a device file"), ("blk", "a device file"), ("fifo", "a FIFO")])
-def test_special_files_refused(kind: str, what: str) -> None:
-    """Devices and FIFOs are never extracted."""
-    error = _refused(MemberChecker(ARCHIVE), member("dev/x", kind))
-    assert str(error) == f"{ARCHIVE}: member 'dev/x' is {what}; refused"
-    assert error.path == "dev/x"
+@pytest.mark.parametrize(
+    ("kind", "expected", "device"), [("chr", "chardev", (8, 1)), ("blk", "blockdev", (8, 1)), ("fifo", "fifo", None)]
+)
+def test_fifos_and_devices_pass_with_their_kind_and_numbers(
+    kind: str, expected: str, device: tuple[int, int] | None
+) -> None:
+    """FIFOs and device nodes are members like others (whether a device node is made is
+    the restore's decision: root, from an archive with its manifest). A device keeps its
+    numbers; a FIFO has none, and neither has data, whatever its size field says."""
+    info = member("dev/x", kind, mode=0o660, size=10)
+    info.devmajor, info.devminor = 8, 1
+    safe = MemberChecker(ARCHIVE).check(info)
+    assert safe == SafeMember("dev/x", expected, 0, 0o660, 1_700_000_000.0, None, mtime_ns=MTIME_NS, device=device)
+
+
+@pytest.mark.parametrize("kind", ["chr", "blk", "fifo"])
+def test_fifos_and_devices_are_checked_like_other_members(kind: str) -> None:
+    """Their names are normalised and checked, and they cannot repeat or sit in a file."""
+    checker = MemberChecker(ARCHIVE)
+    assert str(_refused(checker, member("../dev/sda", kind))) == f"{ARCHIVE}: member '../dev/sda' has a '..' component"
+    assert checker.check(member("f")) is not None
+    assert "would be written inside the file 'f'" in str(_refused(checker, member("f/x", kind)))
+    assert checker.check(member("./x", kind)) is not None
+    assert str(_refused(checker, member("x", kind))) == f"{ARCHIVE}: member 'x' appears more than once"
 
 
 def test_unknown_member_type_refused() -> None:
@@ -282,12 +316,21 @@ def test_unknown_member_type_refused() -> None:
     ],
 )
 def test_set_id_bits_stripped_and_sticky_bit_kept(kind: str, mode: int, expected: int) -> None:
-    """Set-user-id and set-group-id never survive (ownership is not restored); the
-    sticky bit of a shared directory does, and stripped members are listed."""
+    """By default (files will belong to the restoring user) set-user-id and set-group-id
+    bits are removed and the members listed; the sticky bit of a shared directory stays."""
     checker = MemberChecker(ARCHIVE)
     safe = checker.check(member("x", kind, mode=mode))
     assert safe is not None and safe.mode == expected
     assert checker.setid_stripped == (["x"] if mode & 0o6000 else [])
+
+
+@pytest.mark.parametrize("mode", [0o4755, 0o2750, 0o7777, 0o1777])
+def test_set_id_bits_are_kept_for_a_restore_that_gives_files_their_owners(mode: int) -> None:
+    """With keep_set_id (root restoring archived owners, as GNU tar does) every bit stays."""
+    checker = MemberChecker(ARCHIVE, keep_set_id=True)
+    safe = checker.check(member("x", mode=mode))
+    assert safe is not None and safe.mode == mode
+    assert checker.setid_stripped == []
 
 
 def test_allow_external_links_lets_absolute_targets_through() -> None:
@@ -300,11 +343,14 @@ def test_allow_external_links_lets_absolute_targets_through() -> None:
     checker.recheck_links()
 
 
-def test_allow_external_links_still_refuses_bad_names_and_devices() -> None:
+def test_allow_external_links_still_refuses_bad_names_and_unknown_types() -> None:
     """allow_external_links is about link targets only."""
     checker = MemberChecker(ARCHIVE, allow_external_links=True)
     _refused(checker, member("/abs"))
-    _refused(checker, member("d", "chr"))
+    _refused(checker, member("/dev/sda", "blk"))
+    unknown = member("d")
+    unknown.type = b"Z"
+    _refused(checker, unknown)
     _refused(checker, member("l", "symlink", ""))
 
 

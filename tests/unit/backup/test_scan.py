@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -162,27 +163,29 @@ def test_backup_dir_inside_source_is_excluded(source: Path) -> None:
     assert list(result.excluded) == [Exclusion("a/backups", "is the backup directory")]
 
 
-def test_fifo_and_socket_are_excluded_with_reason_and_a_warning(source: Path) -> None:
-    """A FIFO or a socket is left out with a reason (and the walk does not block on it),
-    and each is a problem, so that a real backup's result and manifest record it."""
+def test_fifos_and_devices_are_entries_and_a_socket_is_excluded_with_a_warning(source: Path) -> None:
+    """A FIFO or a device node is archived as what it is (the walk does not open it, so
+    does not block on it); a socket cannot be restored, so it is left out with a reason
+    and a problem, which a real backup's result and manifest record."""
     import socket
 
-    os.mkfifo(source / "a" / "pipe")
+    os.mkfifo(source / "a" / "pipe", 0o600)
+    os.mknod(source / "a" / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # as root may
+    os.mknod(source / "a" / "disk", 0o600 | stat.S_IFBLK, os.makedev(7, 200))
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(source / "a" / "sock"))
     try:
         result = scan_source(source)
     finally:
         listener.close()
-    assert "a/pipe" not in _paths(result) and "a/sock" not in _paths(result)
-    assert list(result.excluded) == [
-        Exclusion("a/pipe", "is a FIFO; only files, directories and symlinks are archived"),
-        Exclusion("a/sock", "is a socket; only files, directories and symlinks are archived"),
-    ]
-    assert result.problems == (
-        f"{source / 'a' / 'pipe'}: is a FIFO; not archived (only files, directories and symlinks are)",
-        f"{source / 'a' / 'sock'}: is a socket; not archived (only files, directories and symlinks are)",
-    )
+    entries = {entry.path: entry for entry in result.entries}
+    assert "a/sock" not in entries
+    assert (entries["a/pipe"].kind, entries["a/pipe"].size, entries["a/pipe"].rdev) == ("fifo", 0, 0)
+    assert (entries["a/null"].kind, entries["a/null"].rdev) == ("chardev", os.makedev(1, 3))
+    assert (entries["a/disk"].kind, entries["a/disk"].rdev) == ("blockdev", os.makedev(7, 200))
+    assert entries["a/null"].mode == entries["a/pipe"].mode == 0o600
+    assert list(result.excluded) == [Exclusion("a/sock", "is a socket; sockets cannot be restored")]
+    assert result.problems == (f"{source / 'a' / 'sock'}: is a socket; not archived (sockets cannot be restored)",)
 
 
 def test_backup_dir_that_is_the_source_is_refused(source: Path) -> None:

@@ -8,9 +8,11 @@ and the writer reads every source file through the ``FileSystem`` it is given.
 from __future__ import annotations
 
 import errno
+import grp
 import hashlib
 import io
 import os
+import pwd
 import stat
 import tarfile
 from pathlib import Path
@@ -84,15 +86,19 @@ def _members(data: bytes) -> dict[str, tuple[tarfile.TarInfo, bytes | None]]:
 
 
 def test_each_entry_becomes_a_member_with_its_metadata(source: Path) -> None:
-    """Names, types, modes, whole-second mtimes, numeric owners, sizes, link targets."""
+    """Names, types, modes, exact mtimes (a pax record holds the fraction), owners by
+    number and by name, sizes, link targets."""
     data, _ = _write(source)
     members = _members(data)
     assert list(members) == ["a.txt", "empty", "sub", "sub/b.bin", "sub/link"]
     a, a_data = members["a.txt"]
-    assert (a.type, a.mode, a.mtime, a.size, a_data) == (tarfile.REGTYPE, 0o640, MTIME, 6, b"alpha\n")
-    assert (a.uid, a.gid, a.uname, a.gname) == (os.getuid(), os.getgid(), "", "")
+    assert (a.type, a.mode, a.mtime, a.size, a_data) == (tarfile.REGTYPE, 0o640, MTIME + 0.75, 6, b"alpha\n")
+    assert a.pax_headers["mtime"] == f"{MTIME}.75"
+    owners = (os.getuid(), os.getgid(), pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name)
+    for name, (member, _data) in members.items():
+        assert (member.uid, member.gid, member.uname, member.gname) == owners, name
     sub, _ = members["sub"]
-    assert (sub.type, sub.mode, sub.mtime, sub.size) == (tarfile.DIRTYPE, 0o750, MTIME, 0)
+    assert (sub.type, sub.mode, sub.mtime, sub.size) == (tarfile.DIRTYPE, 0o750, MTIME + 0.75, 0)
     link, _ = members["sub/link"]
     assert (link.type, link.linkname, link.size) == (tarfile.SYMTYPE, "../a.txt", 0)
     assert members["empty"][1] == b""
@@ -100,11 +106,18 @@ def test_each_entry_becomes_a_member_with_its_metadata(source: Path) -> None:
 
 
 def test_headers_are_ustar_and_directories_end_in_a_slash(source: Path) -> None:
+    """Each member's own header (after its pax header, if it has one) is ustar, with the
+    owner's names in it, as GNU tar writes them."""
     data, _ = _write(source)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         for member in tar.getmembers():
-            block = data[member.offset : member.offset + tarfile.BLOCKSIZE]
+            block = data[member.offset_data - tarfile.BLOCKSIZE : member.offset_data]
             assert block[257:265] == tarfile.POSIX_MAGIC
+            assert block[265:297].rstrip(b"\x00") == member.uname.encode()
+            assert block[297:329].rstrip(b"\x00") == member.gname.encode()
+            if member.offset != member.offset_data - tarfile.BLOCKSIZE:  # a pax header first
+                assert data[member.offset + 156 : member.offset + 157] == tarfile.XHDTYPE
+                assert data[member.offset + 257 : member.offset + 265] == tarfile.POSIX_MAGIC
             if member.isdir():
                 assert block[:100].rstrip(b"\x00") == member.name.encode() + b"/"
 
@@ -135,9 +148,12 @@ def test_a_backup_id_puts_the_writer_s_mark_first(source: Path) -> None:
 
 
 def test_without_a_backup_id_there_is_no_mark(source: Path) -> None:
+    """No global header: the first block is the first member's own pax header (its mtime
+    has a fraction of a second), and no pax record applies to the whole archive."""
     data, _ = _write(source)
-    assert data[156:157] == tarfile.REGTYPE
+    assert data[156:157] == tarfile.XHDTYPE
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert tar.getnames()[0] == "a.txt"
         assert tar.pax_headers == {}
 
 
