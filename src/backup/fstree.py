@@ -58,6 +58,37 @@ def _load_renameat2() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 
 _renameat2 = _load_renameat2()
 
+# listxattrat(2), Linux 6.13 and newer: an entry's attribute names relative to a
+# directory descriptor. New system calls share one number on every architecture.
+_SYS_LISTXATTRAT = 465
+_AT_SYMLINK_NOFOLLOW = 0x100
+
+
+def _load_listxattrat() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    if not os.uname().sysname == "Linux":
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syscall
+    except (AttributeError, OSError):
+        return None
+    function.restype = ctypes.c_long
+    # Ask for the size of "/"'s list: a kernel without the call says ENOSYS.
+    if function(_SYS_LISTXATTRAT, -100, b"/", _AT_SYMLINK_NOFOLLOW, None, 0) < 0:
+        return None
+    return function
+
+
+_listxattrat = _load_listxattrat()
+
+
+def _has_xattrs(dir_fd: int, name: str) -> bool:
+    """Whether the entry ``name`` (not followed) may have extended attributes: False
+    only when the kernel says its list is empty, in one call that resolves no path."""
+    if _listxattrat is None:
+        return True
+    raw = name.encode("utf-8", "surrogateescape")
+    return bool(_listxattrat(_SYS_LISTXATTRAT, dir_fd, raw, _AT_SYMLINK_NOFOLLOW, None, 0))
+
 
 def _rename2(src_fd: int, src: str, dst_fd: int, dst: str, flags: int) -> bool:
     """Call renameat2; return False if the system or file system does not support it."""
@@ -300,6 +331,9 @@ class FileSystem:
         try:
             if fd is not None:
                 return {key: os.getxattr(fd, key) for key in os.listxattr(fd)}
+            if not _has_xattrs(dir_fd, name):
+                return {}
+            # Without a descriptor of its own, the entry is named through its directory's.
             path = f"/proc/self/fd/{dir_fd}/{name}"
             names = os.listxattr(path, follow_symlinks=False)
             return {key: os.getxattr(path, key, follow_symlinks=False) for key in names}

@@ -133,7 +133,6 @@ def encode_header(
         fraction = 0
     if (
         not records
-        and not fraction
         and len(name) <= 100
         and len(linkname) <= 100
         and name.isascii()
@@ -150,7 +149,8 @@ def encode_header(
         and 0 <= devminor < _OCTAL_LIMIT_7
     ):
         # The common case, packed at once: it is most of the cost of a tree of small files.
-        return _ustar_block(name, kind, mode, uid, gid, size, mtime, linkname, uname, gname, devmajor, devminor)
+        block = _ustar_block(name, kind, mode, uid, gid, size, mtime, linkname, uname, gname, devmajor, devminor)
+        return _mtime_block(mtime, fraction) + block if fraction else block
     pax: dict[str, str | bytes] = {}
     if len(name) > 100 or not name.isascii():
         pax["path"] = name
@@ -218,11 +218,24 @@ def _ustar_block(
     block = _HEADER.pack(*fields[:6], b"        ", *fields[6:8], tarfile.POSIX_MAGIC, *fields[8:], b"", b"")
     # The checksum is the sum of the header's bytes, the checksum field counted as
     # spaces; summing the few short fields is much cheaper than summing 512 bytes.
-    checksum = _CHECKSUM_BASE + sum(sum(piece) for piece in fields)
+    checksum = _CHECKSUM_BASE + sum(b"".join(fields))
     return block[:148] + b"%06o\x00 " % checksum + block[156:]
 
 
 _CHECKSUM_BASE = 8 * 0x20 + sum(tarfile.POSIX_MAGIC)
+
+
+def _mtime_block(mtime: int, fraction: int) -> bytes:
+    """The extended header of a member whose only pax record is a fractional mtime:
+    the most common one, made without the general record machinery."""
+    digits = b"%09d" % fraction
+    payload = b" mtime=%d.%s\n" % (mtime, digits.rstrip(b"0"))
+    length = len(payload) + 2  # a record this short has a two-digit length
+    payload = b"%d" % length + payload
+    header = _PAX_HEADERS.get((tarfile.XHDTYPE, length))
+    if header is None:
+        return _pax_block({"mtime": payload[payload.index(b"=") + 1 : -1].decode()}, tarfile.XHDTYPE)
+    return header + payload + bytes(BLOCK - length)
 
 
 def _pax_record(key: str, value: str | bytes) -> bytes:

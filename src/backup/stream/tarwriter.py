@@ -128,7 +128,7 @@ class _Owners:
         return name
 
 
-@dataclass
+@dataclass(slots=True)
 class _Meta:
     """What a member's header and manifest entry say about an entry besides its data."""
 
@@ -166,7 +166,7 @@ class _Meta:
             user=self.user,
             group=self.group,
             mtime_ns=self.mtime_ns,
-            xattrs=dict(self.xattrs) or None,
+            xattrs=self.xattrs or None,  # each entry has its own dict
             **extra,  # type: ignore[arg-type]
         )
 

@@ -314,3 +314,37 @@ def test_read_into_fills_a_view_and_returns_zero_at_the_end(tmp_path: Path, root
         assert LOCAL_FILESYSTEM.read_into(fd, view[:2]) == 0
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("listxattrat", ["kernel", "none"])
+def test_xattrs_of_an_entry_without_a_descriptor_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listxattrat: str
+) -> None:
+    """Read relative to the directory's descriptor: through listxattrat(2) where the
+    kernel has it (an empty list answers at once), else through /proc; a symlink's own
+    attributes, never its target's."""
+    if listxattrat == "none":
+        monkeypatch.setattr(fstree, "_listxattrat", None)
+    (tmp_path / "plain").write_bytes(b"")
+    (tmp_path / "tagged").write_bytes(b"")
+    os.setxattr(tmp_path / "tagged", "user.origin", b"\x00raw")
+    (tmp_path / "link").symlink_to("tagged")
+    (tmp_path / "we:ird\udcff").write_bytes(b"")
+    os.setxattr(os.fsencode(tmp_path / "we:ird\udcff"), "user.k", b"v")
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fs = fstree.LOCAL_FILESYSTEM
+        assert fs.xattrs("plain", dir_fd) == {}
+        assert fs.xattrs("tagged", dir_fd) == {"user.origin": b"\x00raw"}
+        assert fs.xattrs("link", dir_fd) == {}
+        assert fs.xattrs("we:ird\udcff", dir_fd) == {"user.k": b"v"}
+        with pytest.raises(FileNotFoundError):
+            fs.xattrs("gone", dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def test_the_kernel_s_listxattrat_is_used_when_it_has_one() -> None:
+    """This machine's kernel (6.13 or newer) has it; an older one falls back to /proc."""
+    major, minor = (int(part) for part in os.uname().release.split(".")[:2])
+    assert (fstree._listxattrat is not None) == ((major, minor) >= (6, 13))
