@@ -334,6 +334,18 @@ def _pax_time_ns(text: str, what: str) -> int:
     return -value if sign else value
 
 
+def _extended_size(block: bytearray) -> int:
+    """Given a pax extended header's block, check its checksum and return its size."""
+    stored = _octal_number(bytes(block[148:156]), "header checksum")
+    unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
+    if stored != unsigned and stored != sum(struct.unpack_from("148b8x356b", block)) + 8 * 0x20:
+        raise TarFormatError("invalid header (bad checksum)")
+    size = _octal_number(bytes(block[124:136]), "size of a pax header")
+    if size < 0:
+        raise TarFormatError("malformed header: a pax header has a negative size")
+    return size
+
+
 class TarStreamReader:
     """Yields the members of a tar stream, front to back, reading only what it needs.
 
@@ -420,19 +432,22 @@ class TarStreamReader:
                 if local or long_name or long_link:
                     raise TarFormatError("archive ends between an extended header and its member")
                 return None  # end of archive (an archive of no members is just this)
+            kind = bytes(self._block[156:157])
+            if kind in _PAX_TYPES:
+                # An extended header needs only its size: most members have one, and a
+                # full header parse of each would be a third of the cost of reading.
+                records = _parse_pax(self._read_record(_extended_size(self._block), "pax header"))
+                if kind == tarfile.XGLTYPE:
+                    self._global.update(records)
+                else:
+                    local += records
+                continue
             try:
                 member = Member.frombuf(bytes(self._block), "utf-8", "surrogateescape")
             except tarfile.HeaderError as exc:
                 raise TarFormatError(f"invalid header ({exc})") from None
             if member.size < 0:
                 raise TarFormatError(f"malformed header: member {member.name!r} has a negative size")
-            if member.type in _PAX_TYPES:
-                records = _parse_pax(self._read_record(member.size, "pax header"))
-                if member.type == tarfile.XGLTYPE:
-                    self._global.update(records)
-                else:
-                    local += records
-                continue
             if member.type in _GNU_LONG:
                 value = self._read_record(member.size, "GNU long name").rstrip(b"\x00")
                 text = value.decode("utf-8", "surrogateescape")
@@ -588,13 +603,17 @@ class TarStreamReader:
 
 
 def _octal_number(field: bytes, what: str) -> int:
-    text = field.rstrip(b"\x00 ").lstrip(b" ")
+    """A header's number field: octal digits between spaces and NULs, or base-256 (a
+    first byte of 0x80, or 0xff for a negative number), as GNU tar writes them."""
+    if field[:1] in (b"\x80", b"\xff"):
+        value = int.from_bytes(field[1:], "big")
+        return value - (1 << (8 * len(field) - 8)) if field[0] == 0xFF else value
+    text = field.split(b"\x00", 1)[0].strip(b" ")
     if not text:
         return 0
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise TarFormatError(f"malformed number in the {what}") from None
+    if text.strip(b"01234567"):
+        raise TarFormatError(f"malformed number in the {what}")
+    return int(text, 8)
 
 
 def _old_gnu_entries(data: bytes, count: int) -> list[tuple[int, int]]:

@@ -9,10 +9,11 @@ the archive.
 
 from __future__ import annotations
 
+import io
 import tarfile
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from ..errors import ArchiveError
 from ..hashing import CHUNK_SIZE, DEFAULT_ALGORITHM, new_hasher
@@ -23,6 +24,7 @@ from .tarformat import TarFormatError, TarStreamReader, backup_id_from_comment
 
 __all__ = ["ArchiveReader", "digest_regions", "read_archive_marker", "sniff_compression"]
 
+_READ_AHEAD = 64 * 1024
 _READ_ERRORS: tuple[type[BaseException], ...] = (TarFormatError, *DECOMPRESSION_ERRORS, OSError, ValueError)
 
 
@@ -61,7 +63,9 @@ class ArchiveReader:
         except OSError as exc:
             raise ArchiveError(f"{self.label}: cannot read archive: {exc.strerror or exc}", self.label) from exc
         self._input = ArchiveInput(self._raw, archive_layers(self.compression), algorithm)
-        self._stream = self._input.stream
+        # Headers are read a block at a time; through a read-ahead buffer each costs a
+        # copy instead of a call down every layer. Large reads bypass the buffer.
+        self._stream = cast(BinaryIO, io.BufferedReader(cast(io.RawIOBase, self._input.stream), _READ_AHEAD))
         self._tar = TarStreamReader(self._stream)
         self._buffer = bytearray(CHUNK_SIZE)
         self._unread: tarfile.TarInfo | None = None
@@ -92,8 +96,10 @@ class ArchiveReader:
             return ArchiveError(f"{label}: archive is truncated ({text})", label)
         if isinstance(exc, OSError) and exc.strerror:
             return ArchiveError(f"{label}: cannot read archive: {exc.strerror}", label)
-        if self._tar.count == 0:
+        if self._tar.count == 0 and not isinstance(exc, DECOMPRESSION_ERRORS):
             return ArchiveError(f"{label}: not a valid tar archive ({text})", label)
+        # A compressed stream that fails its own checks is damaged, wherever the damage
+        # is: reading ahead may find it before the first member.
         return ArchiveError(f"{label}: archive is damaged ({text})", label)
 
     def members(self) -> Iterator[tarfile.TarInfo]:
