@@ -334,12 +334,58 @@ def _pax_time_ns(text: str, what: str) -> int:
     return -value if sign else value
 
 
-def _extended_size(block: bytearray) -> int:
-    """Given a pax extended header's block, check its checksum and return its size."""
-    stored = _octal_number(bytes(block[148:156]), "header checksum")
-    unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
+_FIELDS = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
+_POSIX_MAGIC = b"ustar\x00"
+
+
+def _check_checksum(block: bytes | bytearray) -> None:
+    """Refuse a header whose checksum field disagrees with its bytes (summed as
+    unsigned or, as some old tars did, as signed bytes; the field itself as spaces)."""
+    try:
+        stored = _octal_number(bytes(block[148:156]), "header checksum")
+    except TarFormatError:
+        raise TarFormatError("invalid header (bad checksum)") from None
+    unsigned = sum(block) - sum(block[148:156]) + 8 * 0x20
     if stored != unsigned and stored != sum(struct.unpack_from("148b8x356b", block)) + 8 * 0x20:
         raise TarFormatError("invalid header (bad checksum)")
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _parse_header(block: bytes) -> Member:
+    """Given a member's header block (ustar, GNU or v7), return its member, reading the
+    fields as GNU tar does: numbers in octal or base-256, a name's ustar prefix only
+    in a POSIX header (a GNU header keeps other things there)."""
+    _check_checksum(block)
+    (name, mode, uid, gid, size, mtime, _, kind, linkname, magic, _, uname, gname, major, minor, prefix) = (
+        _FIELDS.unpack(block)
+    )
+    member = Member(_text(name))
+    if magic == _POSIX_MAGIC and prefix[0]:
+        # A star header keeps times after a 131-byte prefix, as GNU tar recognises it.
+        star = block[475] == 0 and block[487] == 0x20 and block[499] == 0x20 and block[476] in b"01234567"
+        member.name = _text(prefix[:131] if star else prefix) + "/" + member.name
+    what = f"header of {member.name!r}"
+    member.mode = _octal_number(mode, what)
+    member.uid = _octal_number(uid, what)
+    member.gid = _octal_number(gid, what)
+    member.size = _octal_number(size, what)
+    member.mtime = _octal_number(mtime, what)
+    member.type = kind
+    member.linkname = _text(linkname)
+    member.uname = _text(uname)
+    member.gname = _text(gname)
+    if kind in _DEVICE_TYPES:  # elsewhere these fields mean nothing, and GNU tar ignores them
+        member.devmajor = _octal_number(major, what)
+        member.devminor = _octal_number(minor, what)
+    return member
+
+
+def _extended_size(block: bytearray) -> int:
+    """Given a pax extended header's block, check its checksum and return its size."""
+    _check_checksum(block)
     size = _octal_number(bytes(block[124:136]), "size of a pax header")
     if size < 0:
         raise TarFormatError("malformed header: a pax header has a negative size")
@@ -442,10 +488,7 @@ class TarStreamReader:
                 else:
                     local += records
                 continue
-            try:
-                member = Member.frombuf(bytes(self._block), "utf-8", "surrogateescape")
-            except tarfile.HeaderError as exc:
-                raise TarFormatError(f"invalid header ({exc})") from None
+            member = _parse_header(bytes(self._block))
             if member.size < 0:
                 raise TarFormatError(f"malformed header: member {member.name!r} has a negative size")
             if member.type in _GNU_LONG:
@@ -612,7 +655,8 @@ def _octal_number(field: bytes, what: str) -> int:
     if not text:
         return 0
     if text.strip(b"01234567"):
-        raise TarFormatError(f"malformed number in the {what}")
+        shown = text.decode("ascii", "backslashreplace")
+        raise TarFormatError(f"malformed header: the {what} holds {shown!r} where a number belongs")
     return int(text, 8)
 
 

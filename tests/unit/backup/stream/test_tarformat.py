@@ -245,3 +245,78 @@ def test_sparse_members_are_read_with_their_map(tmp_path: Path, options: list[st
         position += length
     assert rebuilt == sparse.read_bytes()
     assert reader.next() is None
+
+
+def _with_checksum(block: bytearray) -> bytes:
+    block[148:156] = b"        "
+    block[148:156] = b"%06o\x00 " % sum(block)
+    return bytes(block)
+
+
+def _one_member(block: bytes) -> tarfile.TarInfo:
+    member = TarStreamReader(io.BytesIO(block + bytes(2 * BLOCK))).next()
+    assert member is not None
+    return member
+
+
+@pytest.mark.parametrize(("field", "start"), [("size", 124), ("mtime", 136), ("uid", 108), ("mode", 100)])
+@pytest.mark.parametrize("value", [b"1_0", b"+17", b"0x10", b"9", b"1 2"])
+def test_a_header_number_that_is_not_octal_is_a_malformed_header(field: str, start: int, value: bytes) -> None:
+    """As GNU tar reads them: octal digits between spaces and NULs, nothing int() also takes."""
+    block = bytearray(tarfile.TarInfo("f").tobuf(tarfile.USTAR_FORMAT))
+    block[start : start + len(value) + 1] = value + b"\x00"
+    with pytest.raises(TarFormatError) as caught:
+        _one_member(_with_checksum(block))
+    assert str(caught.value) == f"malformed header: the header of 'f' holds {value.decode()!r} where a number belongs"
+
+
+def test_base_256_numbers_are_read() -> None:
+    """GNU tar writes numbers too large for octal in base-256 (first byte 0x80; 0xff for
+    a negative time)."""
+    info = tarfile.TarInfo("big")
+    info.uid, info.gid, info.mtime = 2**40, 2**33, -(2**40)
+    member = _one_member(info.tobuf(tarfile.GNU_FORMAT))
+    assert (member.uid, member.gid, member.mtime) == (2**40, 2**33, -(2**40))
+
+
+def test_a_signed_checksum_is_accepted() -> None:
+    """Some old tars summed the header as signed bytes: for a name with bytes over 127
+    the two sums differ, and either is a valid header."""
+    block = bytearray(tarfile.TarInfo("caf\xe9").tobuf(tarfile.USTAR_FORMAT, "latin-1"))
+    block[148:156] = b"        "
+    signed = sum(b - 256 if b > 127 else b for b in block)
+    block[148:156] = b"%06o\x00 " % signed
+    assert _one_member(bytes(block)).name == "caf\udce9"
+
+
+def test_the_prefix_field_is_a_name_only_in_a_posix_header() -> None:
+    """In a GNU header the bytes after the user fields are times, not a name prefix; in
+    a star header the prefix is 131 bytes, then the times."""
+    gnu = bytearray(tarfile.TarInfo("name").tobuf(tarfile.GNU_FORMAT))
+    gnu[345:357] = b"14000000000\x00"  # an access time, as tar --format=gnu -G writes it
+    assert _one_member(_with_checksum(gnu)).name == "name"
+    posix = bytearray(tarfile.TarInfo("name").tobuf(tarfile.USTAR_FORMAT))
+    posix[345:351] = b"prefix"
+    assert _one_member(_with_checksum(posix)).name == "prefix/name"
+    star = bytearray(posix)
+    star[476:500] = b"14000000000 14000000000 "
+    assert _one_member(_with_checksum(star)).name == "prefix/name"
+
+
+def test_device_numbers_are_read_only_for_devices() -> None:
+    """A regular file's device fields mean nothing: garbage there is ignored, as GNU tar does."""
+    block = bytearray(tarfile.TarInfo("f").tobuf(tarfile.USTAR_FORMAT))
+    block[329:337] = b"garbage\x00"
+    member = _one_member(_with_checksum(block))
+    assert (member.name, member.devmajor) == ("f", 0)
+    device = tarfile.TarInfo("null")
+    device.type, device.devmajor, device.devminor = tarfile.CHRTYPE, 1, 3
+    member = _one_member(device.tobuf(tarfile.USTAR_FORMAT))
+    assert (member.devmajor, member.devminor) == (1, 3)
+
+
+def test_a_checksum_field_that_is_not_a_number_is_a_bad_checksum() -> None:
+    block = bytearray(tarfile.TarInfo("f").tobuf(tarfile.USTAR_FORMAT))
+    block[148:156] = b"zzzzzz\x00 "
+    with pytest.raises(TarFormatError, match=r"^invalid header \(bad checksum\)$"):
+        _one_member(bytes(block))
