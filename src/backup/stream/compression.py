@@ -16,13 +16,18 @@ import bz2
 import gzip
 import lzma
 import os
+import sys
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, cast
 
-import zstandard
 from zlib_ng import gzip_ng, gzip_ng_threaded, zlib_ng
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
 
 from ..errors import ConfigError
 from .layers import PassThrough
@@ -37,6 +42,7 @@ __all__ = [
     "detect_compression",
     "normalize_compression",
     "split_archive_name",
+    "unsupported_compression",
 ]
 
 Writer = Callable[[BinaryIO, int, "int | None"], BinaryIO]
@@ -50,7 +56,8 @@ class Compression:
     ``writer(raw, level, size_hint)`` returns a stream that compresses into ``raw``;
     closing it finishes the compressed data and leaves ``raw`` open. ``reader(raw)``
     returns a stream of the decompressed bytes. ``errors`` are what a damaged stream
-    raises while being read.
+    raises while being read. ``magic`` starts what the writer writes; ``other_magics``
+    start other streams of the format that the reader also reads.
     """
 
     name: str
@@ -64,6 +71,7 @@ class Compression:
     errors: tuple[type[BaseException], ...] = ()
     aliases: tuple[str, ...] = ()
     other_suffixes: tuple[str, ...] = ()
+    other_magics: tuple[bytes, ...] = ()
 
     @property
     def cli_name(self) -> str:
@@ -87,13 +95,22 @@ def _gzip_writer(raw: BinaryIO, level: int, size_hint: int | None) -> BinaryIO:
 
 
 def _zstd_writer(raw: BinaryIO, level: int, size_hint: int | None) -> BinaryIO:
-    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=-1)
-    return cast(BinaryIO, compressor.stream_writer(raw, closefd=False))
+    options: dict[int, int] = {
+        zstd.CompressionParameter.compression_level: level,
+        zstd.CompressionParameter.checksum_flag: 1,
+        zstd.CompressionParameter.nb_workers: os.cpu_count() or 1,
+    }
+    return cast(BinaryIO, zstd.ZstdFile(raw, "wb", options=options))
 
 
 def _zstd_reader(raw: BinaryIO) -> BinaryIO:
-    reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
-    return cast(BinaryIO, reader)
+    # Reads across frames, skips skippable ones, and raises EOFError for a stream cut
+    # inside a frame (a reader that ends quietly there would hide the cut).
+    return cast(BinaryIO, zstd.ZstdFile(raw, "rb"))
+
+
+# A zstd stream may begin with a skippable frame (magic 0x184D2A50-0x184D2A5F).
+_ZSTD_SKIPPABLE = tuple(bytes([0x50 + low, 0x2A, 0x4D, 0x18]) for low in range(16))
 
 
 COMPRESSIONS: dict[str, Compression] = {
@@ -160,9 +177,10 @@ COMPRESSIONS: dict[str, Compression] = {
             max_level=22,
             writer=_zstd_writer,
             reader=_zstd_reader,
-            errors=(zstandard.ZstdError,),
+            errors=(zstd.ZstdError,),
             aliases=("zstd",),
             other_suffixes=(".tar.zstd",),
+            other_magics=_ZSTD_SKIPPABLE,
         ),
     )
 }
@@ -253,6 +271,28 @@ def detect_compression(head: bytes) -> str:
     if _is_tar_header(head[:_TAR_BLOCK]):
         return ""
     for spec in COMPRESSIONS.values():
-        if spec.magic and head.startswith(spec.magic):
+        if spec.magic and head.startswith((spec.magic, *spec.other_magics)):
             return spec.name
     return ""
+
+
+# Compressions tar archives come in that obs-backup does not read, by their magic bytes.
+_UNSUPPORTED = {
+    b"\x1f\x9d": "compress (.Z)",
+    b"\x1f\xa0": "compress (LZH)",
+    b"\x04\x22\x4d\x18": "lz4",
+    b"LZIP": "lzip",
+    b"\x89LZO\x00\r\n\x1a\n": "lzop",
+    b"\x28\xb5\x2f\xfe": "old zstd (v0.7)",
+}
+
+
+def unsupported_compression(head: bytes) -> str | None:
+    """Given an archive's first bytes, return the name of a compression it is in that
+    obs-backup cannot read (None if it is none of those, or a tar header)."""
+    if _is_tar_header(head[:_TAR_BLOCK]):
+        return None
+    for magic, name in _UNSUPPORTED.items():
+        if head.startswith(magic):
+            return name
+    return None

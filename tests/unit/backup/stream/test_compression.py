@@ -91,7 +91,7 @@ def test_no_two_rows_share_a_spelling_a_suffix_or_magic_bytes() -> None:
     """Names, aliases, suffixes and magic bytes each pick exactly one row."""
     spellings = [spelling for row in ROWS for spelling in (row.name, *row.aliases)]
     suffixes = [suffix for row in ROWS for suffix in (row.suffix, *row.other_suffixes)]
-    magics = [row.magic for row in COMPRESSED]
+    magics = [magic for row in COMPRESSED for magic in (row.magic, *row.other_magics)]
     assert len(spellings) == len(set(spellings))
     assert len(suffixes) == len(set(suffixes))
     assert len(magics) == len(set(magics))
@@ -354,6 +354,8 @@ def test_detect_compression_by_magic_alone(row: Compression) -> None:
         (b"BZh91AY", "bz2"),
         (b"\xfd7zXZ\x00\x00", "xz"),
         (b"\x28\xb5\x2f\xfd\x00", "zst"),
+        (b"\x50\x2a\x4d\x18\x04\x00\x00\x00", "zst"),  # a skippable frame first
+        (b"\x5f\x2a\x4d\x18", "zst"),
         (b"", ""),
         (b"\x1f", ""),
         (b"a.txt\x00\x00\x00", ""),
