@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install the command-line tools the tests and benchmarks compare against:
-# GNU tar, zstd, pigz and GNU time. Does nothing when they are already there.
+# GNU tar, bsdtar, zstd, pigz and GNU time. Does nothing when they are already there.
 set -euo pipefail
 
 missing=()
 tar --version 2>/dev/null | grep -q "GNU tar" || missing+=(tar)
+command -v bsdtar >/dev/null 2>&1 || missing+=(libarchive-tools)  # foreign archives to read
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 command -v pigz >/dev/null 2>&1 || missing+=(pigz)
 [ -x /usr/bin/time ] || missing+=(time)  # GNU time: the benchmark's peak-RSS probe

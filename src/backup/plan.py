@@ -22,7 +22,7 @@ from .config import BackupConfig
 from .errors import ArchiveError, ConfigError, ManifestError, UnsafeArchiveError
 from .fstree import LOCAL_FILESYSTEM, FileSystem
 from .manifest import MANIFEST_SUFFIX, BackupManifest, manifest_name_for, read_manifest
-from .safety import DEVICE_KINDS, MemberChecker, is_selected, normalize_member_name
+from .safety import DEVICE_KINDS, MemberChecker, is_selected, normalize_member_name, read_warnings
 from .scan import Exclusion, SourceEntry, scan_source
 from .storage import locate, open_storage
 from .storage.base import BackupStorage, ObjectRef
@@ -290,7 +290,7 @@ def plan_restore(
             and not is_selected(e.link_target, selection)
         )
     elif list_archive or selection is not None:
-        entries = _list_archive(archive, allow_external_links, selection)
+        entries = _list_archive(archive, allow_external_links, selection, warnings)
     else:
         entries = []
     chosen = tuple(entry for entry in entries if is_selected(entry.path, selection))
@@ -347,17 +347,22 @@ def _normalize_selection(paths: Sequence[str] | None) -> tuple[str, ...] | None:
 
 
 def _list_archive(
-    archive: ObjectRef, allow_external_links: bool, selection: tuple[str, ...] | None
+    archive: ObjectRef, allow_external_links: bool, selection: tuple[str, ...] | None, warnings: list[str]
 ) -> list[RestoreEntry]:
-    checker = MemberChecker(archive.label, allow_external_links)
-    entries = []
+    """Given an archive without a manifest, return the entries it would restore (a
+    repeated file once, as its last copy) and add how it was read to ``warnings``."""
+    checker = MemberChecker(archive.label, allow_external_links, foreign=True)
+    entries: dict[str, RestoreEntry] = {}
     with ArchiveReader(archive) as reader:
         for member in reader.members():
             safe = checker.check(member, writes=is_selected(normalize_member_name(member.name), selection))
             if safe is not None:
-                entries.append(RestoreEntry(safe.name, safe.kind, safe.size, safe.data_size))
+                entries.pop(safe.name, None)
+                entries[safe.name] = RestoreEntry(safe.name, safe.kind, safe.size, safe.data_size)
         checker.recheck_links()
-    return entries
+        warnings.extend(reader.warnings)
+    warnings.extend(read_warnings(archive.label, checker))
+    return list(entries.values())
 
 
 def _conflicts(restore_dir: Path, entries: Sequence[RestoreEntry]) -> list[str]:

@@ -45,7 +45,7 @@ from .hashing import DEFAULT_ALGORITHM
 from .manifest.model import display_name
 from .plan import RestorePlan
 from .progress import ProgressCallback
-from .safety import MemberChecker, SafeMember, is_selected, shown_name
+from .safety import MemberChecker, SafeMember, is_selected, read_warnings, shown_name
 from .stream.tarreader import ArchiveReader, digest_regions
 from .verify import compare_with_manifest
 
@@ -92,6 +92,7 @@ class _Extracted:
 
 
 _HOLDING = ".obs-held"
+_NO_ID = (1 << 32) - 1
 _ACL_NAMES = frozenset(ACL_XATTRS.values())  # in staging: link sources that are not restored themselves
 
 
@@ -149,6 +150,10 @@ class _Metadata:
         attributes and ACLs, then times."""
         follow = not link
         owner = self.owner(member)
+        if owner is not None and not all(0 <= number < _NO_ID for number in owner):
+            # An id no kernel holds (2**32 - 1 means "unchanged" to chown): left as is.
+            self.refused.append(f"{display_name(member.name)} (owner {owner[0]}:{owner[1]}: out of range)")
+            owner = None
         if owner is not None:
             if isinstance(target, int):
                 os.fchown(target, *owner)
@@ -199,8 +204,8 @@ class _Metadata:
         if self.refused:
             shown = _listed(self.refused, str)
             found.append(
-                f"{label}: {len(self.refused)} extended "
-                f"{'attribute or time was' if len(self.refused) == 1 else 'attributes or times were'} "
+                f"{label}: {len(self.refused)} "
+                f"{'owner, extended attribute or time was' if len(self.refused) == 1 else 'owners, extended attributes or times were'} "
                 f"not restored, as this file system or user cannot hold them: {shown}"
             )
         if self.xattrs_skipped:
@@ -420,7 +425,9 @@ def _extract(plan: RestorePlan, staging_fd: int, progress: ProgressCallback | No
     manifest = plan.manifest
     algorithm = manifest.checksum_algorithm if manifest else DEFAULT_ALGORITHM
     compression = manifest.archive.compression if manifest and manifest.archive else None
-    checker = MemberChecker(plan.archive.label, plan.allow_external_links, keep_set_id=plan.same_owner)
+    checker = MemberChecker(
+        plan.archive.label, plan.allow_external_links, keep_set_id=plan.same_owner, foreign=manifest is None
+    )
     meta = _Metadata(plan)
     out = _Extracted()
     links: list[SafeMember] = []
@@ -445,6 +452,10 @@ def _extract(plan: RestorePlan, staging_fd: int, progress: ProgressCallback | No
                     )
                     out.held[safe.name] = held
                 continue
+            if safe.name in out.members and safe.kind != "dir":
+                # A later copy of a file (foreign archives only): it replaces the
+                # earlier one, whose other names keep the earlier data, as with tar.
+                os.unlink(parts[-1], dir_fd=chain.fd(parts[:-1]))
             if safe.kind == "dir":
                 chain.fd(parts)
                 out.dirs.append(_Directory(parts, safe))
@@ -468,8 +479,11 @@ def _extract(plan: RestorePlan, staging_fd: int, progress: ProgressCallback | No
             os.symlink(link.link_target or "", parts[-1], dir_fd=parent)
             meta.apply(parts[-1], link, parent, link=True)
         out.archive_size, out.archive_digest = reader.finish()
+        read = reader.warnings
     if out.held:
         shutil.rmtree(_HOLDING, dir_fd=staging_fd)
+    # The plan's listing of a foreign archive may have said these already.
+    warnings.extend(w for w in [*read, *read_warnings(plan.archive.label, checker)] if w not in warnings)
     if checker.setid_stripped:
         names = _listed(checker.setid_stripped)
         why = (

@@ -20,7 +20,15 @@ from typing import Literal
 
 from .errors import UnsafeArchiveError
 
-__all__ = ["MAX_DEPTH", "MemberChecker", "SafeMember", "is_selected", "normalize_member_name", "shown_name"]
+__all__ = [
+    "MAX_DEPTH",
+    "MemberChecker",
+    "SafeMember",
+    "is_selected",
+    "normalize_member_name",
+    "read_warnings",
+    "shown_name",
+]
 
 MemberKind = Literal["file", "dir", "symlink", "hardlink", "fifo", "chardev", "blockdev"]
 DEVICE_KINDS = frozenset({"chardev", "blockdev"})
@@ -30,6 +38,8 @@ _MAX_LINKS_FOLLOWED = 40
 # name of 200,000 components is an attack, not a backup).
 MAX_DEPTH = 1024
 _SET_ID_BITS = stat.S_ISUID | stat.S_ISGID
+_GNU_DUMPDIR = b"D"
+_GNU_MULTIVOLUME = b"M"
 _SHOWN_CHARS = 120
 
 
@@ -62,6 +72,27 @@ class SafeMember:
     device: tuple[int, int] | None = None
     sparse_map: tuple[tuple[int, int], ...] | None = None
     data_size: int = 0
+
+
+def read_warnings(archive: str, checker: MemberChecker) -> list[str]:
+    """The warnings about how a foreign archive was read: members it repeats, and
+    members of types this reader does not know (read as files, as GNU tar does)."""
+    found = []
+    if checker.repeated:
+        count = len(checker.repeated)
+        shown = ", ".join(shown_name(name) for name in checker.repeated[:5]) + (" ..." if count > 5 else "")
+        found.append(
+            f"{archive}: {count} {'member appears' if count == 1 else 'members appear'} more than once ({shown}); "
+            "the last copy of each is the one restored, as tar extracts them"
+        )
+    if checker.unknown_types:
+        count = len(checker.unknown_types)
+        shown = ", ".join(checker.unknown_types[:5]) + (" ..." if count > 5 else "")
+        found.append(
+            f"{archive}: {count} {'member is' if count == 1 else 'members are'} of a type obs-backup does not know "
+            f"({shown}); extracted as regular files, as GNU tar does"
+        )
+    return found
 
 
 def shown_name(name: str) -> str:
@@ -124,14 +155,26 @@ class MemberChecker:
     to whoever made the archive.
     """
 
-    def __init__(self, archive: str, allow_external_links: bool = False, *, keep_set_id: bool = False) -> None:
+    def __init__(
+        self,
+        archive: str,
+        allow_external_links: bool = False,
+        *,
+        keep_set_id: bool = False,
+        foreign: bool = False,
+    ) -> None:
         self.archive = archive
         self.allow_external_links = allow_external_links
         self.keep_set_id = keep_set_id
+        self.foreign = foreign
         self._root = _Node("dir")
         # (name, parent components, target) of each symlink that will be written.
         self._written_links: list[tuple[str, list[str], str]] = []
         self.setid_stripped: list[str] = []
+        # Files stored more than once (foreign archives only): the last copy wins.
+        self.repeated: list[str] = []
+        # Members of a type this reader does not know, read as files as GNU tar does.
+        self.unknown_types: list[str] = []
 
     def check(self, member: tarfile.TarInfo, writes: bool = True) -> SafeMember | None:
         """Given the next member, return it made safe, or None for the archive's root entry
@@ -165,12 +208,29 @@ class MemberChecker:
                     "were written into",
                     raw,
                 )
-            raise UnsafeArchiveError(f"{self.archive}: member {shown_name(raw)} appears more than once", raw)
+            if not self.foreign:
+                raise UnsafeArchiveError(
+                    f"{self.archive}: member {shown_name(raw)} appears more than once "
+                    "(an archive with a manifest never repeats a member)",
+                    raw,
+                )
+            if kind not in ("file", "hardlink") or previous.kind not in ("file", "hardlink"):
+                raise UnsafeArchiveError(
+                    f"{self.archive}: member {shown_name(raw)} appears more than once, first as a {previous.kind} "
+                    f"and then as a {kind}; only a file is replaced by a later copy",
+                    raw,
+                )
+            # Appended by tar -r or -u, or repeated to carry more metadata: as tar
+            # extracts in order, the last copy wins.
+            if name not in self.repeated:
+                self.repeated.append(name)
         target = None
         if kind == "symlink":
             target = self._check_symlink(name, parts, member.linkname, raw, writes)
         elif kind == "hardlink":
             target = normalize_member_name(member.linkname, self.archive)
+            if target == name:
+                raise UnsafeArchiveError(f"{self.archive}: hard link {shown_name(raw)} points to itself", raw)
             if self._lookup(target) not in ("file", "hardlink"):
                 raise UnsafeArchiveError(
                     f"{self.archive}: hard link {shown_name(raw)} points to {shown_name(member.linkname)}, "
@@ -222,9 +282,17 @@ class MemberChecker:
             return "blockdev"
         if member.isfifo():
             return "fifo"
-        raise UnsafeArchiveError(
-            f"{self.archive}: member {shown_name(raw)} is of unsupported type {member.type!r}; refused", raw
-        )
+        if member.type == _GNU_DUMPDIR:
+            return "dir"  # an incremental backup's directory; its data lists the contents
+        if member.type == _GNU_MULTIVOLUME:
+            raise UnsafeArchiveError(
+                f"{self.archive}: member {shown_name(raw)} is continued from another volume "
+                "(multi-volume archives are not supported)",
+                raw,
+            )
+        # As GNU tar does: a type it does not know is extracted as a regular file.
+        self.unknown_types.append(f"{shown_name(raw)} (type {member.type.decode('latin-1')!r})")
+        return "file"
 
     def _parent_node(self, parts: list[str], raw: str) -> _Node:
         """Walk to the directory that will hold ``parts[-1]``, creating implied ones."""

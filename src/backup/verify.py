@@ -201,7 +201,9 @@ def verify_backup(
     digests: dict[str, str] = {}
     size = digest = None
     try:
-        size, digest = _read_members(archive, algorithm, compression, members, digests, report, progress)
+        size, digest = _read_members(
+            archive, algorithm, compression, members, digests, report, progress, foreign=manifest is None
+        )
     except ArchiveError as exc:
         report.problems.append(str(exc))
     except Exception as exc:  # a bug: reported, never raised
@@ -232,6 +234,8 @@ def _read_members(
     digests: dict[str, str],
     report: VerifyReport,
     progress: ProgressCallback | None,
+    *,
+    foreign: bool = False,
 ) -> tuple[int, str]:
     """Read the whole archive, filling ``members`` and ``digests`` as it goes (so a
     damaged archive still reports what came before the damage); return its size and
@@ -240,7 +244,7 @@ def _read_members(
     A symlink is checked as what it is, whatever it points to: a backup of a tree that
     links to /etc/ssl/certs verifies (only restoring such a link needs permission).
     """
-    checker = MemberChecker(archive.label)
+    checker = MemberChecker(archive.label, foreign=foreign)
     with ArchiveReader(archive, algorithm, compression) as reader:
         for member in reader.members():
             try:

@@ -64,6 +64,8 @@ _NO_DATA = (tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.DIRTYPE, tarfile.CHRTYPE, 
 _INTEGER = re.compile(r"-?[0-9]+")
 _DECIMAL = re.compile(r"(-?)([0-9]+)(?:\.([0-9]*))?")
 _XATTR = "SCHILY.xattr."
+# Times as far as a 64-bit time_t reaches; a file system holds less, and says so.
+_MAX_TIME_NS = (1 << 63) * 1_000_000_000
 _ACL = {"SCHILY.acl.access": "access", "SCHILY.acl.default": "default"}
 
 
@@ -318,9 +320,15 @@ def encode_global_header(records: dict[str, str]) -> bytes:
     return _pax_block(records, tarfile.XGLTYPE)
 
 
+# Longer than any size or id a file system holds (and than Python parses by default).
+_MAX_DIGITS = 40
+
+
 def _pax_integer(text: str, what: str) -> int:
     if not _INTEGER.fullmatch(text):
-        raise TarFormatError(f"malformed number {text!r} in pax record {what!r}")
+        raise TarFormatError(f"malformed number {text[:_MAX_DIGITS]!r} in pax record {what!r}")
+    if len(text) > _MAX_DIGITS:
+        raise TarFormatError(f"number of {len(text)} digits in pax record {what!r} is out of range")
     return int(text)
 
 
@@ -328,8 +336,10 @@ def _pax_time_ns(text: str, what: str) -> int:
     """Given a pax time (``1700000000.5``, ``-1.25``), return nanoseconds, exactly."""
     match = _DECIMAL.fullmatch(text)
     if not match:
-        raise TarFormatError(f"malformed time {text!r} in pax record {what!r}")
+        raise TarFormatError(f"malformed time {text[:_MAX_DIGITS]!r} in pax record {what!r}")
     sign, whole, fraction = match.groups()
+    if len(whole) > _MAX_DIGITS:
+        return -_MAX_TIME_NS if sign else _MAX_TIME_NS  # beyond any clock; not worth parsing
     value = int(whole) * _NS + int((fraction or "")[:9].ljust(9, "0"))
     return -value if sign else value
 
@@ -383,6 +393,23 @@ def _parse_header(block: bytes) -> Member:
     return member
 
 
+def _apply_mtime(member: Member, value: str) -> str | None:
+    """Set a member's exact time from its pax mtime. One that is not a time, or is
+    beyond any clock, is a problem to warn of (returned): the member keeps its
+    header's time, as GNU tar and bsdtar read on."""
+    try:
+        exact = _pax_time_ns(value, "mtime")
+    except TarFormatError:
+        problem = "is not a time"
+    else:
+        if abs(exact) < _MAX_TIME_NS:
+            member.mtime_ns, member.mtime = exact, exact // _NS
+            return None
+        problem = "is beyond any clock"
+    shown = value if len(value) <= _MAX_DIGITS else value[:_MAX_DIGITS] + "..."
+    return f"its pax mtime {shown!r} {problem}; the time in its header was used"
+
+
 def _extended_size(block: bytearray) -> int:
     """Given a pax extended header's block, check its checksum and return its size."""
     _check_checksum(block)
@@ -407,6 +434,8 @@ class TarStreamReader:
         self._global: dict[str, str] = {}
         self.count = 0
         self._pending_padding = 0
+        # What was read past rather than refused (a member's malformed time, say).
+        self.warnings: list[str] = []
 
     @property
     def global_records(self) -> dict[str, str]:
@@ -510,11 +539,13 @@ class TarStreamReader:
         if long_link is not None:
             member.linkname = long_link
         merged = {**self._global, **dict(local)}
-        self._apply_pax(member, merged)
+        problem = self._apply_pax(member, merged)
         if member.type == tarfile.AREGTYPE and member.name.endswith("/"):
             member.type = tarfile.DIRTYPE
         if member.isdir():
             member.name = member.name.rstrip("/")
+        if problem is not None:
+            self.warnings.append(f"member {member.name!r}: {problem}")
         if member.type in _NO_DATA:
             member.size = 0
         data = member.size
@@ -528,9 +559,11 @@ class TarStreamReader:
         return member
 
     @staticmethod
-    def _apply_pax(member: Member, records: dict[str, str]) -> None:
+    def _apply_pax(member: Member, records: dict[str, str]) -> str | None:
+        """Apply a member's pax records; return a problem to warn of, if any."""
+        problem = None
         if not records:
-            return
+            return None
         if "path" in records:
             member.name = records["path"]
         if "linkpath" in records:
@@ -538,8 +571,7 @@ class TarStreamReader:
         if "size" in records:
             member.size = _pax_integer(records["size"], "size")
         if "mtime" in records:
-            member.mtime_ns = _pax_time_ns(records["mtime"], "mtime")
-            member.mtime = member.mtime_ns // _NS
+            problem = _apply_mtime(member, records["mtime"])
         for key in ("uid", "gid"):
             if key in records:
                 setattr(member, key, _pax_integer(records[key], key))
@@ -553,6 +585,7 @@ class TarStreamReader:
                 member.acls[_ACL[key]] = value
         if member.size < 0:
             raise TarFormatError(f"malformed header: member {member.name!r} has a negative size")
+        return problem
 
     def _pax_sparse(self, member: Member, records: dict[str, str], ordered: list[tuple[str, str]]) -> None:
         """Read a pax sparse member's map (versions 0.0, 0.1 and 1.0; 1.0 keeps it at the

@@ -18,18 +18,20 @@ from typing import Any, BinaryIO, cast
 from ..errors import ArchiveError
 from ..hashing import CHUNK_SIZE, DEFAULT_ALGORITHM, new_hasher
 from ..storage.base import ObjectRef
-from .compression import DECOMPRESSION_ERRORS, SNIFF_BYTES, detect_compression
+from .compression import DECOMPRESSION_ERRORS, SNIFF_BYTES, detect_compression, unsupported_compression
 from .pipeline import ArchiveInput, archive_layers
 from .tarformat import TarFormatError, TarStreamReader, backup_id_from_comment
 
 __all__ = ["ArchiveReader", "digest_regions", "read_archive_marker", "sniff_compression"]
 
 _READ_AHEAD = 64 * 1024
+_SHOWN_WARNINGS = 5
 _READ_ERRORS: tuple[type[BaseException], ...] = (TarFormatError, *DECOMPRESSION_ERRORS, OSError, ValueError)
 
 
 def sniff_compression(archive: ObjectRef) -> str:
-    """Given an archive of unknown origin, return its compression from its first bytes."""
+    """Given an archive of unknown origin, return its compression from its first bytes;
+    raise ArchiveError naming a compression obs-backup does not read."""
     with archive.storage.open_read(archive.name, 0, SNIFF_BYTES) as head:
         data = b""
         while len(data) < SNIFF_BYTES:
@@ -37,6 +39,12 @@ def sniff_compression(archive: ObjectRef) -> str:
             if not more:
                 break
             data += more
+    unsupported = unsupported_compression(data)
+    if unsupported is not None:
+        raise ArchiveError(
+            f"{archive.label}: compressed with {unsupported}, which obs-backup does not read; decompress it first",
+            archive.label,
+        )
     return detect_compression(data)
 
 
@@ -75,6 +83,15 @@ class ArchiveReader:
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+    @property
+    def warnings(self) -> list[str]:
+        """What was read past rather than refused, each naming its member (the first
+        few of them: an archive of many odd members gets one line for the rest)."""
+        found = [f"{self.label}: {warning}" for warning in self._tar.warnings[:_SHOWN_WARNINGS]]
+        if len(self._tar.warnings) > _SHOWN_WARNINGS:
+            found.append(f"{self.label}: and {len(self._tar.warnings) - _SHOWN_WARNINGS} more members like these")
+        return found
 
     @property
     def global_records(self) -> dict[str, str]:

@@ -7,7 +7,7 @@ import tarfile
 import pytest
 
 from backup.errors import ArchiveError, UnsafeArchiveError
-from backup.safety import MemberChecker, SafeMember, is_selected, normalize_member_name
+from backup.safety import MemberChecker, SafeMember, is_selected, normalize_member_name, read_warnings
 
 ARCHIVE = "test.tar"
 MTIME_NS = 1_700_000_000 * 1_000_000_000
@@ -225,11 +225,53 @@ def test_member_inside_a_file_refused(parent_kind: str) -> None:
     [("file", "file"), ("file", "dir"), ("dir", "file"), ("symlink", "file"), ("file", "symlink")],
 )
 def test_duplicate_names_refused(first: str, second: str) -> None:
-    """A name may appear once (spelled differently or not)."""
+    """In an archive with a manifest a name appears once (spelled differently or not)."""
     checker = MemberChecker(ARCHIVE)
     checker.check(member("x", first, "y" if first == "symlink" else ""))
     error = _refused(checker, member("./x", second, "y" if second == "symlink" else ""))
-    assert str(error) == f"{ARCHIVE}: member './x' appears more than once"
+    assert str(error) == (
+        f"{ARCHIVE}: member './x' appears more than once (an archive with a manifest never repeats a member)"
+    )
+
+
+def test_a_foreign_archive_may_repeat_a_file_and_the_last_copy_wins() -> None:
+    """tar -r and -u append later copies; pax archives repeat a file to carry more
+    metadata. Each repeat is listed once, for one warning."""
+    checker = MemberChecker(ARCHIVE, foreign=True)
+    assert checker.check(member("x", "file")) is not None
+    again = checker.check(member("./x", "file", size=5))
+    assert again is not None and (again.name, again.size) == ("x", 5)
+    assert checker.check(member("h", "hardlink", "x")) is not None
+    assert checker.check(member("x", "file")) is not None
+    assert checker.check(member("h", "file")) is not None
+    assert checker.repeated == ["x", "h"]
+    assert read_warnings(ARCHIVE, checker) == [
+        f"{ARCHIVE}: 2 members appear more than once ('x', 'h'); the last copy of each is the one restored, "
+        "as tar extracts them"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("file", "dir"), ("dir", "file"), ("symlink", "file"), ("file", "symlink"), ("symlink", "symlink")],
+)
+def test_a_foreign_archive_may_not_change_what_a_name_is(first: str, second: str) -> None:
+    """Only a file is replaced by a later copy: a name that turns from one kind into
+    another is refused, naming both."""
+    checker = MemberChecker(ARCHIVE, foreign=True)
+    checker.check(member("x", first, "y" if first == "symlink" else ""))
+    if (first, second) == ("dir", "file"):
+        checker.check(member("x/inside", "file"))
+    error = _refused(checker, member("x", second, "y" if second == "symlink" else ""))
+    assert "appears more than once" in str(error) or "would replace a directory" in str(error)
+    if first != "dir":
+        assert f"first as a {first} and then as a {second}" in str(error)
+
+
+def test_a_hard_link_to_itself_is_refused() -> None:
+    checker = MemberChecker(ARCHIVE, foreign=True)
+    checker.check(member("x", "file"))
+    assert str(_refused(checker, member("x", "hardlink", "x"))) == f"{ARCHIVE}: hard link 'x' points to itself"
 
 
 def test_directory_twice_allowed() -> None:
@@ -293,15 +335,35 @@ def test_fifos_and_devices_are_checked_like_other_members(kind: str) -> None:
     assert checker.check(member("f")) is not None
     assert "would be written inside the file 'f'" in str(_refused(checker, member("f/x", kind)))
     assert checker.check(member("./x", kind)) is not None
-    assert str(_refused(checker, member("x", kind))) == f"{ARCHIVE}: member 'x' appears more than once"
+    assert str(_refused(checker, member("x", kind))).startswith(f"{ARCHIVE}: member 'x' appears more than once")
 
 
-def test_unknown_member_type_refused() -> None:
-    """A type this reader does not handle is refused with its type code."""
-    info = member("x")
-    info.type = b"Z"
-    error = _refused(MemberChecker(ARCHIVE), info)
-    assert str(error) == f"{ARCHIVE}: member 'x' is of unsupported type b'Z'; refused"
+@pytest.mark.parametrize("code", [b"Z", b"A", b"E", b"N", b"I"])
+def test_a_member_of_an_unknown_type_is_a_file_as_gnu_tar_reads_it(code: bytes) -> None:
+    """GNU tar extracts a type it does not know as a regular file, with a warning."""
+    info = member("x", size=3)
+    info.type = code
+    checker = MemberChecker(ARCHIVE, foreign=True)
+    safe = checker.check(info)
+    assert safe is not None and (safe.kind, safe.size) == ("file", 3)
+    assert read_warnings(ARCHIVE, checker) == [
+        f"{ARCHIVE}: 1 member is of a type obs-backup does not know ('x' (type {code.decode()!r})); "
+        "extracted as regular files, as GNU tar does"
+    ]
+
+
+def test_a_dumpdir_is_a_directory_and_a_volume_continuation_is_refused() -> None:
+    """GNU incremental archives' 'D' members are directories; an 'M' member continues a
+    file from another volume of a multi-volume archive, which cannot be restored alone."""
+    dumpdir = member("d", size=20)
+    dumpdir.type = b"D"
+    safe = MemberChecker(ARCHIVE).check(dumpdir)
+    assert safe is not None and safe.kind == "dir"
+    continued = member("big")
+    continued.type = b"M"
+    assert str(_refused(MemberChecker(ARCHIVE), continued)) == (
+        f"{ARCHIVE}: member 'big' is continued from another volume (multi-volume archives are not supported)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -343,14 +405,14 @@ def test_allow_external_links_lets_absolute_targets_through() -> None:
     checker.recheck_links()
 
 
-def test_allow_external_links_still_refuses_bad_names_and_unknown_types() -> None:
+def test_allow_external_links_still_refuses_bad_names_and_volume_continuations() -> None:
     """allow_external_links is about link targets only."""
     checker = MemberChecker(ARCHIVE, allow_external_links=True)
     _refused(checker, member("/abs"))
     _refused(checker, member("/dev/sda", "blk"))
-    unknown = member("d")
-    unknown.type = b"Z"
-    _refused(checker, unknown)
+    continued = member("d")
+    continued.type = b"M"
+    _refused(checker, continued)
     _refused(checker, member("l", "symlink", ""))
 
 
