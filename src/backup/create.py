@@ -67,6 +67,7 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
             on_read_error=config.on_read_error,
             progress=progress,
             backup_id=backup_id,
+            sqlite_snapshot=config.sqlite_snapshot,
         )
         archive_size, archive_digest = output.finish()
         output = None

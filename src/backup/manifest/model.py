@@ -97,6 +97,14 @@ class ManifestEntry:
     raw value, base64 in JSON); ``device`` (major, minor) of a device node; and
     ``data_size`` for a sparse file (the bytes it holds; ``size`` is its length).
 
+    Added since version 3 was first written, and ignored by readers that predate them
+    (so the version is unchanged): ``snapshot``, how a file's archived bytes were taken
+    other than by reading it (``"sqlite"``: a consistent copy of a live SQLite database
+    through SQLite's online backup API, see ``backup.sqlite_snapshot``); and
+    ``snapshot_omitted``, the suffixes (``"-wal"``, ``"-shm"``, ``"-journal"``) of the
+    files beside that database left out of the archive because the copy already holds
+    what they add.
+
     A ``path`` or ``link_target`` that is not valid UTF-8 is held as Python holds such
     names (surrogate escapes); in JSON it is written readable (``\\xNN`` per bad byte)
     beside its exact bytes in base64 (``path_bytes``, ``link_target_bytes``).
@@ -119,6 +127,8 @@ class ManifestEntry:
     xattrs: dict[str, bytes] | None = None
     device: tuple[int, int] | None = None
     data_size: int | None = None
+    snapshot: str | None = None
+    snapshot_omitted: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the entry as plain data ready for JSON."""
@@ -134,7 +144,7 @@ class ManifestEntry:
         }
         if self.changed_during_backup:
             data["changed_during_backup"] = True
-        for key in ("uid", "gid", "user", "group", "mtime_ns", "data_size"):
+        for key in ("uid", "gid", "user", "group", "mtime_ns", "data_size", "snapshot"):
             value = getattr(self, key)
             if value is not None:
                 data[key] = value
@@ -142,6 +152,8 @@ class ManifestEntry:
             data["xattrs"] = {name: base64.b64encode(value).decode("ascii") for name, value in self.xattrs.items()}
         if self.device is not None:
             data["device"] = list(self.device)
+        if self.snapshot_omitted:
+            data["snapshot_omitted"] = list(self.snapshot_omitted)
         for key in ("path", "link_target"):
             value = data[key]
             if value is not None and not _is_utf8(value):
@@ -185,6 +197,7 @@ class ManifestEntry:
             ("group", str),
             ("mtime_ns", int),
             ("data_size", int),
+            ("snapshot", str),
         )
         for key, expected in optional:
             value = values.get(key)
@@ -196,6 +209,7 @@ class ManifestEntry:
                 )
         values["xattrs"] = _decode_xattrs(data.get("xattrs"), data.get("path"))
         values["device"] = _decode_device(data.get("device"), data.get("path"))
+        values["snapshot_omitted"] = _decode_strings(data.get("snapshot_omitted"), "snapshot_omitted", data.get("path"))
         entry = cls(**values)
         if entry.type not in ENTRY_TYPES:
             raise ManifestError(f"manifest entry {entry.path!r}: unknown type {entry.type!r}")
@@ -221,6 +235,14 @@ def _decode_device(raw: Any, path: Any) -> tuple[int, int] | None:
     ):
         raise ManifestError(f"manifest entry {path!r:.80}: field 'device' is not [major, minor]")
     return (raw[0], raw[1])
+
+
+def _decode_strings(raw: Any, key: str, path: Any) -> list[str] | None:
+    if raw is None:
+        return None
+    if not (isinstance(raw, list) and all(isinstance(item, str) for item in raw)):
+        raise ManifestError(f"manifest entry {path!r:.80}: field {key!r} is not a list of strings")
+    return list(raw)
 
 
 @dataclass
