@@ -18,12 +18,20 @@ from .errors import ArchiveError, ManifestError, UnsafeArchiveError
 from .hashing import DEFAULT_ALGORITHM
 from .manifest import BackupManifest, ManifestEntry, manifest_name_for, read_manifest
 from .progress import ProgressCallback
-from .safety import DEVICE_KINDS, MemberChecker, SafeMember, is_selected
+from .safety import DEVICE_KINDS, MemberChecker, SafeMember, Selection, is_selected
 from .storage import locate
 from .storage.base import ObjectRef
 from .stream.tarreader import ArchiveReader, digest_regions
 
-__all__ = ["Comparison", "Mismatch", "VerifyReport", "compare_entry", "compare_with_manifest", "verify_backup"]
+__all__ = [
+    "Comparison",
+    "Mismatch",
+    "VerifyReport",
+    "compare_entry",
+    "compare_with_manifest",
+    "verify_archive",
+    "verify_backup",
+]
 
 
 @dataclass(frozen=True)
@@ -34,9 +42,18 @@ class Mismatch:
     problem: str
 
 
+_SHOWN_LINES = 20  # problems of one kind listed line by line; the rest are counted
+
+
 @dataclass
 class VerifyReport:
-    """What a verification found. ``ok`` is true only if nothing at all was wrong."""
+    """What a verification found. ``ok`` is true only if nothing at all was wrong.
+
+    ``cause`` is why the archive could not be read to its end (missing, truncated,
+    damaged): the root cause of every file after it being ``missing``.
+    ``checksums`` is False for an archive without a manifest: then only the tar and
+    compression layers were checked, by reading them to the end.
+    """
 
     archive_path: Path
     manifest_path: Path | None
@@ -47,31 +64,47 @@ class VerifyReport:
     mismatched: list[Mismatch] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     duration_seconds: float = 0.0
+    cause: str | None = None
+    checksums: bool = True
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.extra or self.mismatched or self.problems)
+        return not (self.cause or self.missing or self.extra or self.mismatched or self.problems)
 
     def summary(self) -> str:
         """Return one line describing the outcome."""
+        read = f"{_count(self.checked_entries, 'entry', 'entries')}, {self.checked_bytes} bytes"
+        if self.ok and not self.checksums:
+            return f"{self.archive_path}: OK, no checksums (no manifest): {read} read; tar and compression intact"
         if self.ok:
-            return f"{self.archive_path}: OK, {self.checked_entries} entries, {self.checked_bytes} bytes verified"
-        counts = []
-        for label, items in (
+            return f"{self.archive_path}: OK, {read} verified"
+        counts = [f"{len(items)} {label}" for label, items in self._kinds() if items]
+        if self.cause:
+            counts.insert(0, f"unreadable after {read}")
+        return f"{self.archive_path}: FAILED, " + ", ".join(counts)
+
+    def _kinds(self) -> list[tuple[str, list[str] | list[Mismatch]]]:
+        return [
             ("missing", self.missing),
             ("extra", self.extra),
             ("mismatched", self.mismatched),
             ("other problems", self.problems),
-        ):
-            if items:
-                counts.append(f"{len(items)} {label}")
-        return f"{self.archive_path}: FAILED, " + ", ".join(counts)
+        ]
 
     def lines(self) -> list[str]:
-        """Return one line per problem, every one of them."""
-        out = [f"missing from archive: {path}" for path in self.missing]
-        out += [f"not in manifest: {path}" for path in self.extra]
-        out += [f"mismatch: {m.path}: {m.problem}" for m in self.mismatched]
+        """Return the problems, root cause first: a line each, up to 20 of a kind
+        (``to_dict`` lists every one). Files not reached because the archive could not
+        be read further are one line."""
+        out = [self.cause] if self.cause else []
+        if self.cause and self.missing:
+            out.append(
+                f"{_count(len(self.missing), 'file or directory', 'files and directories')} of the manifest "
+                "not found before that point"
+            )
+        else:
+            out += _capped([f"missing from archive: {path}" for path in self.missing], "missing")
+        out += _capped([f"not in manifest: {path}" for path in self.extra], "not in manifest")
+        out += _capped([f"mismatch: {m.path}: {m.problem}" for m in self.mismatched], "mismatched")
         out += self.problems
         return out
 
@@ -87,8 +120,20 @@ class VerifyReport:
             "extra": self.extra,
             "mismatched": [{"path": m.path, "problem": m.problem} for m in self.mismatched],
             "problems": self.problems,
+            "cause": self.cause,
+            "checksums": self.checksums,
             "duration_seconds": round(self.duration_seconds, 3),
         }
+
+
+def _count(count: int, singular: str, plural: str) -> str:
+    return f"{count} {singular if count == 1 else plural}"
+
+
+def _capped(lines: list[str], kind: str) -> list[str]:
+    if len(lines) <= _SHOWN_LINES:
+        return lines
+    return [*lines[:_SHOWN_LINES], f"... and {len(lines) - _SHOWN_LINES} more {kind} (all of them with --json)"]
 
 
 def compare_entry(
@@ -142,14 +187,16 @@ def compare_with_manifest(
     archive_label: str,
     archive_size: int | None = None,
     archive_digest: str | None = None,
-    paths: Sequence[str] | None = None,
+    paths: Sequence[str] | Selection | None = None,
     *,
     check_owners: bool = False,
 ) -> Comparison:
     """Given a manifest and the members read from its archive (in archive order) with
     their data checksums, return every difference. ``paths`` limits the check to a
     selection; the archive's own size and checksum are compared when given."""
-    expected = {path: entry for path, entry in manifest.entry_map().items() if is_selected(path, paths)}
+    expected = {
+        path: entry for path, entry in manifest.entry_map().items() if is_selected(path, paths, entry.type == "dir")
+    }
     result = Comparison(missing=[path for path in expected if path not in members])
     for name, member in members.items():
         entry = expected.get(name)
@@ -192,9 +239,7 @@ def verify_backup(
             report.problems.append(str(exc))
         else:
             report.manifest_path = None
-            report.problems.append(
-                f"{archive.label}: no manifest ({manifest_ref.name} not found); checksums cannot be verified"
-            )
+            report.checksums = False
     algorithm = manifest.checksum_algorithm if manifest else DEFAULT_ALGORITHM
     compression = manifest.archive.compression if manifest and manifest.archive else None
     members: dict[str, SafeMember] = {}
@@ -205,7 +250,7 @@ def verify_backup(
             archive, algorithm, compression, members, digests, report, progress, foreign=manifest is None
         )
     except ArchiveError as exc:
-        report.problems.append(str(exc))
+        report.cause = str(exc)
     except Exception as exc:  # a bug: reported, never raised
         report.problems.append(f"{archive.label}: verify failed: internal error: {type(exc).__name__}: {exc}")
     if manifest is not None:
@@ -246,6 +291,8 @@ def _read_members(
     """
     checker = MemberChecker(archive.label, foreign=foreign)
     with ArchiveReader(archive, algorithm, compression) as reader:
+        if progress is not None:
+            reader.on_data = lambda done: progress(report.checked_entries, report.checked_bytes + done)
         for member in reader.members():
             try:
                 safe = checker.check(member, writes=False)
@@ -268,3 +315,24 @@ def _read_members(
         except UnsafeArchiveError as exc:
             report.problems.append(str(exc))
         return reader.finish()
+
+
+def verify_archive(
+    archive_path: Path | ObjectRef, compression: str | None = None, *, progress: ProgressCallback | None = None
+) -> VerifyReport:
+    """Given an archive that has no manifest (and its compression, if known), return what
+    reading all of it found: a damaged or truncated tar or compressed stream, and unsafe
+    members. Nothing records the files' checksums, so none are compared. Never raises:
+    each problem is in the report.
+    """
+    started = time.monotonic()
+    archive = locate(archive_path)
+    report = VerifyReport(Path(archive.label), None, checksums=False)
+    try:
+        _read_members(archive, DEFAULT_ALGORITHM, compression, {}, {}, report, progress, foreign=True)
+    except ArchiveError as exc:
+        report.cause = str(exc)
+    except Exception as exc:  # a bug: reported, never raised
+        report.problems.append(f"{archive.label}: verify failed: internal error: {type(exc).__name__}: {exc}")
+    report.duration_seconds = time.monotonic() - started
+    return report

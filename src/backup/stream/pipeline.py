@@ -94,6 +94,11 @@ class ArchiveInput:
             above = layer.wrap_reader(above)
         self.stream = above
 
+    @property
+    def stored_bytes_read(self) -> int:
+        """Bytes of the archive as stored (compressed) read so far."""
+        return self._source.size
+
     def drain(self, buffer: bytearray) -> tuple[int, str]:
         """Read whatever is left, through every layer and then below them; return the
         stored size and hex digest."""

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, cast
 
 from ..errors import ArchiveError
 from ..hashing import CHUNK_SIZE, DEFAULT_ALGORITHM, new_hasher
+from ..progress import PROGRESS_STEP
 from ..storage.base import ObjectRef
 from .compression import DECOMPRESSION_ERRORS, SNIFF_BYTES, detect_compression, unsupported_compression
 from .pipeline import ArchiveInput, archive_layers
@@ -58,7 +59,14 @@ class ArchiveReader:
     own archives are never guessed at); None recognises it by its first bytes.
     """
 
-    def __init__(self, archive: ObjectRef, algorithm: str = DEFAULT_ALGORITHM, compression: str | None = None) -> None:
+    def __init__(
+        self,
+        archive: ObjectRef,
+        algorithm: str = DEFAULT_ALGORITHM,
+        compression: str | None = None,
+        *,
+        read_ahead: bool = True,
+    ) -> None:
         self.archive = archive
         self.label = archive.label
         try:
@@ -73,10 +81,17 @@ class ArchiveReader:
         self._input = ArchiveInput(self._raw, archive_layers(self.compression), algorithm)
         # Headers are read a block at a time; through a read-ahead buffer each costs a
         # copy instead of a call down every layer. Large reads bypass the buffer.
-        self._stream = cast(BinaryIO, io.BufferedReader(cast(io.RawIOBase, self._input.stream), _READ_AHEAD))
+        self._stream = (
+            cast(BinaryIO, io.BufferedReader(cast(io.RawIOBase, self._input.stream), _READ_AHEAD))
+            if read_ahead
+            else self._input.stream
+        )
         self._tar = TarStreamReader(self._stream)
         self._buffer = bytearray(CHUNK_SIZE)
         self._unread: tarfile.TarInfo | None = None
+        # Called with the bytes of the current member read so far, every few MiB inside
+        # a large one, so that progress moves while a 30 GB file is read.
+        self.on_data: Callable[[int], None] | None = None
 
     def __enter__(self) -> ArchiveReader:
         return self
@@ -110,7 +125,9 @@ class ArchiveReader:
         if self._tar.count == 0 and isinstance(exc, TarFormatError):
             return ArchiveError(f"{label}: not a valid tar archive ({text})", label)
         if isinstance(exc, EOFError) or "unexpected end" in text or "truncated" in text:
-            return ArchiveError(f"{label}: archive is truncated ({text})", label)
+            return ArchiveError(
+                f"{label}: archive is truncated at byte {self._input.stored_bytes_read} ({text})", label
+            )
         if isinstance(exc, OSError) and exc.strerror:
             return ArchiveError(f"{label}: cannot read archive: {exc.strerror}", label)
         if self._tar.count == 0 and not isinstance(exc, DECOMPRESSION_ERRORS):
@@ -144,11 +161,20 @@ class ArchiveReader:
         stream = self._stream
         view = memoryview(self._buffer)
         remaining = member.size
+        report = self.on_data
+        next_report = PROGRESS_STEP if report is not None else remaining + 1
         try:
             while remaining:
+                if member.size - remaining >= next_report and report is not None:
+                    report(member.size - remaining)
+                    next_report += PROGRESS_STEP
                 count = stream.readinto(view[: min(CHUNK_SIZE, remaining)])  # type: ignore[attr-defined]
                 if not count:
-                    raise ArchiveError(f"{self.label}: archive is truncated inside {member.name!r}", self.label)
+                    raise ArchiveError(
+                        f"{self.label}: archive is truncated at byte {self._input.stored_bytes_read}, "
+                        f"inside {member.name!r}",
+                        self.label,
+                    )
                 remaining -= count
                 yield view[:count]
             self._unread = None
@@ -230,8 +256,15 @@ def read_archive_marker(archive: ObjectRef) -> str | None:
     None.
     """
     try:
-        with ArchiveReader(archive) as reader:
-            next(reader.members(), None)
-            return backup_id_from_comment(reader.global_records.get("comment"))
+        reader = ArchiveReader(archive, read_ahead=False)
     except ArchiveError:
         return None
+    # Without read-ahead, and keeping a mark read before any error: damage further on
+    # (in a small archive, just after the mark) does not hide it, so the backup is
+    # still listed, and a check finds the damage.
+    with reader:
+        try:
+            next(reader.members(), None)
+        except ArchiveError:
+            pass
+        return backup_id_from_comment(reader.global_records.get("comment"))

@@ -159,11 +159,10 @@ def test_without_a_manifest_every_member_is_still_read(made: BackupResult) -> No
     made.manifest_path.unlink()  # type: ignore[union-attr]
     report = verify_backup(made.backup_path)  # type: ignore[arg-type]
     assert report.manifest_path is None
-    assert report.problems == [
-        f"{made.backup_path}: no manifest ({made.manifest_path.name} not found); checksums cannot be verified"  # type: ignore[union-attr]
-    ]
+    assert report.problems == [] and report.lines() == []
     assert report.checked_entries == 4
-    assert not report.ok
+    assert report.ok and not report.checksums
+    assert report.summary().startswith(f"{made.backup_path}: OK, no checksums (no manifest): 4 entries, ")
 
 
 def test_a_damaged_manifest_is_a_problem_naming_it(made: BackupResult) -> None:
@@ -184,16 +183,21 @@ def test_a_truncated_archive_reports_what_came_before_the_damage(made: BackupRes
         cut = archive.getmember("sub/b.bin").offset_data + 100
     path.write_bytes(gzip.compress(tar[:cut]))  # a whole gzip stream of a cut tar stream
     report = verify_backup(path)
-    assert report.problems[0] == f"{path}: archive is truncated inside 'sub/b.bin'"
+    assert report.cause is not None
+    assert report.cause.startswith(f"{path}: archive is truncated at byte ")
+    assert report.cause.endswith("inside 'sub/b.bin'")
     assert report.missing == ["sub/b.bin", "sub/link"]
     assert report.checked_entries == 2  # a.txt and sub
-    assert "FAILED" in report.summary()
+    # The root cause first, the files it took with it in one line, then one summary.
+    assert report.lines() == [report.cause, "2 files and directories of the manifest not found before that point"]
+    assert report.summary() == f"{path}: FAILED, unreadable after 2 entries, {len(A_DATA)} bytes, 2 missing"
 
 
 def test_verify_of_a_missing_archive_is_a_report_not_an_error(tmp_path: Path) -> None:
     report = verify_backup(tmp_path / "gone.tar.gz")
     assert not report.ok
-    assert f"{tmp_path / 'gone.tar.gz'}: archive not found" in report.problems
+    assert report.cause == f"{tmp_path / 'gone.tar.gz'}: archive not found"
+    assert report.lines()[0] == report.cause
 
 
 def test_the_report_as_data(made: BackupResult) -> None:

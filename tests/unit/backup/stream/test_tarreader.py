@@ -234,7 +234,7 @@ def test_what_is_not_a_tar_archive_says_so(tmp_path: Path, blob: bytes, detail: 
 def test_an_archive_cut_inside_a_member_s_data(tmp_path: Path) -> None:
     tar = _tar_bytes()
     ref = _store(tmp_path, "x.tar", tar[: 3 * 512 + 2000])  # inside d/a.bin
-    assert _error(ref) == f"{LABEL}: archive is truncated inside 'd/a.bin'"
+    assert _error(ref) == f"{LABEL}: archive is truncated at byte {3 * 512 + 2000}, inside 'd/a.bin'"
 
 
 def test_an_archive_cut_inside_data_that_is_skipped(tmp_path: Path) -> None:
@@ -242,7 +242,7 @@ def test_an_archive_cut_inside_data_that_is_skipped(tmp_path: Path) -> None:
     tar = _tar_bytes()
     ref = _store(tmp_path, "x.tar", tar[: 3 * 512 + 2000])
     message = _error(ref, read=False)
-    assert message.startswith(f"{LABEL}: archive is truncated (")
+    assert message.startswith(f"{LABEL}: archive is truncated at byte {3 * 512 + 2000} (")
     assert "'d/a.bin'" in message
 
 
@@ -250,7 +250,7 @@ def test_an_archive_cut_inside_data_that_is_skipped(tmp_path: Path) -> None:
 def test_a_compressed_archive_cut_short(tmp_path: Path, compression: str) -> None:
     blob = _compress(compression, _tar_bytes() + os.urandom(30000))
     ref = _store(tmp_path, "x" + COMPRESSIONS[compression].suffix, blob[: len(blob) // 2])
-    assert _error(ref).startswith(f"{LABEL}: archive is truncated (")
+    assert _error(ref).startswith(f"{LABEL}: archive is truncated at byte {len(blob) // 2} (")
 
 
 def test_a_compressed_archive_with_damaged_data(tmp_path: Path) -> None:
@@ -298,6 +298,21 @@ def test_read_archive_marker_names_the_backup_that_wrote_it(tmp_path: Path) -> N
     with ArchiveReader(_store(backups, "plain.tar", out.getvalue())) as reader:
         next(reader.members())
         assert reader.global_records == {"comment": "obs-backup b_20240506_070809-3"}
+
+
+def test_read_archive_marker_survives_damage_just_after_the_mark(tmp_path: Path) -> None:
+    """An archive cut right after its mark is still known as ours, so that it is listed
+    and a check reports it damaged, instead of its vanishing from every listing."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "f").write_bytes(os.urandom(3000))
+    out = io.BytesIO()
+    write_entries(out, scan_source(source).entries, root=str(source), algorithm="sha256", backup_id="b_20240506_070809")
+    cut = out.getvalue()[:3000]  # the mark (a pax global header), then part of a member
+    ref = _store(tmp_path, "b.tar", cut)
+    with pytest.raises(ArchiveError), ArchiveReader(ref) as reader:
+        list(reader.members())
+    assert read_archive_marker(ref) == "b_20240506_070809"
 
 
 @pytest.mark.parametrize(
