@@ -55,6 +55,7 @@ class BackupConfig:
     compression_level: int | None = field_default("compression_level")
     checksum_algorithm: str = field_default("checksum_algorithm")
     on_read_error: ReadErrorPolicy = field_default("on_read_error")  # noqa: RUF009
+    sqlite_snapshot: bool = field_default("sqlite_snapshot")
 
     def __post_init__(self) -> None:
         self.source_dir = Path(self.source_dir)
@@ -106,7 +107,7 @@ class SchedulerConfig:
     backup_dir: Path
     schedule_time: time = field_default("schedule_time", "schedule")  # noqa: RUF009
     retention_days: int = field_default("retention_days", "schedule")
-    tz_name: str = field_default("tz_name", "schedule")
+    tz_name: str = field_default("tz_name")
     prefix: str = field_default("prefix", "schedule")
     compression: str = field_default("compression", "schedule")
     compression_level: int | None = field_default("compression_level", "schedule")
@@ -118,6 +119,12 @@ class SchedulerConfig:
     on_read_error: ReadErrorPolicy = field_default("on_read_error", "schedule")  # noqa: RUF009
     include_manifest: bool = field_default("include_manifest", "schedule")
     checksum_algorithm: str = field_default("checksum_algorithm", "schedule")
+    sqlite_snapshot: bool = field_default("sqlite_snapshot", "schedule")
+    before_backup: Sequence[str] = field_default("before_backup", "schedule")
+    after_backup: Sequence[str] = field_default("after_backup", "schedule")
+    on_error: Sequence[str] = field_default("on_error", "schedule")
+    hook_timeout: float = field_default("hook_timeout", "schedule")
+    check_after: bool = field_default("check_after", "schedule")
 
     def retention_policy(self) -> RetentionPolicy:
         """Return the policy in force: ``policy`` if set, else ``retention_days`` days."""

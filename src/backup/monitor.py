@@ -1,7 +1,8 @@
 """Recording each run's outcome: a state file in the backup directory, and Prometheus
 metrics for node_exporter's textfile collector.
 
-``.obs-backup-state.json`` keeps the last run and the last successful run. The metrics
+``.obs-backup-state.json`` keeps, per prefix, the last run, the last successful run and
+the last prune, whoever ran them (the scheduler, ``create``, ``prune``). The metrics
 file is rewritten atomically (temp file, then rename) after every run, so the
 collector never reads half a file. Both writes are best effort from the caller's point
 of view: a run that succeeded is not turned into a failure because monitoring could
@@ -19,7 +20,7 @@ from typing import Any
 from .storage import Location, open_storage
 from .storage.durable import atomic_write_bytes
 
-__all__ = ["STATE_NAME", "RunRecord", "load_state", "record_run", "render_metrics"]
+__all__ = ["STATE_NAME", "PruneRecord", "RunRecord", "load_state", "record_prune", "record_run", "render_metrics"]
 
 STATE_NAME = ".obs-backup-state.json"
 METRICS_MODE = 0o644  # the collector usually runs as another user
@@ -42,6 +43,11 @@ class RunRecord:
     # Backups of this prefix dated after the run's clock (None: retention did not run,
     # so they were not counted).
     future_dated_backups: int | None = None
+    # What the backup said but did not fail for: files skipped, changed while read ...
+    warnings: int = 0
+    changed_files: int = 0
+    # Damaged backups the check after the run found (None: no check ran).
+    damaged_backups: int | None = None
 
     @property
     def duration_seconds(self) -> float:
@@ -53,6 +59,25 @@ class RunRecord:
         data["started_at"] = self.started_at.isoformat()
         data["finished_at"] = self.finished_at.isoformat()
         data["duration_seconds"] = round(self.duration_seconds, 3)
+        return data
+
+
+@dataclass
+class PruneRecord:
+    """The outcome of one ``prune``: what it removed, and what it kept because it was
+    dated in the future."""
+
+    finished_at: datetime
+    success: bool
+    removed: int = 0
+    kept: int = 0
+    future_dated_backups: int = 0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record as JSON-ready data."""
+        data = asdict(self)
+        data["finished_at"] = self.finished_at.isoformat()
         return data
 
 
@@ -84,28 +109,100 @@ def record_run(backup_dir: Location, record: RunRecord, metrics_file: Path | Non
     return state
 
 
+def record_prune(
+    backup_dir: Location, prefixes: list[str], record: PruneRecord, metrics_file: Path | None = None
+) -> dict[str, Any]:
+    """Given a prune's record and the prefixes it applied to, update the state record
+    (and rewrite the metrics file for each prefix that has a last run); return the state.
+    Raise OSError if either cannot be written."""
+    storage = open_storage(backup_dir)
+    state = load_state(storage)
+    for prefix in prefixes:
+        state.setdefault(prefix, {})["last_prune"] = record.to_dict()
+    storage.write_record(STATE_NAME, json.dumps(state, indent=2).encode("utf-8"))
+    if metrics_file is not None:
+        text = "".join(_render(prefix, state[prefix]) for prefix in prefixes)
+        atomic_write_bytes(metrics_file, text.encode("utf-8"), mode=METRICS_MODE)
+    return state
+
+
 def render_metrics(record: RunRecord, entry: dict[str, Any]) -> str:
     """Given the latest run and the prefix's state, return Prometheus text-format metrics."""
-    labels = f'{{prefix="{_escape(record.prefix)}"}}'
+    return _render(record.prefix, {**entry, "last_run": record.to_dict()}, record)
+
+
+def _render(prefix: str, entry: dict[str, Any], record: RunRecord | None = None) -> str:
+    labels = f'{{prefix="{_escape(prefix)}"}}'
     last_success = entry.get("last_success") or {}
+    last_run = entry.get("last_run") or {}
+    last_prune = entry.get("last_prune")
     success_time = _timestamp(last_success.get("finished_at"))
-    rows = [
-        ("obs_backup_last_success_timestamp_seconds", "Unix time the last successful backup finished.", success_time),
-        ("obs_backup_last_run_timestamp_seconds", "Unix time the last run finished.", record.finished_at.timestamp()),
-        ("obs_backup_last_run_duration_seconds", "Duration of the last run.", record.duration_seconds),
-        ("obs_backup_last_run_success", "1 if the last run succeeded, else 0.", 1.0 if record.success else 0.0),
+    rows: list[tuple[str, str, float]] = [
+        ("obs_backup_last_success_timestamp_seconds", "Unix time the last successful backup finished.", success_time)
+    ]
+    if last_run:
+        rows += [
+            (
+                "obs_backup_last_run_timestamp_seconds",
+                "Unix time the last run finished.",
+                _timestamp(last_run.get("finished_at")),
+            ),
+            (
+                "obs_backup_last_run_duration_seconds",
+                "Duration of the last run.",
+                _number(last_run, "duration_seconds"),
+            ),
+            (
+                "obs_backup_last_run_success",
+                "1 if the last run succeeded, else 0.",
+                1.0 if last_run.get("success") else 0.0,
+            ),
+            (
+                "obs_backup_last_run_warnings",
+                "Warnings of the last run: files skipped, changed while read, hooks that failed after it.",
+                _number(last_run, "warnings"),
+            ),
+        ]
+    rows += [
         (
             "obs_backup_last_archive_size_bytes",
             "Archive size of the last successful backup.",
-            float(last_success.get("archive_size", 0)),
+            _number(last_success, "archive_size"),
         ),
-        ("obs_backup_last_files", "Files in the last successful backup.", float(last_success.get("file_count", 0))),
+        ("obs_backup_last_files", "Files in the last successful backup.", _number(last_success, "file_count")),
+        (
+            "obs_backup_last_changed_files",
+            "Files that changed while the last successful backup read them.",
+            _number(last_success, "changed_files"),
+        ),
         (
             "obs_backup_future_dated_backups",
             "Backups dated after the clock at the last retention: kept; check the clock.",
-            float(_future_dated(record, last_success)),
+            float(_future_dated(record, last_success, last_prune)),
         ),
     ]
+    if isinstance(last_run.get("damaged_backups"), int):
+        rows.append(
+            (
+                "obs_backup_damaged_backups",
+                "Damaged backups found by the check after the last run.",
+                _number(last_run, "damaged_backups"),
+            )
+        )
+    if isinstance(last_prune, dict):
+        rows += [
+            (
+                "obs_backup_last_prune_timestamp_seconds",
+                "Unix time the last prune finished.",
+                _timestamp(last_prune.get("finished_at")),
+            ),
+            (
+                "obs_backup_last_prune_success",
+                "1 if the last prune succeeded, else 0.",
+                1.0 if last_prune.get("success") else 0.0,
+            ),
+            ("obs_backup_last_prune_removed", "Backups the last prune removed.", _number(last_prune, "removed")),
+        ]
     lines = []
     for name, help_text, value in rows:
         lines.append(f"# HELP {name} {help_text}")
@@ -114,13 +211,23 @@ def render_metrics(record: RunRecord, entry: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _future_dated(record: RunRecord, last_success: dict[str, Any]) -> int:
+def _future_dated(record: RunRecord | None, last_success: dict[str, Any], last_prune: object) -> int:
     # A run whose retention did not run counted nothing; the last count stands until
     # one does, so a failing backup does not hide a wrong clock.
-    if record.future_dated_backups is not None:
+    if record is not None and record.future_dated_backups is not None:
         return record.future_dated_backups
-    count = last_success.get("future_dated_backups")
-    return count if isinstance(count, int) and not isinstance(count, bool) else 0
+    counts = [last_success.get("future_dated_backups")]
+    if isinstance(last_prune, dict):
+        counts.insert(0, last_prune.get("future_dated_backups"))
+    for count in counts:
+        if isinstance(count, int) and not isinstance(count, bool):
+            return count
+    return 0
+
+
+def _number(data: dict[str, Any], key: str) -> float:
+    value = data.get(key, 0)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 def _timestamp(value: object) -> float:

@@ -18,6 +18,11 @@ milliseconds. The rules it keeps:
   are kept, logged as warnings and counted in the run record and the metrics.
 * The backup runs in a worker thread; the event loop stays free. A failed backup
   reaches ``on_error``; an exception raised by a callback is logged and ignored.
+* Each run goes through ``backup.hooks.run_with_hooks``: ``before_backup`` commands
+  run before the lock is taken and ``after_backup`` ones once retention is done and
+  the lock released, so a slow dump never holds the backup directory. A failing
+  ``before_backup`` command is a failed run (recorded, metrics included); a failing
+  ``after_backup`` one is a warning on a successful run.
 * ``stop()`` lets a backup in progress finish, so it either completes or (if the
   process is killed) leaves only leftovers that the next run removes.
 """
@@ -37,6 +42,7 @@ from shared.time_helpers import TimeAwareMixin
 from .config import BackupResult, SchedulerConfig
 from .core import create_backup
 from .errors import BackupError
+from .hooks import Hooks, run_with_hooks
 from .listing import list_backups
 from .monitor import RunRecord, record_run
 from .prune import PruneResult, execute_prune, plan_prune
@@ -57,6 +63,7 @@ class RunOutcome:
 
     result: BackupResult
     prune: PruneResult | None = None
+    damaged_backups: int | None = None  # found by the check after the run (None: not checked)
 
 
 class _BackupIdAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -85,6 +92,7 @@ class BackupScheduler(TimeAwareMixin):
         self._tz_name = config.tz_name
         self._init_timezone()
         config.retention_policy()  # refuse a bad policy now, not at 03:00
+        self._hooks = Hooks.from_config(config)  # and bad hook settings
         self._on_complete = on_complete
         self._on_error = on_error
         self._clock = now
@@ -154,32 +162,25 @@ class BackupScheduler(TimeAwareMixin):
     # -- one run --------------------------------------------------------------
 
     def run_once(self) -> RunOutcome:
-        """Back up now, then apply retention if the backup succeeded; record the outcome.
+        """Run the ``before_backup`` hooks, back up now, apply retention if the backup
+        succeeded, run ``after_backup`` or ``on_error``; record the outcome.
 
-        Blocks; holds the backup directory's lock throughout. Never raises: an
-        operational failure, or any unexpected error, is in the outcome's result, and
-        so in the state file and the metrics.
+        Blocks; holds the backup directory's lock for the backup and retention (not
+        for the hooks). Never raises: an operational failure (a failing
+        ``before_backup`` command included), or any unexpected error, is in the
+        outcome's result, and so in the state file and the metrics.
         """
         config = self.config
         started = self._now()
-        prune = None
+        prune: PruneResult | None = None
+
+        def back_up() -> BackupResult:
+            nonlocal prune
+            result, prune = self._back_up_and_prune()
+            return result
+
         try:
-            storage = self.storage
-            with storage.lock(config.lock_timeout):
-                result = create_backup(
-                    config.backup_config(),
-                    metadata={"scheduler": "obs-backup", "tz": config.tz_name},
-                    now=self._now,
-                    storage=storage,
-                )
-                log = _BackupIdAdapter(logger, {"backup_id": result.backup_id})
-                if result.success:
-                    log.info("backup complete: %s (%d bytes)", result.archive, result.archive_size)
-                    for warning in result.warnings:
-                        log.warning("%s", warning)
-                    prune = self._apply_retention(log)
-                else:
-                    log.error("backup failed: %s", result.error)
+            result = run_with_hooks(self._hooks, back_up, source_dir=config.source_dir, backup_dir=config.backup_dir)
         except BackupError as exc:
             result = BackupResult(success=False, error=str(exc))
             logger.error("backup not started: %s", exc)
@@ -187,11 +188,37 @@ class BackupScheduler(TimeAwareMixin):
             logger.exception("scheduled backup crashed")
             result = BackupResult(success=False, error=f"backup failed: internal error: {type(exc).__name__}: {exc}")
         outcome = RunOutcome(result, prune)
+        if config.check_after:
+            outcome.damaged_backups = self._check_backups()
         try:
             self._record(outcome, started)
         except Exception:
             logger.exception("cannot record the run's outcome")
         return outcome
+
+    def _back_up_and_prune(self) -> tuple[BackupResult, PruneResult | None]:
+        """Holding the lock, back up, then apply retention if the backup succeeded;
+        return the backup's result and what retention did. Raise BackupError if the
+        backup could not start (the lock, the configuration)."""
+        config = self.config
+        prune = None
+        storage = self.storage
+        with storage.lock(config.lock_timeout):
+            result = create_backup(
+                config.backup_config(),
+                metadata={"scheduler": "obs-backup", "tz": config.tz_name},
+                now=self._now,
+                storage=storage,
+            )
+            log = _BackupIdAdapter(logger, {"backup_id": result.backup_id})
+            if result.success:
+                log.info("backup complete: %s (%d bytes)", result.archive, result.archive_size)
+                for warning in result.warnings:
+                    log.warning("%s", warning)
+                prune = self._apply_retention(log)
+            else:
+                log.error("backup failed: %s", result.error)
+        return result, prune
 
     def _apply_retention(self, log: logging.LoggerAdapter) -> PruneResult | None:  # type: ignore[type-arg]
         """Apply the policy after a successful backup; a failure here is logged, and
@@ -216,6 +243,23 @@ class BackupScheduler(TimeAwareMixin):
             log.error("retention: %s", error)
         return prune
 
+    def _check_backups(self) -> int | None:
+        """Check every backup of this prefix after a run (``check_after``): all of them
+        for structure, and one seventh of them, a different seventh each day, for
+        content. Return how many are damaged (None if the check could not run)."""
+        from .check import check_backups
+
+        part = self._now().date().toordinal() % 7 + 1
+        try:
+            report = check_backups(self.storage, prefix=self.config.prefix, subset=(part, 7))
+        except (BackupError, OSError) as exc:
+            logger.error("check after the run failed: %s", exc)
+            return None
+        for row in report.damaged:
+            logger.error("check: %s: %s: %s", row.backup_id, row.status, row.detail)
+        (logger.info if report.ok else logger.error)("check: %s", report.summary())
+        return len(report.damaged)
+
     def _record(self, outcome: RunOutcome, started: datetime) -> None:
         result = outcome.result
         record = RunRecord(
@@ -230,9 +274,18 @@ class BackupScheduler(TimeAwareMixin):
             error=result.error,
             removed=list(outcome.prune.removed) if outcome.prune else [],
             future_dated_backups=len(outcome.prune.plan.future) if outcome.prune else None,
+            warnings=len(result.warnings),  # an after_backup hook's failure among them
+            changed_files=len(result.changed_files),
+            damaged_backups=outcome.damaged_backups,
         )
+        storage = self.storage
         try:
-            record_run(self.storage, record, self.config.metrics_file)
+            # A run that failed before taking the lock (a before_backup hook) has not
+            # made the directory; it is recorded all the same, as the lock would have.
+            storage.ensure()
+            record_run(storage, record, self.config.metrics_file)
+        except BackupError as exc:
+            logger.error("cannot record the run's outcome: %s", exc)
         except OSError as exc:
             logger.error("cannot record the run's outcome: %s: %s", exc.filename, exc.strerror or exc)
 
@@ -263,8 +316,9 @@ class BackupScheduler(TimeAwareMixin):
             await self._task
 
     async def _run_loop(self) -> None:
-        if self.config.catch_up and self._missed_a_run():
-            logger.info("the last scheduled backup was missed; running one now")
+        why = self._catch_up_reason() if self.config.catch_up else None
+        if why is not None:
+            logger.info("%s; running one now", why)
             await self._run_and_report()
         last: datetime | None = None
         while self._running:
@@ -278,17 +332,23 @@ class BackupScheduler(TimeAwareMixin):
             last = target
             await self._run_and_report()
 
-    def _missed_a_run(self) -> bool:
+    def _catch_up_reason(self) -> str | None:
+        """Return why a backup should run at start (None: it should not): there is none
+        yet (a first start: nothing was missed, but nothing is protected either), or
+        the last scheduled run was missed."""
         try:
             backups = list_backups(self.storage, prefix=self.config.prefix)
         except BackupError as exc:
             logger.error("cannot list backups for catch-up: %s", exc)
-            return False
+            return None
         now = self._now()
         times = [b.created_at for b in backups if b.created_at is not None and not is_dated_in_future(b, now)]
         if not times:
-            return True
-        return _utc(max(times, key=_utc)) < _utc(self.previous_run_at_or_before(now))
+            return f"no backup with prefix {self.config.prefix!r} yet"
+        scheduled = self.previous_run_at_or_before(now)
+        if _utc(max(times, key=_utc)) < _utc(scheduled):
+            return f"the scheduled backup of {scheduled.isoformat()} was missed"
+        return None
 
     async def _sleep_until(self, target: datetime) -> bool:
         """Sleep in slices until ``target``; return False if stopped first."""

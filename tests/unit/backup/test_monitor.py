@@ -50,12 +50,18 @@ obs_backup_last_run_duration_seconds{prefix="db"} 2.5
 # HELP obs_backup_last_run_success 1 if the last run succeeded, else 0.
 # TYPE obs_backup_last_run_success gauge
 obs_backup_last_run_success{prefix="db"} 1.0
+# HELP obs_backup_last_run_warnings Warnings of the last run: files skipped, changed while read, hooks that failed after it.
+# TYPE obs_backup_last_run_warnings gauge
+obs_backup_last_run_warnings{prefix="db"} 0.0
 # HELP obs_backup_last_archive_size_bytes Archive size of the last successful backup.
 # TYPE obs_backup_last_archive_size_bytes gauge
 obs_backup_last_archive_size_bytes{prefix="db"} 1234.0
 # HELP obs_backup_last_files Files in the last successful backup.
 # TYPE obs_backup_last_files gauge
 obs_backup_last_files{prefix="db"} 5.0
+# HELP obs_backup_last_changed_files Files that changed while the last successful backup read them.
+# TYPE obs_backup_last_changed_files gauge
+obs_backup_last_changed_files{prefix="db"} 0.0
 # HELP obs_backup_future_dated_backups Backups dated after the clock at the last retention: kept; check the clock.
 # TYPE obs_backup_future_dated_backups gauge
 obs_backup_future_dated_backups{prefix="db"} 0.0

@@ -251,6 +251,47 @@ def test_a_crashing_run_is_reported_and_the_schedule_goes_on(
     assert any(r.getMessage() == "scheduled backup crashed" and r.exc_info for r in caplog.records)
 
 
+# -- hooks ---------------------------------------------------------------------------------
+
+
+def test_every_scheduled_run_goes_through_the_hooks(tmp_path: Path) -> None:
+    """Three days: the dump fails on the second, so that run fails (the on_error
+    callback is told why) and the schedule carries on. (The on_error hook is covered
+    by the run_once tests: here ``on_error=`` is the callback.)"""
+    log = tmp_path / "hooks.log"
+    flag = tmp_path / "database-down"
+
+    def complete(result: BackupResult) -> None:
+        if len(h.runs) == 1:
+            flag.touch()  # the database is down for the next run
+        else:
+            flag.unlink(missing_ok=True)
+
+    h = scheduler_on(
+        tmp_path,
+        at(SEOUL, 2026, 5, 1),
+        on_complete=complete,
+        before_backup=[f"test ! -e '{flag}' || {{ echo 'pg_dump: error: connection refused' >&2; exit 1; }}"],
+        after_backup=[f"echo \"after $OBS_BACKUP_ID\" >> '{log}'"],
+    )
+
+    run_until_runs(h, 3)
+
+    assert h.instants() == [at(SEOUL, 2026, 5, day, 3) for day in (1, 2, 3)]
+    assert [run.result.success for run in h.runs] == [True, False, True]
+    failed = h.runs[1].result
+    assert failed.error is not None and failed.error.endswith(
+        "exited with status 1: pg_dump: error: connection refused"
+    )
+    assert h.errors == [failed.error]
+    assert log.read_text().splitlines() == [
+        f"after {h.runs[0].result.backup_id}",
+        f"after {h.runs[2].result.backup_id}",
+    ]
+    made = [h.runs[0].result.backup_id, h.runs[2].result.backup_id]
+    assert [b.backup_id for b in list_backups(tmp_path / "backups")] == made
+
+
 # -- stop() while a backup is running ------------------------------------------------------
 
 

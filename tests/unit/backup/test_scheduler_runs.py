@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import stat
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -26,7 +27,7 @@ from backup.listing import list_backups
 from backup.monitor import STATE_NAME, load_state
 from backup.retention import RetentionPolicy
 from backup.scheduler import BackupScheduler, SchedulerConfig
-from backup.storage.lock import backup_dir_lock
+from backup.storage.lock import LOCK_NAME, backup_dir_lock
 from shared.time_helpers import UnknownTimeZoneError
 from support.backups import make_backups, make_source, partials
 from support.clock import FakeClock, at, run_until_runs, scheduler_on
@@ -138,6 +139,8 @@ def test_run_once_records_state_and_metrics(tmp_path: Path) -> None:
         f"obs_backup_last_archive_size_bytes{label}": float(ok.archive_size),
         f"obs_backup_last_files{label}": 2.0,
         f"obs_backup_future_dated_backups{label}": 0.0,
+        f"obs_backup_last_run_warnings{label}": 0.0,
+        f"obs_backup_last_changed_files{label}": 0.0,
     }
     assert ok.archive_size > 0
     assert stat.S_IMODE(metrics.stat().st_mode) == 0o644
@@ -259,6 +262,111 @@ def test_an_unexpected_error_inside_a_run_reaches_on_error_the_state_file_and_th
     last = json.loads((tmp_path / "backups" / STATE_NAME).read_text())["scheduled_backup"]["last_run"]
     assert last["success"] is False and last["error"] == h.errors[0]
     assert metric_values(metrics.read_text())['obs_backup_last_run_success{prefix="scheduled_backup"}'] == 0.0
+
+
+# -- hooks ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="needs flock(1) to probe the lock from a hook")
+def test_run_once_runs_the_hooks_around_the_backup_and_retention(tmp_path: Path) -> None:
+    """before_backup's dump is in the backup; after_backup runs once retention is done
+    and the lock is free, and is told the backup's id and archive."""
+    source = make_source(tmp_path / "source")
+    [old] = make_backups(tmp_path, SCHEDULED, 1, at(SEOUL, 2026, 4, 1, 3))
+    seen = tmp_path / "after.txt"
+    clock = FakeClock(at(SEOUL, 2026, 5, 1, 3))
+    config = SchedulerConfig(
+        source,
+        tmp_path / "backups",
+        before_backup=["printf 'dump\\n' > db.sql"],
+        after_backup=[
+            f'printf \'%s\\n\' "$OBS_BACKUP_ID" "$OBS_BACKUP_ARCHIVE" "$OBS_BACKUP_STATUS" > \'{seen}\'',
+            f"test -e \"$OBS_BACKUP_DIR/{old}.tar.gz\" && echo kept >> '{seen}' || echo removed >> '{seen}'",
+            f"flock --nonblock \"$OBS_BACKUP_DIR/{LOCK_NAME}\" echo unlocked >> '{seen}'",
+        ],
+    )
+    scheduler = BackupScheduler(config, now=clock.now)
+
+    outcome = scheduler.run_once()
+
+    result = outcome.result
+    assert result.success, result.error
+    assert result.warnings == []
+    assert result.manifest is not None
+    assert "db.sql" in {entry.path for entry in result.manifest.files}
+    assert outcome.prune is not None and outcome.prune.removed == [old]
+    assert seen.read_text().splitlines() == [result.backup_id, result.archive, "success", "removed", "unlocked"]
+
+
+def test_a_failing_before_backup_fails_the_run_where_monitoring_looks(tmp_path: Path) -> None:
+    metrics = tmp_path / "obs_backup.prom"
+    seen = tmp_path / "on_error.txt"
+    clock = FakeClock(at(SEOUL, 2026, 5, 1, 3))
+    make_source(tmp_path / "source")
+    config = SchedulerConfig(
+        tmp_path / "source",
+        tmp_path / "backups",
+        metrics_file=metrics,
+        before_backup=["echo 'pg_dump: error: connection refused' >&2; exit 1"],
+        on_error=[f"printf '%s' \"$OBS_BACKUP_ERROR\" > '{seen}'"],
+    )
+    scheduler = BackupScheduler(config, now=clock.now)
+
+    outcome = scheduler.run_once()
+
+    error = (
+        "before_backup hook `echo 'pg_dump: error: connection refused' >&2; exit 1` "
+        "exited with status 1: pg_dump: error: connection refused"
+    )
+    assert outcome.result.success is False
+    assert outcome.result.error == error
+    assert outcome.prune is None
+    assert seen.read_text() == error
+    assert list_backups(tmp_path / "backups") == []
+    last = load_state(tmp_path / "backups")[SCHEDULED]["last_run"]
+    assert last["success"] is False and last["error"] == error
+    assert metric_values(metrics.read_text())['obs_backup_last_run_success{prefix="scheduled_backup"}'] == 0.0
+
+
+def test_a_failing_after_backup_leaves_a_successful_run_with_a_warning(tmp_path: Path) -> None:
+    clock = FakeClock(at(SEOUL, 2026, 5, 1, 3))
+    make_source(tmp_path / "source")
+    config = SchedulerConfig(
+        tmp_path / "source", tmp_path / "backups", after_backup=["exit 7"], on_error=["touch on-error-ran"]
+    )
+    scheduler = BackupScheduler(config, now=clock.now)
+
+    outcome = scheduler.run_once()
+
+    assert outcome.result.success, outcome.result.error
+    assert outcome.result.warnings == ["after_backup hook `exit 7` exited with status 7"]
+    assert [b.backup_id for b in list_backups(tmp_path / "backups")] == [outcome.result.backup_id]
+    entry = load_state(tmp_path / "backups")[SCHEDULED]
+    assert entry["last_success"]["backup_id"] == outcome.result.backup_id
+    assert entry["last_run"]["warnings"] == 1
+    assert not (tmp_path / "source" / "on-error-ran").exists()
+
+
+def test_on_error_runs_when_the_directory_is_locked(tmp_path: Path) -> None:
+    source = make_source(tmp_path / "source")
+    backup_dir = tmp_path / "backups"
+    seen = tmp_path / "on_error.txt"
+    clock = FakeClock(at(SEOUL, 2026, 5, 1, 3))
+    config = SchedulerConfig(
+        source, backup_dir, lock_timeout=0, on_error=[f"printf '%s' \"$OBS_BACKUP_ERROR\" > '{seen}'"]
+    )
+    scheduler = BackupScheduler(config, now=clock.now)
+
+    with backup_dir_lock(backup_dir):
+        outcome = scheduler.run_once()
+
+    assert not outcome.result.success
+    assert seen.read_text() == outcome.result.error
+
+
+def test_bad_hook_settings_are_refused_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="hook_timeout"):
+        BackupScheduler(SchedulerConfig(tmp_path, tmp_path / "b", hook_timeout=0))
 
 
 # -- locking -------------------------------------------------------------------------------
