@@ -4,6 +4,7 @@ Everything a caller needs is importable from here; ``__all__`` is the public sur
 """
 
 from .catalog import BackupInfo
+from .check import CheckReport, CheckRow, check_backups, parse_subset
 from .checksum import calculate_checksum, verify_checksum
 from .config import BackupConfig, BackupResult
 from .core import create_backup, execute_plan, restore_backup
@@ -19,13 +20,16 @@ from .errors import (
     UnsafeArchiveError,
     VerificationError,
 )
+from .hooks import Hooks, run_with_hooks
 from .listing import clean_leftovers, list_backups
 from .manifest import ArchiveInfo, BackupManifest, ManifestEntry, create_manifest, load_manifest
-from .monitor import RunRecord, load_state, record_run
+from .monitor import PruneRecord, RunRecord, load_state, record_prune, record_run
 from .plan import BackupPlan, RestoreEntry, RestorePlan, plan_backup, plan_restore
 from .prune import PruneResult, execute_prune, plan_prune
 from .retention import RetentionDecision, RetentionPlan, RetentionPolicy, apply_policy, parse_duration
+from .safety import Selection
 from .scheduler import BackupScheduler, RunOutcome, SchedulerConfig
+from .select import Selected, find_backup
 from .storage import BackupStorage, LocalStorage, backup_dir_lock
 from .verify import Mismatch, VerifyReport, verify_backup
 
@@ -47,6 +51,7 @@ __all__ = [
     "plan_backup",
     "plan_restore",
     "execute_plan",
+    "Selection",
     # Manifest
     "ArchiveInfo",
     "BackupManifest",
@@ -60,12 +65,20 @@ __all__ = [
     "BackupInfo",
     "list_backups",
     "clean_leftovers",
+    "find_backup",
+    "Selected",
+    "check_backups",
+    "parse_subset",
+    "CheckReport",
+    "CheckRow",
     "BackupStorage",
     "LocalStorage",
     # Scheduler
     "BackupScheduler",
     "SchedulerConfig",
     "RunOutcome",
+    "Hooks",
+    "run_with_hooks",
     # Retention
     "RetentionPolicy",
     "RetentionPlan",
@@ -79,6 +92,8 @@ __all__ = [
     "backup_dir_lock",
     "RunRecord",
     "record_run",
+    "PruneRecord",
+    "record_prune",
     "load_state",
     # Errors
     "BackupError",

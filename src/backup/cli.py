@@ -1,7 +1,9 @@
 """The ``obs-backup`` command line: parse arguments, call the library, report.
 
 No backup logic lives here. Exit codes: 0 success, 1 failure or verification
-mismatch, 2 usage error. Errors are one line on stderr, never a traceback.
+mismatch, 2 usage error, 3 a backup that completed with warnings (a file skipped or
+changed while it was read). Errors are one line on stderr, never a traceback; with
+``--json`` a failure is also a JSON object on stdout (``"success": false``).
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ import asyncio
 import codecs
 import json
 import logging
+import os
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 
 from shared.time_helpers import UnknownTimeZoneError, load_zone
 
@@ -27,12 +32,14 @@ from .core import execute_plan
 from .errors import BackupError, ConfigError, StorageError
 from .listing import list_backups
 from .manifest import display_name
+from .monitor import PruneRecord, RunRecord, record_prune, record_run
 from .plan import BackupPlan, RestorePlan, plan_backup, plan_restore
-from .progress import ProgressCallback
-from .prune import execute_prune, plan_prune
-from .retention import RetentionPolicy, parse_duration
+from .progress import ProgressBar, ProgressCallback, format_count, format_size
+from .prune import PruneResult, execute_prune, plan_prune
+from .retention import FUTURE_REASON, RetentionPolicy, is_dated_in_future, parse_duration
 from .scheduler import BackupScheduler
-from .settings import COMMANDS, Setting, load_settings, settings_for
+from .select import find_backup
+from .settings import COMMANDS, CONFIG_ENV, Setting, load_settings, settings_for
 from .storage import open_storage
 from .verify import verify_backup
 
@@ -41,8 +48,10 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_WARNINGS = 3
 DRY_RUN = "(dry run; not making any changes)"
 
+logger = logging.getLogger("backup")
 
 _Config = TypeVar("_Config", BackupConfig, SchedulerConfig)
 
@@ -59,9 +68,26 @@ class _Parser(argparse.ArgumentParser):
 
 _COMMAND_HELP: dict[str, tuple[str, str]] = {
     "create": ("back up a directory", "Back up SOURCE into BACKUP_DIR."),
-    "restore": ("restore an archive", "Restore ARCHIVE into TARGET."),
-    "verify": ("check an archive against its manifest", "Check ARCHIVE against its manifest."),
+    "restore": (
+        "restore a backup",
+        "Restore BACKUP into TARGET. BACKUP is an archive, its manifest, a backup id or 'latest' "
+        "(ids and 'latest' are looked up in --backup-dir).",
+    ),
+    "verify": (
+        "check a backup against its manifest",
+        "Read BACKUP to the end and check every file against its manifest.",
+    ),
     "list": ("list complete backups", "List the backups in BACKUP_DIR."),
+    "ls": ("list the files in a backup (from its manifest)", "List the entries of BACKUP from its manifest."),
+    "diff": (
+        "compare two backups (from their manifests)",
+        "Show what was added, removed or changed from BACKUP to OTHER, from their manifests.",
+    ),
+    "check": (
+        "check every backup in a directory",
+        "Check that every backup in BACKUP_DIR has its archive and manifest, consistent with each other; "
+        "with --read-data, also read and verify their content.",
+    ),
     "schedule": (
         "back up every day and apply retention (runs in the foreground)",
         "Back up SOURCE into BACKUP_DIR every day at --at in --tz, then remove old backups, until SIGINT or SIGTERM.",
@@ -78,7 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         "verify and restore such archives safely.",
     )
     parser.add_argument("--version", action="version", version=f"obs-backup {__version__}")
-    parser.add_argument("--config", type=Path, metavar="FILE.toml", help="read settings from a TOML file; flags win")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.toml",
+        help=f"read settings from a TOML file (default: ${CONFIG_ENV}, if set); flags win",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     for command in COMMANDS:
@@ -91,18 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_option(parser: argparse.ArgumentParser, setting: Setting, command: str) -> None:
-    if setting.positional:
+    help_text = setting.help + (f" (or ${setting.env})" if setting.env else "")
+    if setting.positional_in(command):
         parser.add_argument(
             setting.key,
-            metavar=setting.key.upper(),
+            metavar=setting.metavar or setting.key.upper(),
             type=setting.kind.parse,
             nargs="?",
             default=None,
-            help=setting.help,
+            help=help_text,
         )
         return
     options: dict[str, Any] = {"dest": setting.key, "action": setting.action, "default": argparse.SUPPRESS}
-    help_text = setting.help
     if setting.action in ("store", "append"):
         options["type"] = setting.kind.parse
         if setting.metavar:
@@ -112,24 +143,45 @@ def _add_option(parser: argparse.ArgumentParser, setting: Setting, command: str)
     default = setting.default_for(command)
     if setting.action == "store" and default not in (None, (), [], False):
         help_text += f" (default: {default:g})" if isinstance(default, float) else f" (default: {default})"
-    parser.add_argument(*setting.flags, help=help_text, **options)
+    parser.add_argument(*setting.flags_in(command), help=help_text, **options)
+
+
+def _absolute_paths(args: argparse.Namespace) -> None:
+    """Make every path setting absolute, so that messages and --json name files wherever
+    they are read from (a path in the config file is already relative to the file)."""
+    for setting in settings_for(args.command):
+        value = getattr(args, setting.key, None)
+        if isinstance(value, Path):
+            setattr(args, setting.key, value.absolute())
 
 
 def _resolve(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill every setting not given on the command line from --config, then defaults."""
+    """Fill every setting not given on the command line from the environment, then
+    --config, then defaults. A repeatable option adds to the file's list."""
     command = args.command
+    if args.config is None and os.environ.get(CONFIG_ENV):
+        args.config = Path(os.environ[CONFIG_ENV])
     from_file = load_settings(args.config, command) if args.config is not None else {}
     for setting in settings_for(command):
-        given = getattr(args, setting.key, None) is not None if setting.positional else hasattr(args, setting.key)
+        positional = setting.positional_in(command)
+        given = getattr(args, setting.key, None) is not None if positional else hasattr(args, setting.key)
         if given:
+            if setting.action == "append" and setting.key in from_file:
+                setattr(args, setting.key, [*from_file[setting.key], *getattr(args, setting.key)])
             continue
-        if setting.key in from_file:
+        if setting.env and os.environ.get(setting.env):
+            try:
+                setattr(args, setting.key, setting.kind.parse(os.environ[setting.env]))
+            except ValueError as exc:
+                raise _UsageError(f"${setting.env}: {exc}") from None
+        elif setting.key in from_file:
             setattr(args, setting.key, from_file[setting.key])
         else:
             setattr(args, setting.key, setting.default_for(command))
     for setting in settings_for(command):
-        if setting.positional and getattr(args, setting.key) is None:
+        if setting.positional_in(command) and getattr(args, setting.key) is None:
             raise _UsageError(f"{command}: {setting.key.upper()} is required (on the command line or in --config)")
+    _absolute_paths(args)
     return args
 
 
@@ -147,32 +199,84 @@ def _config(kind: type[_Config], args: argparse.Namespace, **extra: Any) -> _Con
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     _tolerate_undecodable_names()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    wants_json = "--json" in argv
     parser = build_parser()
     try:
         args = _resolve(parser.parse_args(argv))
-    except _UsageError as exc:
-        print(f"obs-backup: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ConfigError as exc:
-        print(f"obs-backup: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except (_UsageError, ConfigError) as exc:
+        return _fail(str(exc), EXIT_USAGE, wants_json)
+    wants_json = bool(args.json)
+    with _logging_to_stderr(args):
+        return _run(args, wants_json)
+
+
+def _run(args: argparse.Namespace, wants_json: bool) -> int:
     handler: Callable[[argparse.Namespace], int] = _COMMANDS[args.command]
     try:
         return handler(args)
     except (ConfigError, UnknownTimeZoneError) as exc:
-        print(f"obs-backup: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(str(exc), EXIT_USAGE, wants_json)
     except BackupError as exc:
-        print(f"obs-backup: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(str(exc), EXIT_FAILED, wants_json)
     except KeyboardInterrupt:
-        print("obs-backup: interrupted", file=sys.stderr)
-        return 130
+        return _fail("interrupted", 130, wants_json)
     except BrokenPipeError:
         return EXIT_FAILED
     except Exception as exc:  # a bug: still one line, and the exit code says it failed
-        print(f"obs-backup: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_FAILED, wants_json)
+
+
+def _fail(message: str, code: int, wants_json: bool) -> int:
+    """Report a failure: one line on stderr, and with --json an object on stdout."""
+    shown = message if message == "interrupted" else f"error: {message}"
+    print(f"obs-backup: {shown}", file=sys.stderr)
+    if wants_json:
+        _print_json({"success": False, "error": message, "exit_code": code})
+    return code
+
+
+class _StderrHandler(logging.Handler):
+    """Logs to whatever ``sys.stderr`` is when a record is written (not when made)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+class _ZoneFormatter(logging.Formatter):
+    """Log times as ISO 8601 with their UTC offset, in the zone the process runs in."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created, UTC).astimezone().isoformat(timespec="seconds")
+
+
+@contextmanager
+def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
+    """Send log records (the scheduler's, the hooks' output) to stderr while a command
+    runs, at the level asked for."""
+    if args.log_level:
+        level = getattr(logging, str(args.log_level).upper())
+    elif args.verbose:
+        level = logging.DEBUG
+    elif args.quiet:
+        level = logging.WARNING
+    else:
+        level = logging.INFO
+    handler = _StderrHandler()
+    handler.setFormatter(_ZoneFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
 
 
 def _escape_undecodable(error: UnicodeError) -> tuple[str, int]:
@@ -206,18 +310,65 @@ def _cmd_create(args: argparse.Namespace) -> int:
     if args.dry_run:
         _print_backup_plan(plan_backup(config), args)
         return EXIT_OK
+    from .hooks import Hooks, run_with_hooks
+
     storage = open_storage(args.backup_dir)
-    with storage.lock(args.lock_timeout):
-        plan = plan_backup(config, storage=storage)
-        with _progress(args, "backing up", plan.total_bytes) as progress:
-            result = execute_plan(plan, progress)
+    started = datetime.now(UTC)
+
+    def backup() -> BackupResult:
+        if not Path(config.source_dir).is_dir():  # found before the lock makes BACKUP_DIR
+            return BackupResult(success=False, error=f"{config.source_dir}: source directory does not exist")
+        with storage.lock(args.lock_timeout):  # another run holding it: an error, not a run
+            try:
+                plan = plan_backup(config, storage=storage)
+            except ConfigError:
+                raise
+            except BackupError as exc:  # a failed run: recorded, reported, and on_error told
+                return BackupResult(success=False, error=str(exc))
+            _print_notices(plan, args)
+            with _progress(args, "backing up", plan.total_bytes) as progress:
+                return execute_plan(plan, progress)
+
+    result = run_with_hooks(Hooks.from_config(args), backup, source_dir=config.source_dir, backup_dir=config.backup_dir)
+    _record_run(args, result, started)
     return _report(result, args, "backup")
 
 
+def _print_notices(plan: BackupPlan, args: argparse.Namespace) -> None:
+    if not args.quiet:
+        for notice in plan.notices:
+            print(f"obs-backup: warning: {notice}", file=sys.stderr)
+
+
+def _record_run(args: argparse.Namespace, result: BackupResult, started: datetime) -> None:
+    """Write the state record (and metrics) of a create, as the scheduler does; a
+    failure to write them is a warning, not the backup's failure."""
+    manifest = result.manifest
+    record = RunRecord(
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        success=result.success,
+        prefix=args.prefix,
+        backup_id=result.backup_id if result.success else None,
+        archive_path=result.archive,
+        archive_size=result.archive_size,
+        file_count=manifest.file_count if manifest else 0,
+        error=result.error,
+        warnings=len(result.warnings),
+        changed_files=len(result.changed_files),
+    )
+    try:
+        if open_storage(args.backup_dir).exists():
+            record_run(args.backup_dir, record, args.metrics_file)
+    except (OSError, BackupError) as exc:
+        print(f"obs-backup: warning: cannot record the run (state file or metrics): {exc}", file=sys.stderr)
+
+
 def _cmd_restore(args: argparse.Namespace) -> int:
+    selected = find_backup(args.archive, args.backup_dir)
     plan = plan_restore(
-        args.archive,
-        args.target,
+        selected.archive,
+        _absolute(args.target),
         paths=args.paths,
         overwrite=args.overwrite,
         verify_checksums=not args.no_verify,
@@ -225,6 +376,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         list_archive=args.dry_run,  # without a manifest, only a dry run needs a separate listing pass
         same_owner=False if args.no_same_owner else None,
         numeric_owner=args.numeric_owner,
+        include=args.include or (),
+        exclude=args.restore_exclude or (),
     )
     if args.dry_run:
         _print_restore_plan(plan, args)
@@ -235,10 +388,17 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    with _progress(args, "verifying", 0) as progress:
-        report = verify_backup(args.archive, progress=progress, check_owners=args.check_owners)
+    selected = find_backup(args.archive, args.backup_dir)
+    total = 0
+    if selected.manifest is not None and not (args.json or args.quiet):
+        try:
+            total = selected.read_manifest().total_size
+        except BackupError:
+            pass  # verify reports it
+    with _progress(args, "verifying", total) as progress:
+        report = verify_backup(selected.archive, selected.manifest, progress=progress, check_owners=args.check_owners)
     if args.json:
-        _print_json(report.to_dict())
+        _print_json({"success": report.ok, **report.to_dict()})
     elif not args.quiet or not report.ok:
         out = sys.stdout if report.ok else sys.stderr
         for line in report.lines():
@@ -248,11 +408,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
-    from .retention import FUTURE_REASON, is_dated_in_future
-
-    backups = list_backups(open_storage(args.backup_dir), prefix=args.prefix)
+    storage = open_storage(args.backup_dir)
+    if not storage.exists():
+        raise StorageError(f"{_absolute(args.backup_dir)}: backup directory does not exist", args.backup_dir)
+    backups = list_backups(storage, prefix=args.prefix)
     now = datetime.now(UTC)
     if args.json:
         _print_json([{**backup.to_dict(), "future": is_dated_in_future(backup, now)} for backup in backups])
@@ -260,18 +419,126 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.quiet:
         return EXIT_OK
     if not backups:
-        print(f"no complete backups in {args.backup_dir}")
+        print(f"no complete backups in {_absolute(args.backup_dir)}")
         return EXIT_OK
     print(f"{'BACKUP ID':<36} {'CREATED':<25} {'SIZE':>10} {'FILES':>7}  ARCHIVE")
     for backup in backups:
         created = backup.created_at.isoformat(timespec="seconds") if backup.created_at else "?"
         files = "?" if backup.file_count is None else str(backup.file_count)
-        print(f"{backup.backup_id:<36} {created:<25} {_size(backup.size_bytes):>10} {files:>7}  {backup.archive.name}")
+        name = backup.archive.name
+        print(f"{backup.backup_id:<36} {created:<25} {format_size(backup.size_bytes):>10} {files:>7}  {name}")
         if is_dated_in_future(backup, now):
             print(f"  warning: {FUTURE_REASON}")
         if backup.problem:
             print(f"  problem: {backup.problem}")
+    print(f"{format_count(len(backups), 'backup')}, {format_size(sum(b.size_bytes for b in backups))}")
     return EXIT_OK
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    selected = find_backup(args.archive, args.backup_dir, archive_required=False)
+    manifest = selected.read_manifest()
+    if args.json:
+        _print_json(
+            {
+                "success": True,
+                "backup_id": manifest.backup_id,
+                "archive_path": selected.archive.label,
+                "entries": [entry.to_dict() for entry in manifest.files],
+            }
+        )
+        return EXIT_OK
+    if args.quiet:
+        return EXIT_OK
+    for entry in manifest.files:
+        mode = "?" if entry.mode is None else f"{entry.mode:04o}"
+        owner = f"{entry.user or entry.uid or '?'}/{entry.group or entry.gid or '?'}"
+        when = entry.modified[:19].replace("T", " ")
+        name = display_name(entry.path) + ("/" if entry.type == "dir" else "")
+        if entry.link_target is not None:
+            name += f" {'->' if entry.type == 'symlink' else 'link to'} {display_name(entry.link_target)}"
+        print(f"{entry.type:<8} {mode} {owner:<17} {entry.size:>12} {when}  {name}")
+    print(
+        f"{manifest.backup_id}: {format_count(manifest.file_count, 'file')}, "
+        f"{format_count(len(manifest.files), 'entry', 'entries')}, {format_size(manifest.total_size)}"
+    )
+    return EXIT_OK
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    first = find_backup(args.archive, args.backup_dir, archive_required=False).read_manifest()
+    second = find_backup(args.other, args.backup_dir, archive_required=False).read_manifest()
+    before, after = first.entry_map(), second.entry_map()
+    added = [path for path in after if path not in before]
+    removed = [path for path in before if path not in after]
+    changed = []
+    for path, entry in after.items():
+        old = before.get(path)
+        if old is not None:
+            what = _changes(old, entry)
+            if what:
+                changed.append((path, what))
+    if args.json:
+        _print_json(
+            {
+                "success": True,
+                "from": first.backup_id,
+                "to": second.backup_id,
+                "added": added,
+                "removed": removed,
+                "changed": [{"path": path, "what": what} for path, what in changed],
+            }
+        )
+        return EXIT_OK
+    if not args.quiet:
+        rows = [(path, "+", "") for path in added] + [(path, "-", "") for path in removed]
+        rows += [(path, "M", f" ({', '.join(what)})") for path, what in changed]
+        for path, sign, detail in sorted(rows):
+            print(f"{sign} {display_name(path)}{detail}")
+        print(
+            f"{first.backup_id} -> {second.backup_id}: {len(added)} added, {len(removed)} removed, "
+            f"{len(changed)} changed"
+        )
+    return EXIT_OK
+
+
+def _changes(old: Any, new: Any) -> list[str]:
+    """Given two manifest entries of one path, return what differs between them."""
+    what = []
+    if old.type != new.type:
+        what.append(f"{old.type} -> {new.type}")
+    elif old.checksum != new.checksum or old.size != new.size:
+        what.append("content")
+    if old.link_target != new.link_target and old.type == new.type:
+        what.append("link target")
+    if old.mode != new.mode:
+        what.append("mode")
+    if (old.uid, old.gid, old.user, old.group) != (new.uid, new.gid, new.user, new.group):
+        what.append("owner")
+    if old.xattrs != new.xattrs:
+        what.append("extended attributes")
+    if getattr(old, "mtime_ns", None) != getattr(new, "mtime_ns", None) or old.modified != new.modified:
+        if not what:
+            what.append("time")
+    return what
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .check import check_backups, parse_subset
+
+    subset = parse_subset(args.read_data_subset) if args.read_data_subset else None
+    storage = open_storage(args.backup_dir)
+    if not storage.exists():
+        raise StorageError(f"{_absolute(args.backup_dir)}: backup directory does not exist", args.backup_dir)
+    report = check_backups(storage, prefix=args.prefix, read_data=args.read_data, subset=subset)
+    if args.json:
+        _print_json({"success": report.ok, **report.to_dict()})
+    elif not args.quiet or not report.ok:
+        out = sys.stdout if report.ok else sys.stderr
+        for line in report.lines():
+            print(line, file=out)
+        print(report.summary(), file=out)
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _policy(args: argparse.Namespace) -> RetentionPolicy | None:
@@ -288,11 +555,8 @@ def _policy(args: argparse.Namespace) -> RetentionPolicy | None:
 def _cmd_schedule(args: argparse.Namespace) -> int:
     config = _config(SchedulerConfig, args, policy=_policy(args))
     config.backup_config().validated()  # refuse bad settings now, not at 03:00
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    load_zone(config.tz_name)
+    _check_can_run(config)
 
     def done(result: BackupResult) -> None:
         if args.json:
@@ -300,12 +564,43 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 
     scheduler = BackupScheduler(config, on_complete=done)
     print(
-        f"obs-backup: scheduling {config.source_dir} -> {config.backup_dir} daily at "
+        f"obs-backup: scheduling {_absolute(config.source_dir)} -> {_absolute(config.backup_dir)} daily at "
         f"{config.schedule_time:%H:%M} {config.tz_name}; {config.retention_policy().describe()}",
         file=sys.stderr,
     )
     asyncio.run(_serve(scheduler))
     return EXIT_OK
+
+
+def _check_can_run(config: SchedulerConfig) -> None:
+    """Refuse to start (a usage error) a schedule that could not make its first backup:
+    a source that is not a directory, a backup or metrics directory that cannot be
+    written. Found now, by the person starting it, not at 03:00 by nobody."""
+    source = _absolute(config.source_dir)
+    if not source.is_dir():
+        what = "does not exist" if not source.exists() else "is not a directory"
+        raise ConfigError(f"{source}: source directory {what}", source)
+    backup_dir = _absolute(config.backup_dir)
+    _probe_writable(backup_dir if backup_dir.exists() else _existing_parent(backup_dir), "backup directory")
+    if config.metrics_file is not None:
+        _probe_writable(_absolute(config.metrics_file).parent, "metrics file's directory")
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _probe_writable(directory: Path, what: str) -> None:
+    # Permission bits do not tell (root, ACLs, a read-only mount): try it.
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: {what} is not a directory", directory)
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".obs-backup-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{directory}: {what} cannot be written: {exc.strerror or exc}", directory) from exc
 
 
 async def _serve(scheduler: BackupScheduler) -> None:
@@ -331,12 +626,13 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     zone = load_zone(str(args.tz))
     storage = open_storage(args.backup_dir)
     if not storage.exists():
-        raise StorageError(f"{args.backup_dir}: backup directory does not exist", args.backup_dir)
+        raise StorageError(f"{_absolute(args.backup_dir)}: backup directory does not exist", args.backup_dir)
     if args.dry_run:
         result = execute_prune(storage, plan_prune(storage, policy, zone, args.prefix), dry_run=True)
     else:
         with storage.lock(args.lock_timeout):
             result = execute_prune(storage, plan_prune(storage, policy, zone, args.prefix))
+        _record_prune(args, result)
     for decision in result.plan.future:
         created = decision.backup.created_at
         moment = created.isoformat() if created is not None else "?"
@@ -355,9 +651,31 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             print(f"{label}{verb} {decision.backup.backup_id}")
         for name in result.leftovers:
             print(f"removed leftover {name}")
+        verb = "would remove" if args.dry_run else "removed"
+        print(
+            f"{label}{verb} {format_count(len(result.plan.remove), 'backup')}, "
+            f"kept {format_count(len(result.plan.keep), 'backup')}"
+        )
     for error in result.errors:
         print(f"obs-backup: error: {error}", file=sys.stderr)
     return EXIT_OK if result.success else EXIT_FAILED
+
+
+def _record_prune(args: argparse.Namespace, result: PruneResult) -> None:
+    decisions = [*result.plan.keep, *result.plan.remove]
+    prefixes = sorted({d.backup.prefix for d in decisions if d.backup.prefix is not None})
+    record = PruneRecord(
+        finished_at=datetime.now(UTC),
+        success=result.success,
+        removed=len(result.removed),
+        kept=len(result.plan.keep),
+        future_dated_backups=len(result.plan.future),
+        error="; ".join(result.errors) or None,
+    )
+    try:
+        record_prune(args.backup_dir, prefixes, record, args.metrics_file)
+    except (OSError, BackupError) as exc:
+        print(f"obs-backup: warning: cannot record the prune (state file or metrics): {exc}", file=sys.stderr)
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -365,22 +683,30 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "restore": _cmd_restore,
     "verify": _cmd_verify,
     "list": _cmd_list,
+    "ls": _cmd_ls,
+    "diff": _cmd_diff,
+    "check": _cmd_check,
     "schedule": _cmd_schedule,
     "prune": _cmd_prune,
 }
 
 
 def _report(result: BackupResult, args: argparse.Namespace, what: str) -> int:
-    if args.json:
-        _print_json(_result_dict(result))
-    else:
+    code = EXIT_OK
+    if not result.success:
+        code = EXIT_FAILED
+    elif what == "backup" and result.warnings:
+        code = EXIT_WARNINGS
+    if not args.json:
         for warning in result.warnings:
             print(f"obs-backup: warning: {warning}", file=sys.stderr)
-        if not result.success:
-            print(f"obs-backup: error: {result.error}", file=sys.stderr)
-        elif not args.quiet:
-            print(_result_line(result, what))
-    return EXIT_OK if result.success else EXIT_FAILED
+    if not result.success:
+        print(f"obs-backup: error: {result.error}", file=sys.stderr)
+    if args.json:
+        _print_json({**_result_dict(result), "exit_code": code})
+    elif result.success and not args.quiet:
+        print(_result_line(result, what))
+    return code
 
 
 def _result_line(result: BackupResult, what: str) -> str:
@@ -388,13 +714,17 @@ def _result_line(result: BackupResult, what: str) -> str:
         manifest = result.manifest
         files = manifest.file_count if manifest else 0
         total = manifest.total_size if manifest else 0
-        return (
-            f"created {result.archive or result.backup_path}: {files} files, {_size(total)} read, "
-            f"archive {_size(result.archive_size)}, {result.duration_seconds:.1f}s"
+        line = (
+            f"created {result.archive or result.backup_path}: {format_count(files, 'file')}, "
+            f"{format_size(total)} read, archive {format_size(result.archive_size)}, {result.duration_seconds:.1f}s"
         )
+        if result.warnings:
+            line += f"; completed with {format_count(len(result.warnings), 'warning')} (above)"
+        return line
     checked = "verified against the manifest" if result.verified else "not verified"
     return (
-        f"restored {result.entry_count} entries into {result.backup_path} ({checked}), {result.duration_seconds:.1f}s"
+        f"restored {format_count(result.entry_count, 'entry', 'entries')} into {result.backup_path} "
+        f"({checked}), {result.duration_seconds:.1f}s"
     )
 
 
@@ -421,10 +751,13 @@ def _print_backup_plan(plan: BackupPlan, args: argparse.Namespace) -> None:
         data = plan.to_dict()
         if not args.list:
             data.pop("entries")
-        _print_json({"dry_run": True, **data})
+        _print_json({"dry_run": True, "success": True, **data})
         return
     print(f"{DRY_RUN} would back up {plan.config.source_dir} to {plan.archive_label}")
-    print(f"{DRY_RUN} {plan.file_count} files, {len(plan.entries)} entries, {_size(plan.total_bytes)}")
+    print(
+        f"{DRY_RUN} {format_count(plan.file_count, 'file')}, {format_count(len(plan.entries), 'entry', 'entries')}, "
+        f"{format_size(plan.total_bytes)}"
+    )
     if args.list:
         for entry in plan.entries:
             print(f"{DRY_RUN} archive {entry.kind:<7} {entry.path}")
@@ -432,15 +765,16 @@ def _print_backup_plan(plan: BackupPlan, args: argparse.Namespace) -> None:
         print(f"{DRY_RUN} exclude {excluded.path}: {excluded.reason}")
     for problem in plan.problems:
         print(f"{DRY_RUN} problem {problem}")
+    for notice in plan.notices:
+        print(f"{DRY_RUN} warning {notice}")
 
 
 def _print_restore_plan(plan: RestorePlan, args: argparse.Namespace) -> None:
     if args.json:
-        _print_json({"dry_run": True, **plan.to_dict()})
+        _print_json({"dry_run": True, "success": True, **plan.to_dict()})
         return
     verify = "with" if plan.verify_checksums and plan.manifest is not None else "without"
     print(f"{DRY_RUN} would restore {plan.archive.label} into {plan.restore_dir} {verify} checksum verification")
-    print(f"{DRY_RUN} {len(plan.entries)} entries, {_size(plan.total_bytes)}")
     for entry in plan.entries:
         print(f"{DRY_RUN} write {entry.kind:<7} {entry.path}")
     for entry in plan.skipped:
@@ -452,6 +786,18 @@ def _print_restore_plan(plan: RestorePlan, args: argparse.Namespace) -> None:
         print(f"{DRY_RUN} {action} {path}")
     for warning in plan.warnings:
         print(f"{DRY_RUN} warning {warning}")
+    summary = (
+        f"{DRY_RUN} {format_count(len(plan.entries), 'entry', 'entries')} to write, {format_size(plan.total_bytes)}"
+    )
+    if plan.conflicts and plan.overwrite:
+        summary += f"; {format_count(len(plan.conflicts), 'existing entry', 'existing entries')} would be replaced"
+    elif plan.conflicts:
+        summary += (
+            f"; {format_count(len(plan.conflicts), 'entry', 'entries')} already "
+            f"{'exists' if len(plan.conflicts) == 1 else 'exist'}: the restore would refuse; "
+            "give --overwrite to replace them, or restore into an empty directory"
+        )
+    print(summary)
 
 
 def _print_json(data: object) -> None:
@@ -471,30 +817,16 @@ def _printable(data: object) -> object:
     return data
 
 
-def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{count} B"
+def _absolute(path: Path | str) -> Path:
+    return Path(path).absolute()
 
 
 @contextmanager
 def _progress(args: argparse.Namespace, label: str, total_bytes: int) -> Iterator[ProgressCallback | None]:
     """Yield a progress callback drawing a bar on stderr when it is a terminal, else None."""
-    stream: TextIO = sys.stderr
+    stream = sys.stderr
     if args.json or args.quiet or not stream.isatty():
         yield None
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = [TextColumn(f"{label}"), BarColumn(), DownloadColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=Console(file=stream), transient=True) as bar:
-        task = bar.add_task(label, total=total_bytes or None)
-
-        def update(done_entries: int, done_bytes: int) -> None:
-            bar.update(task, completed=done_bytes)
-
-        yield update
+    with ProgressBar(label, total_bytes, stream) as bar:
+        yield bar

@@ -10,7 +10,7 @@ its backup id, its storage, its names. Nothing here imports an executor.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +22,7 @@ from .config import BackupConfig
 from .errors import ArchiveError, ConfigError, ManifestError, UnsafeArchiveError
 from .fstree import LOCAL_FILESYSTEM, FileSystem
 from .manifest import MANIFEST_SUFFIX, BackupManifest, manifest_name_for, read_manifest
-from .safety import DEVICE_KINDS, MemberChecker, is_selected, normalize_member_name, read_warnings
+from .safety import DEVICE_KINDS, MemberChecker, Selection, is_selected, normalize_member_name, read_warnings
 from .scan import Exclusion, SourceEntry, scan_source
 from .storage import locate, open_storage
 from .storage.base import BackupStorage, ObjectRef
@@ -66,6 +66,9 @@ class BackupPlan:
     source_root: str = ""
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     filesystem: FileSystem = LOCAL_FILESYSTEM
+    # About the settings, not the backup (an exclude pattern that matched nothing):
+    # shown to whoever runs it, not recorded as the backup's warnings.
+    notices: tuple[str, ...] = ()
 
     @property
     def archive_path(self) -> Path | None:
@@ -107,6 +110,7 @@ class BackupPlan:
             "entries": [{"path": e.path, "type": e.kind, "size": e.size} for e in self.entries],
             "excluded": [{"path": x.path, "reason": x.reason} for x in self.excluded],
             "problems": list(self.problems),
+            "notices": list(self.notices),
         }
 
 
@@ -152,7 +156,19 @@ def plan_backup(
         source_root=scan.root,
         metadata=MappingProxyType(dict(metadata or {})),
         filesystem=filesystem,
+        notices=tuple(_pattern_notices(scan.unmatched_excludes, scan.root)),
     )
+
+
+def _pattern_notices(unmatched: Sequence[str], root: str) -> Iterator[str]:
+    for pattern in unmatched:
+        if pattern.startswith(root.rstrip("/") + "/") or pattern == root:
+            yield (
+                f"exclude pattern {pattern!r} matched nothing: patterns are relative to the source {root}, "
+                f"so write {'/' + pattern[len(root) :].strip('/')!r}"
+            )
+        else:
+            yield f"exclude pattern {pattern!r} matched nothing in {root}"
 
 
 @dataclass(frozen=True)
@@ -186,6 +202,7 @@ class RestorePlan:
     numeric_owner: bool = False
     link_sources: frozenset[str] = frozenset()
     skipped: tuple[RestoreEntry, ...] = ()
+    selection: Selection = field(default_factory=Selection)
 
     @property
     def makes_devices(self) -> bool:
@@ -237,6 +254,8 @@ def plan_restore(
     list_archive: bool = True,
     same_owner: bool | None = None,
     numeric_owner: bool = False,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> RestorePlan:
     """Given an archive and a target directory, return the restore plan; write nothing.
 
@@ -244,7 +263,8 @@ def plan_restore(
     the archive. With ``list_archive=False`` (a restore about to run, with no selection)
     that pass is skipped, leaving ``entries`` and ``conflicts`` empty: the restore then
     reads the archive once, and finds conflicts as it installs. ``paths`` restricts the
-    restore to those paths and what is under them. ``same_owner`` (default: whether
+    restore to those paths and what is under them; ``include`` and ``exclude``
+    patterns narrow it further (see ``backup.safety.Selection``). ``same_owner`` (default: whether
     this process is root) gives entries their archived owners, by name unless
     ``numeric_owner``; it is refused for anyone but root.
     Raise ArchiveError if the archive is missing or unreadable, ManifestError if its
@@ -258,7 +278,7 @@ def plan_restore(
         raise ArchiveError(f"{archive.label}: archive not found", archive.label) from None
     except OSError as exc:
         raise ArchiveError(f"{archive.label}: cannot read archive: {exc.strerror or exc}", archive.label) from exc
-    selection = _normalize_selection(paths)
+    selection = Selection(_normalize_selection(paths), tuple(include), tuple(exclude))
     manifest_object: ObjectRef | None = archive.sibling(manifest_name_for(archive.name))
     manifest = None
     warnings: list[str] = []
@@ -284,19 +304,18 @@ def plan_restore(
         link_sources = frozenset(
             e.link_target
             for e in manifest.files
-            if e.type == "hardlink"
-            and e.link_target
-            and is_selected(e.path, selection)
-            and not is_selected(e.link_target, selection)
+            if e.type == "hardlink" and e.link_target and selection(e.path) and not selection(e.link_target)
         )
-    elif list_archive or selection is not None:
+    elif list_archive or selection.paths is not None or selection.patterns:
         entries = _list_archive(archive, allow_external_links, selection, warnings)
     else:
         entries = []
-    chosen = tuple(entry for entry in entries if is_selected(entry.path, selection))
-    for path in selection or ():
+    chosen = tuple(entry for entry in entries if selection(entry.path, entry.kind == "dir"))
+    for path in selection.paths or ():
         if path and not any(is_selected(entry.path, (path,)) for entry in chosen):
             raise ConfigError(f"{path}: not in the backup {archive.name}", path)
+    if selection.patterns and entries and not chosen:
+        raise ConfigError(f"{archive.label}: no entry matches the --include and --exclude patterns given")
     skipped: tuple[RestoreEntry, ...] = ()
     if not (os.geteuid() == 0 and manifest is not None):
         skipped = tuple(entry for entry in chosen if entry.kind in DEVICE_KINDS)
@@ -308,7 +327,7 @@ def plan_restore(
         manifest=manifest,
         entries=chosen,
         conflicts=tuple(_conflicts(restore_dir, chosen)),
-        paths=selection,
+        paths=selection.paths,
         overwrite=overwrite,
         verify_checksums=verify_checksums,
         allow_external_links=allow_external_links,
@@ -317,6 +336,7 @@ def plan_restore(
         numeric_owner=numeric_owner,
         link_sources=link_sources,
         skipped=skipped,
+        selection=selection,
     )
 
 
@@ -347,7 +367,7 @@ def _normalize_selection(paths: Sequence[str] | None) -> tuple[str, ...] | None:
 
 
 def _list_archive(
-    archive: ObjectRef, allow_external_links: bool, selection: tuple[str, ...] | None, warnings: list[str]
+    archive: ObjectRef, allow_external_links: bool, selection: Selection, warnings: list[str]
 ) -> list[RestoreEntry]:
     """Given an archive without a manifest, return the entries it would restore (a
     repeated file once, as its last copy) and add how it was read to ``warnings``."""
@@ -355,7 +375,7 @@ def _list_archive(
     entries: dict[str, RestoreEntry] = {}
     with ArchiveReader(archive) as reader:
         for member in reader.members():
-            safe = checker.check(member, writes=is_selected(normalize_member_name(member.name), selection))
+            safe = checker.check(member, writes=selection(normalize_member_name(member.name), member.isdir()))
             if safe is not None:
                 entries.pop(safe.name, None)
                 entries[safe.name] = RestoreEntry(safe.name, safe.kind, safe.size, safe.data_size)

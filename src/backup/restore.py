@@ -45,7 +45,7 @@ from .hashing import DEFAULT_ALGORITHM
 from .manifest.model import display_name
 from .plan import RestorePlan
 from .progress import ProgressCallback
-from .safety import MemberChecker, SafeMember, is_selected, read_warnings, shown_name
+from .safety import MemberChecker, SafeMember, read_warnings, shown_name
 from .stream.tarreader import ArchiveReader, digest_regions
 from .verify import compare_with_manifest
 
@@ -435,14 +435,19 @@ def _extract(plan: RestorePlan, staging_fd: int, progress: ProgressCallback | No
         DirectoryChain(staging_fd, create=True) as chain,
         ArchiveReader(plan.archive, algorithm, compression) as reader,
     ):
+        if progress is not None:
+            reader.on_data = lambda done: progress(len(out.members), out.bytes_written + done)
         for member in reader.members():
-            selected = is_selected(_normal(member.name), plan.paths)
+            selected = plan.selection(_normal(member.name), member.isdir())
             safe = checker.check(member, writes=selected)
             if safe is None:
                 continue
             parts = tuple(safe.name.split("/"))
             if not selected:
-                if safe.kind == "dir" and _is_ancestor(safe.name, plan.paths):
+                if safe.kind == "dir" and plan.selection.patterns:
+                    # Made only if something selected turns out to be in it.
+                    out.dirs.append(_Directory(parts, safe, selected=False))
+                elif safe.kind == "dir" and _is_ancestor(safe.name, plan.paths):
                     chain.fd(parts)
                     out.dirs.append(_Directory(parts, safe, selected=False))
                 elif safe.kind == "file" and safe.name in plan.link_sources:
@@ -615,7 +620,7 @@ def _verify(plan: RestorePlan, extracted: _Extracted, target: Path, warnings: li
         plan.archive.label,
         extracted.archive_size,
         extracted.archive_digest,
-        plan.paths,
+        plan.selection,
     )
     problems = [f"missing from archive: {display_name(path)}" for path in found.missing]
     problems += [f"not in manifest: {display_name(path)}" for path in found.extra]
@@ -740,7 +745,12 @@ def _finish_directories(
             if not directory.selected and directory.parts in merged:
                 continue
             try:
-                fd = chain.fd(directory.parts)
+                try:
+                    fd = chain.fd(directory.parts)
+                except FileNotFoundError:
+                    if directory.selected:
+                        raise
+                    continue  # an unselected directory nothing selected was in
                 if meta is not None:
                     meta.apply(fd, directory.member)
                 else:

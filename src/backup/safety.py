@@ -18,12 +18,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .errors import UnsafeArchiveError
+import pathspec
+
+from .errors import ConfigError, UnsafeArchiveError
 
 __all__ = [
     "MAX_DEPTH",
     "MemberChecker",
     "SafeMember",
+    "Selection",
     "is_selected",
     "normalize_member_name",
     "read_warnings",
@@ -124,11 +127,62 @@ def normalize_member_name(raw: str, archive: str = "archive") -> str:
     return "/".join(parts)
 
 
-def is_selected(name: str, paths: Sequence[str] | None) -> bool:
+def is_selected(name: str, paths: Sequence[str] | Selection | None, is_dir: bool = False) -> bool:
     """Given a normalised member name and a selection (None for all), return whether it is chosen."""
     if paths is None:
         return True
+    if isinstance(paths, Selection):
+        return paths(name, is_dir)
     return any(not path or name == path or name.startswith(path + "/") for path in paths)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a restore writes: entries under one of ``paths`` (None: all) that match an
+    ``include`` pattern or lie under a directory that does (when there are any), and
+    that neither match an ``exclude`` pattern nor lie under a directory that does.
+
+    Patterns are gitignore-style and match names as the archive holds them (relative
+    to the backed-up directory): ``*.log``, ``/config/``, ``cache/``.
+    """
+
+    paths: tuple[str, ...] | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    _specs: tuple[pathspec.GitIgnoreSpec | None, pathspec.GitIgnoreSpec | None] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_specs", (_compile("include", self.include), _compile("exclude", self.exclude)))
+
+    @property
+    def patterns(self) -> bool:
+        """Whether patterns decide (so which directories a selection reaches is not known ahead)."""
+        return bool(self.include or self.exclude)
+
+    def __call__(self, name: str, is_dir: bool = False) -> bool:
+        if not is_selected(name, self.paths):
+            return False
+        include, exclude = self._specs
+        if include is None and exclude is None:
+            return True
+        steps = name.split("/")
+        # The name's directories, then the name itself (a directory pattern needs its "/").
+        candidates = ["/".join(steps[:depth]) + "/" for depth in range(1, len(steps))]
+        candidates.append(name + "/" if is_dir else name)
+        if include is not None and not any(include.match_file(candidate) for candidate in candidates):
+            return False
+        return exclude is None or not any(exclude.match_file(candidate) for candidate in candidates)
+
+
+def _compile(option: str, patterns: Sequence[str]) -> pathspec.GitIgnoreSpec | None:
+    if not patterns:
+        return None
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(list(patterns))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid --{option} pattern: {exc}") from exc
 
 
 class _Node:

@@ -80,19 +80,34 @@ class ScanResult:
     excluded: tuple[Exclusion, ...]
     problems: tuple[str, ...]
     root: str = ""
+    # Exclude patterns that decided nothing: likely a typo, or a path given absolute.
+    unmatched_excludes: tuple[str, ...] = ()
 
 
 class _Excluder:
     def __init__(self, patterns: Sequence[str]) -> None:
         self._spec = compile_excludes(patterns) if patterns else None
+        self.used: set[int] = set()
 
     def reason(self, relative: str, is_dir: bool) -> str | None:
         if self._spec is None:
             return None
         result = self._spec.check_file(relative + "/" if is_dir else relative)
-        if result.include and result.index is not None:
-            return f"matches exclude pattern {self._spec.patterns[result.index].pattern!r}"
+        if result.index is not None:
+            self.used.add(result.index)
+            if result.include:
+                return f"matches exclude pattern {self._spec.patterns[result.index].pattern!r}"
         return None
+
+    def unmatched(self) -> tuple[str, ...]:
+        if self._spec is None:
+            return ()
+        patterns = self._spec.patterns
+        return tuple(
+            str(pattern.pattern)
+            for index, pattern in enumerate(patterns)
+            if index not in self.used and pattern.include is not None
+        )
 
 
 def compile_excludes(patterns: Sequence[str]) -> pathspec.GitIgnoreSpec:
@@ -142,7 +157,8 @@ def scan_source(
                 skip_dir,
             )
         with DirectoryChain(root_fd) as chain:
-            walker = _Walker(root, chain, filesystem, _Excluder(exclude), skip_key, on_error)
+            excluder = _Excluder(exclude)
+            walker = _Walker(root, chain, filesystem, excluder, skip_key, on_error)
             if files is None:
                 walker.walk_directory([], "")
             else:
@@ -151,7 +167,7 @@ def scan_source(
     finally:
         os.close(root_fd)
     entries = walker.entries if files is None else sorted(walker.entries, key=lambda e: e.path)
-    return ScanResult(tuple(entries), tuple(walker.excluded), tuple(walker.problems), root)
+    return ScanResult(tuple(entries), tuple(walker.excluded), tuple(walker.problems), root, excluder.unmatched())
 
 
 def _dir_key(directory: Path | None) -> tuple[int, int] | None:

@@ -22,12 +22,15 @@ from datetime import time as clock_time
 from pathlib import Path
 from typing import Any
 
+from shared.time_helpers import system_zone_name
+
 from .errors import ConfigError
 from .hashing import DEFAULT_ALGORITHM
 from .stream.compression import cli_choices
 
 __all__ = [
     "COMMANDS",
+    "CONFIG_ENV",
     "SETTINGS",
     "Kind",
     "Setting",
@@ -37,7 +40,10 @@ __all__ = [
     "settings_for",
 ]
 
-COMMANDS = ("create", "restore", "verify", "list", "schedule", "prune")
+COMMANDS = ("create", "restore", "verify", "list", "ls", "diff", "check", "schedule", "prune")
+
+# Read when the command line does not give the setting (and before the config file).
+CONFIG_ENV = "OBS_BACKUP_CONFIG"
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,12 @@ class Setting:
     to_field: Callable[[Any], Any] = lambda value: value
     relative_to_file: bool = False
     cli: bool = True  # False: set in the TOML file (or the library) only
+    # Commands in which a positional setting is an option instead (its flag is
+    # ``--`` + key), for those that mostly find it in the config file.
+    option_in: tuple[str, ...] = ()
+    env: str | None = None  # environment variable read when the command line omits it
+    # Computes the command line's default when ``default`` is None (the library keeps its own).
+    default_factory: Callable[[], Any] | None = None
 
     def default_for(self, command: str | None) -> Any:
         """Return the default in ``command`` (None: the library's)."""
@@ -108,11 +120,19 @@ class Setting:
             return self.defaults[command]
         if command is None and "library" in self.defaults:
             return self.defaults["library"]
+        if self.default is None and self.default_factory is not None and command is not None:
+            return self.default_factory()
         return self.default
 
-    @property
-    def positional(self) -> bool:
-        return self.cli and not self.flags
+    def positional_in(self, command: str) -> bool:
+        """Whether this is a positional argument of ``command``."""
+        return self.cli and not self.flags and command not in self.option_in
+
+    def flags_in(self, command: str) -> tuple[str, ...]:
+        """Return the command-line spellings of this setting in ``command``."""
+        if self.flags or not self.cli:
+            return self.flags
+        return () if self.positional_in(command) else ("--" + self.key.replace("_", "-"),)
 
 
 _ARCHIVE = ("create", "schedule")
@@ -127,12 +147,36 @@ SETTINGS: tuple[Setting, ...] = (
         "backup_dir",
         PATH,
         "directory that holds the backups",
-        (*_ARCHIVE, "list", "prune"),
+        (*_ARCHIVE, "list", "prune", "check", "restore", "verify", "ls", "diff"),
         field="backup_dir",
         relative_to_file=True,
+        option_in=("restore", "verify", "ls", "diff"),
+        metavar="DIR",
+        env="OBS_BACKUP_DIR",
     ),
-    Setting("archive", PATH, "archive to restore or check", ("restore", "verify"), relative_to_file=True),
-    Setting("target", PATH, "directory to restore into (created if missing)", ("restore",), relative_to_file=True),
+    Setting(
+        "archive",
+        STR,
+        "archive or manifest path, backup id, or 'latest' (ids and 'latest' are looked up in --backup-dir)",
+        ("restore", "verify", "ls", "diff"),
+        metavar="BACKUP",
+        relative_to_file=True,
+    ),
+    Setting(
+        "other",
+        STR,
+        "the backup to compare BACKUP with (same forms as BACKUP)",
+        ("diff",),
+        metavar="OTHER",
+    ),
+    Setting(
+        "target",
+        PATH,
+        "directory to restore into (created if missing)",
+        ("restore",),
+        relative_to_file=True,
+        metavar="TARGET",
+    ),
     # -- how a backup is made --------------------------------------------------------------
     Setting(
         "compression",
@@ -157,7 +201,7 @@ SETTINGS: tuple[Setting, ...] = (
         "prefix",
         STR,
         "backup id prefix",
-        (*_ARCHIVE, "list", "prune"),
+        (*_ARCHIVE, "list", "prune", "check"),
         defaults={"create": "backup", "schedule": "scheduled_backup", "library": "backup"},
         flags=("--prefix",),
         field="prefix",
@@ -197,6 +241,42 @@ SETTINGS: tuple[Setting, ...] = (
         to_field=lambda no_manifest: not no_manifest,
     ),
     Setting(
+        "sqlite_snapshot",
+        BOOL,
+        "copy SQLite databases byte for byte instead of through a consistent snapshot",
+        _ARCHIVE,
+        default=True,
+        flags=("--no-sqlite-snapshot",),
+        action="store_false",
+        field="sqlite_snapshot",
+    ),
+    *(
+        Setting(
+            hook,
+            STRINGS,
+            help_text,
+            _ARCHIVE,
+            default=(),
+            field=hook,
+            to_field=tuple,
+            cli=False,
+        )
+        for hook, help_text in (
+            ("before_backup", "shell commands run before each backup; one that fails fails the backup"),
+            ("after_backup", "shell commands run after each successful backup"),
+            ("on_error", "shell commands run when a backup (or a hook) fails"),
+        )
+    ),
+    Setting(
+        "hook_timeout",
+        FLOAT,
+        "seconds each hook command may run before it is stopped and counted as failed",
+        _ARCHIVE,
+        default=3600.0,
+        field="hook_timeout",
+        cli=False,
+    ),
+    Setting(
         "checksum_algorithm",
         STR,
         "hash of every file in the manifest",
@@ -232,6 +312,24 @@ SETTINGS: tuple[Setting, ...] = (
         flags=("--path",),
         action="append",
         metavar="PATH",
+    ),
+    Setting(
+        "include",
+        STRINGS,
+        "restore only entries matching this gitignore-style pattern, and what is under them (repeatable)",
+        ("restore",),
+        flags=("--include",),
+        action="append",
+        metavar="PATTERN",
+    ),
+    Setting(
+        "restore_exclude",
+        STRINGS,
+        "do not restore entries matching this gitignore-style pattern, nor what is under them (repeatable)",
+        ("restore",),
+        flags=("--exclude",),
+        action="append",
+        metavar="PATTERN",
     ),
     Setting(
         "numeric_owner",
@@ -286,7 +384,8 @@ SETTINGS: tuple[Setting, ...] = (
         STR,
         "IANA time zone that runs and retention periods are counted in",
         _RETENTION,
-        default="Asia/Seoul",
+        default_factory=system_zone_name,  # the command line counts in the system's zone
+        defaults={"library": "Asia/Seoul"},
         flags=("--tz",),
         metavar="ZONE",
         field="tz_name",
@@ -331,7 +430,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "catch_up",
         BOOL,
-        "run at start when the last scheduled run was missed",
+        "do not back up at start when the last scheduled run was missed or there is no backup yet",
         ("schedule",),
         default=True,
         flags=("--no-catch-up",),
@@ -342,8 +441,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "metrics_file",
         PATH,
-        "Prometheus textfile to write",
-        ("schedule",),
+        "Prometheus textfile to write after each run (node_exporter's textfile collector)",
+        ("create", "schedule", "prune"),
         flags=("--metrics-file",),
         metavar="PATH",
         field="metrics_file",
@@ -359,6 +458,33 @@ SETTINGS: tuple[Setting, ...] = (
         flags=("--lock-timeout",),
         metavar="SECONDS",
         field="lock_timeout",
+    ),
+    Setting(
+        "read_data",
+        BOOL,
+        "also read every archive and verify its content against the manifest",
+        ("check",),
+        default=False,
+        flags=("--read-data",),
+        action="store_true",
+    ),
+    Setting(
+        "read_data_subset",
+        STR,
+        "read and verify part N of M of the backups (1/7 ... 7/7 on seven days covers all)",
+        ("check",),
+        flags=("--read-data-subset",),
+        metavar="N/M",
+    ),
+    Setting(
+        "check_after",
+        BOOL,
+        "after each run, check every backup's manifest and archive (as the check command does)",
+        ("schedule",),
+        default=False,
+        flags=("--check",),
+        action="store_true",
+        field="check_after",
     ),
     Setting(
         "list",
@@ -395,6 +521,24 @@ SETTINGS: tuple[Setting, ...] = (
         default=False,
         flags=("-q", "--quiet"),
         action="store_true",
+    ),
+    Setting(
+        "verbose",
+        BOOL,
+        "log more (as --log-level debug)",
+        _OUTPUT,
+        default=False,
+        flags=("-v", "--verbose"),
+        action="store_true",
+    ),
+    Setting(
+        "log_level",
+        STR,
+        "how much to log on stderr (default: info; warning with --quiet; debug with -v)",
+        _OUTPUT,
+        flags=("--log-level",),
+        choices=("debug", "info", "warning", "error"),
+        metavar="LEVEL",
     ),
 )
 

@@ -6,10 +6,11 @@ names resolve on systems without ``/usr/share/zoneinfo``.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["TimeAwareMixin", "UnknownTimeZoneError", "load_zone"]
+__all__ = ["TimeAwareMixin", "UnknownTimeZoneError", "load_zone", "system_zone_name"]
 
 
 class UnknownTimeZoneError(ValueError):
@@ -24,6 +25,30 @@ def load_zone(name: str) -> ZoneInfo:
         raise UnknownTimeZoneError(
             f"unknown time zone {name!r}: use an IANA name such as 'Asia/Seoul' or 'UTC'"
         ) from exc
+
+
+def system_zone_name() -> str:
+    """Return the IANA name of this system's time zone: ``$TZ`` if it names one, else
+    what ``/etc/localtime`` links to, else ``/etc/timezone``; ``UTC`` if none says."""
+    candidates = [os.environ.get("TZ", "").removeprefix(":")]
+    try:
+        link = os.readlink("/etc/localtime")
+        candidates.append(link.split("zoneinfo/", 1)[1] if "zoneinfo/" in link else "")
+    except OSError:
+        pass
+    try:
+        with open("/etc/timezone", encoding="utf-8") as handle:
+            candidates.append(handle.read().strip())
+    except (OSError, UnicodeDecodeError):
+        pass
+    for name in candidates:
+        if name and not name.startswith("/"):
+            try:
+                load_zone(name)
+            except UnknownTimeZoneError:
+                continue
+            return name
+    return "UTC"
 
 
 class TimeAwareMixin:

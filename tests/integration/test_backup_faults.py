@@ -40,6 +40,7 @@ from backup import (
     verify_backup,
 )
 from backup.fstree import LOCAL_FILESYSTEM
+from backup.monitor import STATE_NAME, load_state
 from backup.storage import LocalStorage
 from backup.storage.local import PARTIAL_PREFIX, partial_name
 from backup.storage.lock import LOCK_NAME
@@ -74,7 +75,8 @@ def _backup_files(root: Path) -> list[str]:
 
 
 def _without_lock(state: dict) -> dict:
-    return {name: value for name, value in state.items() if name != LOCK_NAME}
+    # The lock, and the state record a failed command-line run leaves for monitoring.
+    return {name: value for name, value in state.items() if name not in (LOCK_NAME, STATE_NAME)}
 
 
 def _assert_earlier_untouched(tmp_path: Path, backups: Path, before: dict) -> None:
@@ -114,6 +116,7 @@ def test_unlistable_directory_with_fail_policy_fails_and_writes_nothing(
     assert result.error == message
     assert result.backup_path is None and result.manifest_path is None
     assert (code, out, err) == (1, "", f"obs-backup: error: {message}\n")
+    assert load_state(backups)["backup"]["last_run"]["error"] == message  # monitoring sees it
     _assert_earlier_untouched(tmp_path, backups, before)
 
 

@@ -61,6 +61,7 @@ def test_create_list_verify_restore(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_list_text_and_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "none").mkdir()
     code, out, _ = run_cli(capsys, "list", str(tmp_path / "none"))
     assert (code, out.strip()) == (0, f"no complete backups in {tmp_path / 'none'}")
     created = _create(capsys, _source(tmp_path / "src"), tmp_path / "b")
@@ -213,8 +214,7 @@ def test_python_dash_m_and_no_traceback(tmp_path: Path) -> None:
     )
     assert run.returncode == 1
     assert "Traceback" not in run.stderr
-    assert f"{tmp_path / 'missing.tar.gz'}: no manifest" in run.stderr
-    assert "archive not found" in run.stderr
+    assert run.stderr == f"obs-backup: error: {tmp_path / 'missing.tar.gz'}: archive not found\n"
 
 
 def test_no_progress_bar_when_not_a_terminal(tmp_path: Path) -> None:
@@ -277,4 +277,4 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert run.returncode == 0
     assert run.stdout.startswith("created ")
     assert b"backing up" in drawn
-    assert b"\x1b[" in drawn  # terminal control sequences: a live bar, not plain text
+    assert b"\r" in drawn and b" / 4.0 MiB" in drawn  # a bar redrawn in place, with the total

@@ -37,6 +37,7 @@ from backup import (
     verify_backup,
 )
 from backup.cli import main
+from backup.monitor import STATE_NAME
 from backup.storage.lock import LOCK_NAME
 
 from .conftest import SRC, backup, dir_state, fixed_now, make_corpus, pattern_bytes, snapshot
@@ -125,7 +126,9 @@ def _check_after_prune_kill(directory: Path, ids: list[str], pristine_state: dic
         assert item.manifest_path is not None and item.problem is None, (info, item)
         report = verify_backup(item.archive_path)
         assert report.ok, (info, report.lines())
-    state = {name: value for name, value in dir_state(directory).items() if name != LOCK_NAME}
+    state = {
+        name: value for name, value in dir_state(directory).items() if name not in (LOCK_NAME, STATE_NAME)
+    }  # prune records its run
     assert set(state) <= set(pristine_state), (info, sorted(set(state) - set(pristine_state)))
     for name, value in state.items():
         assert value == pristine_state[name], (info, name)  # nothing half-deleted or rewritten
@@ -157,7 +160,7 @@ def _follow_up(
         for name in orphans:
             assert f"removed leftover {name}\n" in out, (info, out)
     assert [item.backup_id for item in list_backups(directory)] == newest, info
-    expected = {LOCK_NAME} | {f"{i}.tar.gz" for i in newest} | {f"{i}.manifest.json" for i in newest}
+    expected = {LOCK_NAME, STATE_NAME} | {f"{i}.tar.gz" for i in newest} | {f"{i}.manifest.json" for i in newest}
     assert set(os.listdir(directory)) == expected, info
 
 

@@ -291,7 +291,7 @@ def test_backups_state_and_lock_are_0600_and_the_directory_0700(
         for name in files:
             assert _mode(directory / name) == 0o600, (directory / name, oct(_mode(directory / name)))
     assert len(os.listdir(library)) == 2  # archive and manifest
-    assert LOCK_NAME in os.listdir(cli) and len(os.listdir(cli)) == 3
+    assert {LOCK_NAME, STATE_NAME} <= set(os.listdir(cli)) and len(os.listdir(cli)) == 4  # create records its run too
     assert {LOCK_NAME, STATE_NAME} <= set(os.listdir(scheduled)) and len(os.listdir(scheduled)) == 4
     state = json.loads((scheduled / STATE_NAME).read_text())
     assert state["scheduled_backup"]["last_success"]["archive_path"] == str(outcome.result.backup_path)

@@ -14,6 +14,9 @@ PACKAGE = SRC / "backup"
 
 # Modules that read or write files, directories or storage (directly or by design).
 IO_MODULES = {
+    "backup.check",
+    "backup.hooks",
+    "backup.select",
     "backup.checksum",
     "backup.cli",
     "backup.core",

@@ -1,0 +1,137 @@
+"""Finding the backup a command names: an archive's path, a manifest's path, a backup id
+or ``latest``.
+
+Ids and ``latest`` are looked up among the backups this tool wrote in a backup
+location (``backup.listing``), so a foreign file named like a backup is never chosen.
+A path wins over an id: ``restore ./backup_20260101_030000.tar.gz`` restores that file
+even when a backup directory is also given.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .catalog import BackupInfo, own_manifest
+from .errors import ArchiveError, ConfigError, ManifestError
+from .listing import list_backups
+from .manifest import BackupManifest, manifest_name_for, read_manifest
+from .manifest.model import MANIFEST_SUFFIX
+from .storage import Location, locate, open_storage
+from .storage.base import BackupStorage, ObjectRef
+
+__all__ = ["LATEST", "Selected", "find_backup"]
+
+LATEST = "latest"
+_MAX_MANIFEST_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class Selected:
+    """A backup a command named: its archive, and its manifest if it has one."""
+
+    archive: ObjectRef
+    manifest: ObjectRef | None
+    backup_id: str | None = None
+
+    def read_manifest(self) -> BackupManifest:
+        """Return the manifest; raise ManifestError naming the archive if there is none."""
+        if self.manifest is None:
+            raise ManifestError(
+                f"{self.archive.label}: this backup has no manifest (made with --no-manifest, or by another tool)",
+                self.archive.label,
+            )
+        return read_manifest(self.manifest)
+
+
+def find_backup(
+    spec: str | os.PathLike[str],
+    backup_dir: Location | None = None,
+    prefix: str | None = None,
+    *,
+    archive_required: bool = True,
+) -> Selected:
+    """Given what a command was told (a path, an id or ``latest``) and the backup location
+    to look ids up in, return the backup. ``prefix`` limits ``latest`` to one prefix.
+    Without ``archive_required`` (reading the manifest only), a backup whose archive is
+    gone is found by its manifest, when that manifest is provably ours.
+
+    Raise ConfigError (one line, naming it) if it is none of these, and ArchiveError if a
+    manifest names an archive that is missing.
+    """
+    text = os.fspath(spec)
+    path = Path(text)
+    if path.is_file():
+        return _from_path(path, archive_required)
+    if text.endswith(MANIFEST_SUFFIX):
+        raise ManifestError(f"{path.absolute()}: manifest not found", text)
+    if os.sep in text or path.exists() or text.endswith((".tar", ".gz", ".tgz", ".bz2", ".xz", ".zst")):
+        what = "is not a file" if path.exists() else "archive not found"
+        raise ArchiveError(f"{path.absolute()}: {what}", text)
+    if backup_dir is None:
+        raise ConfigError(
+            f"{text}: no such file; to name a backup by id or 'latest', give --backup-dir "
+            "(or backup_dir in the config file, or OBS_BACKUP_DIR)",
+            text,
+        )
+    backups = list_backups(backup_dir, prefix=prefix if text == LATEST else None)
+    if text == LATEST:
+        if not backups:
+            which = f" with prefix {prefix!r}" if prefix else ""
+            raise ConfigError(f"{backup_dir}: no complete backups{which}; 'latest' names none", str(backup_dir))
+        return _from_info(backups[-1])
+    for info in backups:
+        if info.backup_id == text:
+            return _from_info(info)
+    if not archive_required:
+        found = _manifest_only(open_storage(backup_dir), text)
+        if found is not None:
+            return found
+    raise ConfigError(f"{text}: no such file, and no backup with this id in {backup_dir}", text)
+
+
+def _from_info(info: BackupInfo) -> Selected:
+    return Selected(info.archive, info.manifest, info.backup_id)
+
+
+def _manifest_only(storage: BackupStorage, backup_id: str) -> Selected | None:
+    """Return the backup ``backup_id`` by its manifest alone, if that manifest is ours."""
+    name = backup_id + MANIFEST_SUFFIX
+    try:
+        with storage.open_read(name) as handle:
+            raw = handle.read(_MAX_MANIFEST_BYTES + 1)
+    except OSError:
+        return None
+    if len(raw) > _MAX_MANIFEST_BYTES:
+        return None
+    manifest, _ = own_manifest(raw, backup_id)
+    if manifest is None or manifest.archive is None:
+        return None
+    ref = ObjectRef(storage, name, storage.describe(name))
+    return Selected(ref.sibling(manifest.archive.name), ref, backup_id)
+
+
+def _from_path(path: Path, archive_required: bool = True) -> Selected:
+    given = locate(path.absolute())
+    if not path.name.endswith(MANIFEST_SUFFIX):
+        beside = given.sibling(manifest_name_for(given.name))
+        return Selected(given, beside if _exists(beside) else None)
+    manifest_ref = given
+    manifest = read_manifest(manifest_ref)
+    if manifest.archive is None or not manifest.archive.name:
+        raise ManifestError(f"{path}: the manifest does not name its archive", str(path))
+    named = manifest_ref.sibling(manifest.archive.name)
+    if named.name != manifest.archive.name or "/" in manifest.archive.name:
+        raise ManifestError(f"{path}: the manifest names an archive outside its directory", str(path))
+    if archive_required and not _exists(named):
+        raise ArchiveError(f"{named.label}: archive not found (named by {path})", named.label)
+    return Selected(named, manifest_ref, manifest.backup_id)
+
+
+def _exists(ref: ObjectRef) -> bool:
+    try:
+        ref.storage.stat(ref.name)
+    except OSError:
+        return False
+    return True
