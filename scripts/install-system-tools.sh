@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the command-line tools the tests and benchmarks compare against:
-# GNU tar, bsdtar, zstd, pigz and GNU time. Does nothing when they are already there.
+# GNU tar, bsdtar, zstd, pigz and GNU time, and systemd-analyze, which checks the
+# systemd unit in contrib/. Does nothing when they are already there.
 set -euo pipefail
 
 missing=()
@@ -9,6 +10,8 @@ command -v bsdtar >/dev/null 2>&1 || missing+=(libarchive-tools)  # foreign arch
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 command -v pigz >/dev/null 2>&1 || missing+=(pigz)
 [ -x /usr/bin/time ] || missing+=(time)  # GNU time: the benchmark's peak-RSS probe
+# The unit is checked offline; systemd need not be running, here or in a container.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then
