@@ -156,8 +156,8 @@ def _absolute_paths(args: argparse.Namespace) -> None:
 
 
 def _resolve(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill every setting not given on the command line from the environment, then
-    --config, then defaults. A repeatable option adds to the file's list."""
+    """Fill every setting not given on the command line from --config, then the
+    environment, then defaults. A repeatable option adds to the file's list."""
     command = args.command
     if args.config is None and os.environ.get(CONFIG_ENV):
         args.config = Path(os.environ[CONFIG_ENV])
@@ -169,13 +169,13 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
             if setting.action == "append" and setting.key in from_file:
                 setattr(args, setting.key, [*from_file[setting.key], *getattr(args, setting.key)])
             continue
-        if setting.env and os.environ.get(setting.env):
+        if setting.key in from_file:
+            setattr(args, setting.key, from_file[setting.key])
+        elif setting.env and os.environ.get(setting.env):
             try:
                 setattr(args, setting.key, setting.kind.parse(os.environ[setting.env]))
             except ValueError as exc:
                 raise _UsageError(f"${setting.env}: {exc}") from None
-        elif setting.key in from_file:
-            setattr(args, setting.key, from_file[setting.key])
         else:
             setattr(args, setting.key, setting.default_for(command))
     for setting in settings_for(command):
@@ -365,7 +365,7 @@ def _record_run(args: argparse.Namespace, result: BackupResult, started: datetim
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
-    selected = find_backup(args.archive, args.backup_dir)
+    selected = find_backup(args.archive, args.backup_dir, args.prefix)
     plan = plan_restore(
         selected.archive,
         _absolute(args.target),
@@ -388,7 +388,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    selected = find_backup(args.archive, args.backup_dir)
+    selected = find_backup(args.archive, args.backup_dir, args.prefix)
     total = 0
     if selected.manifest is not None and not (args.json or args.quiet):
         try:
@@ -436,7 +436,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    selected = find_backup(args.archive, args.backup_dir, archive_required=False)
+    selected = find_backup(args.archive, args.backup_dir, args.prefix, archive_required=False)
     manifest = selected.read_manifest()
     if args.json:
         _print_json(
@@ -466,8 +466,8 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    first = find_backup(args.archive, args.backup_dir, archive_required=False).read_manifest()
-    second = find_backup(args.other, args.backup_dir, archive_required=False).read_manifest()
+    first = find_backup(args.archive, args.backup_dir, args.prefix, archive_required=False).read_manifest()
+    second = find_backup(args.other, args.backup_dir, args.prefix, archive_required=False).read_manifest()
     before, after = first.entry_map(), second.entry_map()
     added = [path for path in after if path not in before]
     removed = [path for path in before if path not in after]
@@ -662,18 +662,24 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _record_prune(args: argparse.Namespace, result: PruneResult) -> None:
-    decisions = [*result.plan.keep, *result.plan.remove]
-    prefixes = sorted({d.backup.prefix for d in decisions if d.backup.prefix is not None})
-    record = PruneRecord(
-        finished_at=datetime.now(UTC),
-        success=result.success,
-        removed=len(result.removed),
-        kept=len(result.plan.keep),
-        future_dated_backups=len(result.plan.future),
-        error="; ".join(result.errors) or None,
-    )
+    """Record what the prune did to each prefix, as the scheduler's retention is recorded."""
+    finished = datetime.now(UTC)
+    removed = set(result.removed)
+    records: dict[str, PruneRecord] = {}
+    for decision in [*result.plan.keep, *result.plan.remove]:
+        prefix = decision.backup.prefix
+        if prefix is None:
+            continue
+        record = records.setdefault(
+            prefix, PruneRecord(finished, result.success, error="; ".join(result.errors) or None)
+        )
+        if decision in result.plan.remove:
+            record.removed += decision.backup.backup_id in removed
+        else:
+            record.kept += 1
+            record.future_dated_backups += decision in result.plan.future
     try:
-        record_prune(args.backup_dir, prefixes, record, args.metrics_file)
+        record_prune(args.backup_dir, records, args.metrics_file)
     except (OSError, BackupError) as exc:
         print(f"obs-backup: warning: cannot record the prune (state file or metrics): {exc}", file=sys.stderr)
 

@@ -21,9 +21,10 @@ from pathlib import Path
 from .config import BackupResult
 from .errors import BackupError, StorageError
 from .listing import clean_leftovers
-from .manifest.model import ArchiveInfo, BackupManifest, encode_json_text
+from .manifest.model import ArchiveInfo, BackupManifest, ManifestEntry, encode_json_text
 from .plan import BackupPlan
 from .progress import ProgressCallback
+from .sqlite_snapshot import COMPANION_SUFFIXES
 from .storage.base import BackupStorage, Upload
 from .stream.pipeline import ArchiveOutput, archive_layers
 from .stream.tarwriter import write_entries
@@ -79,7 +80,7 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
             metadata=dict(plan.metadata),
             checksum_algorithm=config.checksum_algorithm,
             archive=ArchiveInfo(archive_name, archive_size, archive_digest, config.compression),
-            warnings=list(plan.problems) + outcome.warnings,
+            warnings=_problems(plan, outcome.entries) + outcome.warnings,
         )
         if manifest_name is not None:
             manifest_upload = storage.begin(manifest_name)
@@ -121,6 +122,19 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
         entry_count=len(outcome.entries),
         changed_files=list(outcome.changed),
     )
+
+
+def _problems(plan: BackupPlan, archived: list[ManifestEntry]) -> list[str]:
+    """Return the walk's problems worth a warning: not the journal or WAL of a database
+    archived as a snapshot, which came and went with the transactions the snapshot
+    already holds."""
+    databases = {entry.path for entry in archived if entry.snapshot == "sqlite"}
+    expected = {
+        message
+        for path, message in plan.vanished
+        if any(path.endswith(suffix) and path[: -len(suffix)] in databases for suffix in COMPANION_SUFFIXES)
+    }
+    return [problem for problem in plan.problems if problem not in expected]
 
 
 def _write_manifest(upload: Upload, manifest: BackupManifest) -> None:

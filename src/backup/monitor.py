@@ -110,29 +110,45 @@ def record_run(backup_dir: Location, record: RunRecord, metrics_file: Path | Non
 
 
 def record_prune(
-    backup_dir: Location, prefixes: list[str], record: PruneRecord, metrics_file: Path | None = None
+    backup_dir: Location, records: dict[str, PruneRecord], metrics_file: Path | None = None
 ) -> dict[str, Any]:
-    """Given a prune's record and the prefixes it applied to, update the state record
-    (and rewrite the metrics file for each prefix that has a last run); return the state.
-    Raise OSError if either cannot be written."""
+    """Given what a prune did to each prefix, update the state record (and rewrite the
+    metrics file with those prefixes); return the state. Raise OSError if either cannot
+    be written."""
     storage = open_storage(backup_dir)
     state = load_state(storage)
-    for prefix in prefixes:
+    for prefix, record in records.items():
         state.setdefault(prefix, {})["last_prune"] = record.to_dict()
     storage.write_record(STATE_NAME, json.dumps(state, indent=2).encode("utf-8"))
-    if metrics_file is not None:
-        text = "".join(_render(prefix, state[prefix]) for prefix in prefixes)
+    if metrics_file is not None and records:
+        text = _render([(prefix, state[prefix], None) for prefix in records])
         atomic_write_bytes(metrics_file, text.encode("utf-8"), mode=METRICS_MODE)
     return state
 
 
 def render_metrics(record: RunRecord, entry: dict[str, Any]) -> str:
     """Given the latest run and the prefix's state, return Prometheus text-format metrics."""
-    return _render(record.prefix, {**entry, "last_run": record.to_dict()}, record)
+    return _render([(record.prefix, {**entry, "last_run": record.to_dict()}, record)])
 
 
-def _render(prefix: str, entry: dict[str, Any], record: RunRecord | None = None) -> str:
-    labels = f'{{prefix="{_escape(prefix)}"}}'
+def _render(groups: list[tuple[str, dict[str, Any], RunRecord | None]]) -> str:
+    """Given ``(prefix, state entry, latest run)`` for each prefix, return the metrics:
+    each metric's HELP and TYPE once, then a sample per prefix (the text format
+    refuses a second HELP line for a name)."""
+    metrics: dict[str, tuple[str, list[str]]] = {}
+    for prefix, entry, record in groups:
+        labels = f'{{prefix="{_escape(prefix)}"}}'
+        for name, help_text, value in _rows(entry, record):
+            metrics.setdefault(name, (help_text, []))[1].append(f"{name}{labels} {round(value, 6)!r}")
+    lines = []
+    for name, (help_text, samples) in metrics.items():
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} gauge")
+        lines.extend(samples)
+    return "\n".join(lines) + "\n"
+
+
+def _rows(entry: dict[str, Any], record: RunRecord | None) -> list[tuple[str, str, float]]:
     last_success = entry.get("last_success") or {}
     last_run = entry.get("last_run") or {}
     last_prune = entry.get("last_prune")
@@ -203,12 +219,7 @@ def _render(prefix: str, entry: dict[str, Any], record: RunRecord | None = None)
             ),
             ("obs_backup_last_prune_removed", "Backups the last prune removed.", _number(last_prune, "removed")),
         ]
-    lines = []
-    for name, help_text, value in rows:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} gauge")
-        lines.append(f"{name}{labels} {round(value, 6)!r}")
-    return "\n".join(lines) + "\n"
+    return rows
 
 
 def _future_dated(record: RunRecord | None, last_success: dict[str, Any], last_prune: object) -> int:

@@ -69,6 +69,10 @@ class BackupPlan:
     # About the settings, not the backup (an exclude pattern that matched nothing):
     # shown to whoever runs it, not recorded as the backup's warnings.
     notices: tuple[str, ...] = ()
+    # Files listed but gone before the walk examined them, with their problem lines
+    # (a SQLite journal that comes and goes is expected when its database is copied
+    # through a snapshot).
+    vanished: tuple[tuple[str, str], ...] = ()
 
     @property
     def archive_path(self) -> Path | None:
@@ -157,6 +161,7 @@ def plan_backup(
         metadata=MappingProxyType(dict(metadata or {})),
         filesystem=filesystem,
         notices=tuple(_pattern_notices(scan.unmatched_excludes, scan.root)),
+        vanished=scan.vanished,
     )
 
 
@@ -307,7 +312,11 @@ def plan_restore(
             if e.type == "hardlink" and e.link_target and selection(e.path) and not selection(e.link_target)
         )
     elif list_archive or selection.paths is not None or selection.patterns:
-        entries = _list_archive(archive, allow_external_links, selection, warnings)
+        links: dict[str, str] = {}
+        entries = _list_archive(archive, allow_external_links, selection, warnings, links)
+        # As from a manifest: the first name of a file whose later name is restored
+        # without it is held aside for that name.
+        link_sources = frozenset(target for name, target in links.items() if selection(name) and not selection(target))
     else:
         entries = []
     chosen = tuple(entry for entry in entries if selection(entry.path, entry.kind == "dir"))
@@ -367,10 +376,15 @@ def _normalize_selection(paths: Sequence[str] | None) -> tuple[str, ...] | None:
 
 
 def _list_archive(
-    archive: ObjectRef, allow_external_links: bool, selection: Selection, warnings: list[str]
+    archive: ObjectRef,
+    allow_external_links: bool,
+    selection: Selection,
+    warnings: list[str],
+    links: dict[str, str] | None = None,
 ) -> list[RestoreEntry]:
     """Given an archive without a manifest, return the entries it would restore (a
-    repeated file once, as its last copy) and add how it was read to ``warnings``."""
+    repeated file once, as its last copy) and add how it was read to ``warnings``; fill
+    ``links`` with each hard link's name and the name it links to."""
     checker = MemberChecker(archive.label, allow_external_links, foreign=True)
     entries: dict[str, RestoreEntry] = {}
     with ArchiveReader(archive) as reader:
@@ -379,6 +393,8 @@ def _list_archive(
             if safe is not None:
                 entries.pop(safe.name, None)
                 entries[safe.name] = RestoreEntry(safe.name, safe.kind, safe.size, safe.data_size)
+                if links is not None and safe.kind == "hardlink" and safe.link_target:
+                    links[safe.name] = safe.link_target
         checker.recheck_links()
         warnings.extend(reader.warnings)
     warnings.extend(read_warnings(archive.label, checker))

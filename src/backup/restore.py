@@ -487,6 +487,11 @@ def _extract(plan: RestorePlan, staging_fd: int, progress: ProgressCallback | No
         read = reader.warnings
     if out.held:
         shutil.rmtree(_HOLDING, dir_fd=staging_fd)
+    if plan.selection.patterns:
+        # An unselected directory is restored (given its archived mode, owner, times)
+        # only if something selected was staged in it; one that exists in the target
+        # and received nothing is not touched.
+        out.dirs = [d for d in out.dirs if d.selected or _staged(staging_fd, d.parts)]
     # The plan's listing of a foreign archive may have said these already.
     warnings.extend(w for w in [*read, *read_warnings(plan.archive.label, checker)] if w not in warnings)
     if checker.setid_stripped:
@@ -558,6 +563,15 @@ def _write_file(
     finally:
         os.close(fd)
     return digest
+
+
+def _staged(staging_fd: int, parts: tuple[str, ...]) -> bool:
+    """Whether the directory ``parts`` was made in staging."""
+    try:
+        os.close(_open_parts(staging_fd, parts))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
 
 
 def _open_parts(root_fd: int, parts: tuple[str, ...]) -> int:

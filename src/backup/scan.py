@@ -82,32 +82,34 @@ class ScanResult:
     root: str = ""
     # Exclude patterns that decided nothing: likely a typo, or a path given absolute.
     unmatched_excludes: tuple[str, ...] = ()
+    # Names listed but gone before they could be examined, each with its problem line.
+    vanished: tuple[tuple[str, str], ...] = ()
 
 
 class _Excluder:
     def __init__(self, patterns: Sequence[str]) -> None:
         self._spec = compile_excludes(patterns) if patterns else None
-        self.used: set[int] = set()
+        # Patterns not yet seen to match anything: each is tried on every path until
+        # it matches once (the spec itself names only the last pattern that matched).
+        self._unused = [
+            (index, pattern)
+            for index, pattern in enumerate(self._spec.patterns if self._spec else ())
+            if pattern.include is not None
+        ]
 
     def reason(self, relative: str, is_dir: bool) -> str | None:
         if self._spec is None:
             return None
-        result = self._spec.check_file(relative + "/" if is_dir else relative)
-        if result.index is not None:
-            self.used.add(result.index)
-            if result.include:
-                return f"matches exclude pattern {self._spec.patterns[result.index].pattern!r}"
+        name = relative + "/" if is_dir else relative
+        if self._unused:
+            self._unused = [(index, pattern) for index, pattern in self._unused if pattern.match_file(name) is None]
+        result = self._spec.check_file(name)
+        if result.include and result.index is not None:
+            return f"matches exclude pattern {self._spec.patterns[result.index].pattern!r}"
         return None
 
     def unmatched(self) -> tuple[str, ...]:
-        if self._spec is None:
-            return ()
-        patterns = self._spec.patterns
-        return tuple(
-            str(pattern.pattern)
-            for index, pattern in enumerate(patterns)
-            if index not in self.used and pattern.include is not None
-        )
+        return tuple(str(pattern.pattern) for _, pattern in self._unused)
 
 
 def compile_excludes(patterns: Sequence[str]) -> pathspec.GitIgnoreSpec:
@@ -167,7 +169,14 @@ def scan_source(
     finally:
         os.close(root_fd)
     entries = walker.entries if files is None else sorted(walker.entries, key=lambda e: e.path)
-    return ScanResult(tuple(entries), tuple(walker.excluded), tuple(walker.problems), root, excluder.unmatched())
+    return ScanResult(
+        tuple(entries),
+        tuple(walker.excluded),
+        tuple(walker.problems),
+        root,
+        excluder.unmatched(),
+        tuple(walker.vanished),
+    )
 
 
 def _dir_key(directory: Path | None) -> tuple[int, int] | None:
@@ -213,6 +222,7 @@ class _Walker:
         self.entries: list[SourceEntry] = []
         self.excluded: list[Exclusion] = []
         self.problems: list[str] = []
+        self.vanished: list[tuple[str, str]] = []  # (path, its problem)
         self._seen: set[str] = set()
 
     def _absolute(self, relative: str) -> str:
@@ -249,7 +259,9 @@ class _Walker:
             try:
                 info = self.fs.lstat(name, self.chain.fd(dir_parts))
             except FileNotFoundError:
-                self.problems.append(f"{self._absolute(relative)}: disappeared during the walk; not archived")
+                message = f"{self._absolute(relative)}: disappeared during the walk; not archived"
+                self.problems.append(message)
+                self.vanished.append((relative, message))
                 continue
             except OSError as exc:
                 self._problem(self._absolute(relative), f"cannot be examined: {exc.strerror or exc}")

@@ -255,6 +255,9 @@ class BackupScheduler(TimeAwareMixin):
         except (BackupError, OSError) as exc:
             logger.error("check after the run failed: %s", exc)
             return None
+        except Exception:  # a bug in the check must not lose the run's record
+            logger.exception("check after the run crashed")
+            return None
         for row in report.damaged:
             logger.error("check: %s: %s: %s", row.backup_id, row.status, row.detail)
         (logger.info if report.ok else logger.error)("check: %s", report.summary())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .catalog import BackupInfo, own_manifest
@@ -18,6 +19,7 @@ from .errors import ArchiveError, ConfigError, ManifestError
 from .listing import list_backups
 from .manifest import BackupManifest, manifest_name_for, read_manifest
 from .manifest.model import MANIFEST_SUFFIX
+from .retention import is_dated_in_future
 from .storage import Location, locate, open_storage
 from .storage.base import BackupStorage, ObjectRef
 
@@ -77,10 +79,19 @@ def find_backup(
         )
     backups = list_backups(backup_dir, prefix=prefix if text == LATEST else None)
     if text == LATEST:
+        which = f" with prefix {prefix!r}" if prefix else ""
         if not backups:
-            which = f" with prefix {prefix!r}" if prefix else ""
             raise ConfigError(f"{backup_dir}: no complete backups{which}; 'latest' names none", str(backup_dir))
-        return _from_info(backups[-1])
+        # A backup dated after now (made while the clock ran ahead) is not the latest:
+        # it would hide every backup made since the clock was put right.
+        now = datetime.now(UTC)
+        current = [info for info in backups if not is_dated_in_future(info, now)]
+        if not current:
+            raise ConfigError(
+                f"{backup_dir}: every backup{which} is dated in the future (check the clock); name one by its id",
+                str(backup_dir),
+            )
+        return _from_info(current[-1])
     for info in backups:
         if info.backup_id == text:
             return _from_info(info)

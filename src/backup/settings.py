@@ -24,6 +24,7 @@ from typing import Any
 
 from shared.time_helpers import system_zone_name
 
+from .catalog import parse_backup_id
 from .errors import ConfigError
 from .hashing import DEFAULT_ALGORITHM
 from .stream.compression import cli_choices
@@ -201,7 +202,7 @@ SETTINGS: tuple[Setting, ...] = (
         "prefix",
         STR,
         "backup id prefix",
-        (*_ARCHIVE, "list", "prune", "check"),
+        (*_ARCHIVE, "list", "prune", "check", "restore", "verify", "ls", "diff"),
         defaults={"create": "backup", "schedule": "scheduled_backup", "library": "backup"},
         flags=("--prefix",),
         field="prefix",
@@ -608,11 +609,24 @@ def _convert(setting: Setting, value: Any, path: Path, text: str, table: str | N
             f"{where}: {setting.key.replace('_', '-')} must be {setting.kind.name}, not {type(value).__name__} {value!r}",
             path,
         )
+    if setting.choices and setting.key != "compression" and value not in setting.choices:
+        # (compression also takes its formats' other names, checked with the rest.)
+        line = _line_of(text, table, setting.key)
+        where = f"{path}:{line}" if line else str(path)
+        raise ConfigError(
+            f"{where}: {setting.key.replace('_', '-')} must be one of {', '.join(setting.choices)}, not {value!r}",
+            path,
+        )
     converted = setting.kind.convert(value)
-    if setting.relative_to_file and converted is not None:
+    if setting.relative_to_file and converted is not None and not _names_a_backup(converted):
         # Relative to the file, not to the directory a service manager starts in.
         converted = path.parent / converted
     return converted
+
+
+def _names_a_backup(value: Any) -> bool:
+    """Whether a value names a backup rather than a file: ``latest`` or a backup id."""
+    return isinstance(value, str) and (value == "latest" or parse_backup_id(value) is not None)
 
 
 def _line_of(text: str, table: str | None, key: str) -> int | None:

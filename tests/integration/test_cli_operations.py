@@ -1211,3 +1211,146 @@ def test_a_failing_before_backup_hook_fails_create_naming_the_hook_and_writes_no
     (error,) = [line for line in lines(err) if line.startswith(ERROR)]
     assert "before_backup" in error and "exit 3" in error
     assert archives_in(backups) == []
+
+
+# -- what a review found: each failed before its fix ----------------------------------------------
+
+
+def test_the_config_files_backup_dir_wins_over_the_environment(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    two_backups: tuple[Path, Path, str, str],
+) -> None:
+    """A hook gets OBS_BACKUP_DIR; an obs-backup it runs with another config file must
+    use that file's backup_dir."""
+    _, backups, _, _ = two_backups
+    config = tmp_path / "other.toml"
+    config.write_text(f'backup_dir = "{backups}"\n')
+    monkeypatch.setenv("OBS_BACKUP_DIR", str(tmp_path / "elsewhere"))
+    code, out, err = run_cli(capsys, "--config", str(config), "list")
+    assert (code, err) == (0, "") and "2 backups" in out
+
+
+@pytest.mark.parametrize("name", ["latest", "id"])
+def test_latest_or_an_id_in_the_config_file_is_not_taken_for_a_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], two_backups: tuple[Path, Path, str, str], name: str
+) -> None:
+    _, backups, old, _ = two_backups
+    config = tmp_path / "conf" / "restore.toml"
+    config.parent.mkdir()
+    archive = "latest" if name == "latest" else old
+    config.write_text(f'backup_dir = "{backups}"\n[restore]\narchive = "{archive}"\ntarget = "{tmp_path / "t"}"\n')
+    code, _, err = run_cli(capsys, "--config", str(config), "restore")
+    assert (code, err) == (0, "")
+    assert tree(tmp_path / "t") == {"which": "new\n" if name == "latest" else "old\n"}
+
+
+def test_latest_passes_over_a_backup_dated_in_the_future(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], two_backups: tuple[Path, Path, str, str]
+) -> None:
+    """One made while the clock ran years ahead is not the latest: the backups made
+    since the clock was put right are."""
+    source, backups, _, _ = two_backups
+    (source / "which").write_text("from the future\n")
+    made(source, backups, 365 * 30)
+    code, _, err = run_cli(capsys, "restore", "latest", str(tmp_path / "t"), "--backup-dir", str(backups))
+    assert (code, err) == (0, "")
+    assert tree(tmp_path / "t") == {"which": "new\n"}
+
+
+def test_latest_with_a_prefix_is_the_newest_of_that_prefix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], two_backups: tuple[Path, Path, str, str]
+) -> None:
+    source, backups, _, _ = two_backups
+    (source / "which").write_text("nightly\n")
+    made(source, backups, 0, prefix="nightly")  # older than both others
+    argv = ("restore", "latest", str(tmp_path / "t"), "--backup-dir", str(backups), "--prefix", "nightly")
+    code, _, err = run_cli(capsys, *argv)
+    assert (code, err) == (0, "")
+    assert tree(tmp_path / "t") == {"which": "nightly\n"}
+
+
+def test_a_patterned_restore_leaves_existing_directories_it_did_not_restore_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--exclude home/ must not give the target's own home/ the archived owner and mode
+    (into /, that would be the live /home)."""
+    source = write_files(tmp_path / "source", {"home/alice/notes": "n\n", "etc/app.conf": "c\n"})
+    os.chown(source / "home", 4321, 4321)
+    os.chmod(source / "home", 0o700)
+    backups = tmp_path / "backups"
+    made(source, backups)
+    target = tmp_path / "target"
+    (target / "home" / "bob").mkdir(parents=True)
+    os.chmod(target / "home", 0o755)
+    before = os.stat(target / "home")
+    argv = ("restore", "latest", str(target), "--backup-dir", str(backups), "--exclude", "home/")
+    code, _, err = run_cli(capsys, *argv)
+    assert (code, err) == (0, "")
+    after = os.stat(target / "home")
+    assert (after.st_uid, after.st_gid, stat.S_IMODE(after.st_mode), after.st_mtime_ns) == (
+        before.st_uid,
+        before.st_gid,
+        0o755,
+        before.st_mtime_ns,
+    )
+    assert (target / "etc" / "app.conf").read_text() == "c\n" and not (target / "home" / "alice").exists()
+
+
+@pytest.mark.parametrize("manifest", [True, False], ids=["with-manifest", "without-manifest"])
+def test_a_hard_link_restored_without_its_first_name_gets_its_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], manifest: bool
+) -> None:
+    source = write_files(tmp_path / "source", {"a/first": "shared\n"})
+    (source / "etc").mkdir()
+    os.link(source / "a" / "first", source / "etc" / "second")
+    backups = tmp_path / "backups"
+    made(source, backups, include_manifest=manifest)
+    argv = ("restore", "latest", str(tmp_path / "t"), "--backup-dir", str(backups), "--exclude", "a/")
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    assert tree(tmp_path / "t") == {"etc": None, "etc/second": "shared\n"}
+
+
+def test_prune_metrics_over_several_prefixes_name_each_metric_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The text format refuses a second HELP line for a name: node_exporter would drop
+    the whole file."""
+    source = write_files(tmp_path / "source", {"f": "f\n"})
+    backups = tmp_path / "backups"
+    for day in range(3):
+        made(source, backups, day, prefix="db")
+        made(source, backups, day, prefix="web")
+    metrics_file = tmp_path / "m" / "prune.prom"
+    metrics_file.parent.mkdir()
+    code, _, err = run_cli(capsys, "prune", str(backups), "--keep-last", "1", "--metrics-file", str(metrics_file))
+    assert (code, err) == (0, "")
+    text = metrics_file.read_text()
+    helps = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")]
+    assert len(helps) == len(set(helps)) and "obs_backup_last_prune_removed" in helps
+    assert 'obs_backup_last_prune_removed{prefix="db"} 2.0' in text
+    assert 'obs_backup_last_prune_removed{prefix="web"} 2.0' in text
+
+
+def test_a_bad_log_level_in_the_config_file_is_a_usage_error_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('log_level = "trace"\n')
+    (tmp_path / "b").mkdir()
+    code, out, err = run_cli(capsys, "--config", str(config), "list", str(tmp_path / "b"), "--json")
+    assert code == 2
+    assert err == f"{ERROR}{config}:1: log-level must be one of debug, info, warning, error, not 'trace'\n"
+    assert json.loads(out)["exit_code"] == 2
+
+
+def test_an_exclude_pattern_overridden_by_a_later_one_is_not_said_to_match_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_files(tmp_path / "source", {"debug.log": "d\n", "app.log": "a\n", "keep.txt": "k\n"})
+    argv = ("create", str(source), str(tmp_path / "b"), "--exclude", "debug.log", "--exclude", "*.log")
+    code, _, err = run_cli(capsys, *argv, "--exclude", "nothing-*")
+    assert code == 0
+    assert lines(err) == [f"{WARNING}exclude pattern 'nothing-*' matched nothing in {source}"]

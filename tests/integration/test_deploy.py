@@ -220,6 +220,25 @@ def _cron_field_ok(field: str, low: int, high: int) -> bool:
     return True
 
 
+# Between create and prune: prune after a complete backup, with warnings (exit 3) or not.
+_AFTER_CREATE = "; test $? -eq 0 -o $? -eq 3 && "
+
+
+@pytest.mark.parametrize(("create_exits", "prunes"), [(0, True), (3, True), (1, False), (2, False)])
+def test_the_cron_entry_prunes_after_a_complete_backup_only(tmp_path: Path, create_exits: int, prunes: bool) -> None:
+    """The cron command itself, run by sh with a stand-in for obs-backup: a backup that
+    completed with warnings (exit 3) must not stop the pruning, or backups pile up."""
+    [job] = [line for line in CRON.read_text().splitlines() if line[:1].isdigit()]
+    command = job.split(maxsplit=6)[6]
+    calls = tmp_path / "calls"
+    stub = tmp_path / "obs-backup"
+    stub.write_text(f'#!/bin/sh\necho "$3" >>{calls}\n[ "$3" = create ] && exit {create_exits}\nexit 0\n')
+    stub.chmod(0o755)
+    binary = exec_start(UNIT.read_text())[0]
+    subprocess.run(["/bin/sh", "-c", command.replace(binary, str(stub))], check=False, timeout=30)
+    assert calls.read_text().split() == (["create", "prune"] if prunes else ["create"])
+
+
 def test_the_cron_entry_is_one_line_cron_d_accepts_running_the_installed_command() -> None:
     text = CRON.read_text()
     assert text.endswith("\n"), "cron ignores a last line without a newline"
@@ -233,7 +252,7 @@ def test_the_cron_entry_is_one_line_cron_d_accepts_running_the_installed_command
     assert user == "root"
     binary = exec_start(UNIT.read_text())[0]
     assert os.path.dirname(binary) in environment["PATH"].split(":")
-    steps = [shlex.split(step) for step in command.split(" && ")]
+    steps = [shlex.split(step) for step in command.split(_AFTER_CREATE)]
     assert [step[0] for step in steps] == [binary, binary]
     for step in steps:
         assert step[1:3] == ["--config", "/etc/obs-backup.toml"], step

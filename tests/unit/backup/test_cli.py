@@ -725,4 +725,4 @@ def test_a_mismatch_in_a_name_that_is_not_utf8_is_reported_escaped(
 def test_settings_shared_by_every_command_are_in_every_command() -> None:
     """--json and --quiet are the output settings of all commands."""
     every: list[Setting] = [s for s in SETTINGS if set(s.commands) == set(COMMANDS)]
-    assert {s.key for s in every} == {"json", "quiet", "verbose", "log_level", "backup_dir"}
+    assert {s.key for s in every} == {"json", "quiet", "verbose", "log_level", "backup_dir", "prefix"}

@@ -95,6 +95,7 @@ def test_a_plan_is_data_and_its_paths_are_derived() -> None:
         "metadata",
         "filesystem",
         "notices",
+        "vanished",
     ]
     assert isinstance(BackupPlan.archive_path, property)
     assert isinstance(BackupPlan.manifest_path, property)
