@@ -28,6 +28,12 @@ archive=$(ls "$OUT"/backups/*.tar.gz | head -n 1)
 step obs-backup verify "$archive"
 $OBS verify "$archive"
 
+step obs-backup ls latest --backup-dir "$OUT/backups" "(from the manifest; the archive is not read)"
+$OBS ls latest --backup-dir "$OUT/backups"
+
+step obs-backup check "$OUT/backups" --read-data
+$OBS check "$OUT/backups" --read-data
+
 step obs-backup restore "$archive" "$OUT/restored"
 $OBS restore "$archive" "$OUT/restored"
 
