@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
@@ -207,8 +208,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (_UsageError, ConfigError) as exc:
         return _fail(str(exc), EXIT_USAGE, wants_json)
     wants_json = bool(args.json)
-    with _logging_to_stderr(args):
+    with _logging_to_stderr(args), _terminate_cleanly(args.command):
         return _run(args, wants_json)
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwind, so that partial files and private copies are removed."""
+
+
+@contextmanager
+def _terminate_cleanly(command: str) -> Iterator[None]:
+    """Turn SIGTERM into an exception while a one-shot command runs (the scheduler
+    handles it itself), so that what it was writing is cleaned up on the way out."""
+    if command == "schedule" or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace, wants_json: bool) -> int:
@@ -221,6 +244,8 @@ def _run(args: argparse.Namespace, wants_json: bool) -> int:
         return _fail(str(exc), EXIT_FAILED, wants_json)
     except KeyboardInterrupt:
         return _fail("interrupted", 130, wants_json)
+    except _Terminated:
+        return _fail("terminated", 143, wants_json)
     except BrokenPipeError:
         return EXIT_FAILED
     except Exception as exc:  # a bug: still one line, and the exit code says it failed
@@ -229,7 +254,7 @@ def _run(args: argparse.Namespace, wants_json: bool) -> int:
 
 def _fail(message: str, code: int, wants_json: bool) -> int:
     """Report a failure: one line on stderr, and with --json an object on stdout."""
-    shown = message if message == "interrupted" else f"error: {message}"
+    shown = message if message in ("interrupted", "terminated") else f"error: {message}"
     print(f"obs-backup: {shown}", file=sys.stderr)
     if wants_json:
         _print_json({"success": False, "error": message, "exit_code": code})
@@ -316,20 +341,25 @@ def _cmd_create(args: argparse.Namespace) -> int:
     started = datetime.now(UTC)
 
     def backup() -> BackupResult:
-        if not Path(config.source_dir).is_dir():  # found before the lock makes BACKUP_DIR
-            return BackupResult(success=False, error=f"{config.source_dir}: source directory does not exist")
-        with storage.lock(args.lock_timeout):  # another run holding it: an error, not a run
-            try:
-                plan = plan_backup(config, storage=storage)
-            except ConfigError:
-                raise
-            except BackupError as exc:  # a failed run: recorded, reported, and on_error told
-                return BackupResult(success=False, error=str(exc))
-            _print_notices(plan, args)
-            with _progress(args, "backing up", plan.total_bytes) as progress:
-                return execute_plan(plan, progress)
+        try:
+            plan = plan_backup(config, storage=storage)
+        except ConfigError:
+            raise
+        except BackupError as exc:  # a failed run: recorded, reported, and on_error told
+            return BackupResult(success=False, error=str(exc))
+        _print_notices(plan, args)
+        with _progress(args, "backing up", plan.total_bytes) as progress:
+            return execute_plan(plan, progress)
 
-    result = run_with_hooks(Hooks.from_config(args), backup, source_dir=config.source_dir, backup_dir=config.backup_dir)
+    # The lock is held across the hooks too: two runs must not interleave their dumps.
+    # Not having it is an error, not a run (it is not recorded).
+    result = run_with_hooks(
+        Hooks.from_config(args),
+        backup,
+        source_dir=config.source_dir,
+        backup_dir=config.backup_dir,
+        guard=storage.lock(args.lock_timeout),
+    )
     _record_run(args, result, started)
     return _report(result, args, "backup")
 
@@ -360,7 +390,7 @@ def _record_run(args: argparse.Namespace, result: BackupResult, started: datetim
     try:
         if open_storage(args.backup_dir).exists():
             record_run(args.backup_dir, record, args.metrics_file)
-    except (OSError, BackupError) as exc:
+    except Exception as exc:  # monitoring never turns a backup into a failure
         print(f"obs-backup: warning: cannot record the run (state file or metrics): {exc}", file=sys.stderr)
 
 
@@ -680,7 +710,7 @@ def _record_prune(args: argparse.Namespace, result: PruneResult) -> None:
             record.future_dated_backups += decision in result.plan.future
     try:
         record_prune(args.backup_dir, records, args.metrics_file)
-    except (OSError, BackupError) as exc:
+    except Exception as exc:  # monitoring never turns a prune into a failure
         print(f"obs-backup: warning: cannot record the prune (state file or metrics): {exc}", file=sys.stderr)
 
 

@@ -7,8 +7,10 @@ The order of events in :func:`run_with_hooks`, and why:
    database whose dump failed would look good and hold nothing useful). The result
    is a failure whose error names the command, how it failed and the last line it
    wrote; then ``on_error`` runs.
-2. The backup runs (whatever callable the caller passes: the scheduler's locked
-   create-and-prune, the command line's create).
+2. The backup runs (whatever callable the caller passes: the scheduler's
+   create-and-prune, the command line's create). The caller's ``guard``, the backup
+   directory's lock, is held from before the first hook to after the last, so that
+   two runs never interleave one's dump with the other's clean-up.
 3. After a successful backup, ``after_backup`` commands run in order; the first that
    fails stops the rest. The backup exists and is good, so the result stays a
    success (retention and the state file still count it) and the failure is added to
@@ -55,11 +57,13 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import selectors
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -154,6 +158,7 @@ def run_with_hooks(
     *,
     source_dir: str | os.PathLike[str],
     backup_dir: str | os.PathLike[str],
+    guard: AbstractContextManager[object] | None = None,
 ) -> BackupResult:
     """Given the hooks, a callable that makes the backup, and the directories it reads
     and writes, run ``before_backup``, the backup, then ``after_backup`` or ``on_error``
@@ -161,9 +166,23 @@ def run_with_hooks(
     ``after_backup`` failure added to its warnings, or, if a ``before_backup`` command
     failed, a failed result naming it (the backup is then not called).
 
-    Raise whatever ``backup`` raises, once ``on_error`` has run.
+    ``guard`` (the backup directory's lock) is held from before ``before_backup`` to
+    after ``after_backup``: two runs must not interleave their dumps and their
+    clean-ups. Raise whatever ``backup`` or entering ``guard`` raises, once
+    ``on_error`` has run.
     """
     runner = _Runner(hooks.timeout, Path(source_dir).absolute(), Path(backup_dir).absolute())
+    with ExitStack() as held:
+        if guard is not None:
+            try:
+                held.enter_context(guard)
+            except Exception as exc:  # the lock not had: a failed run, as any other
+                runner.run_all("on_error", hooks.on_error, _Facts(status="failure", error=_describe(exc)))
+                raise
+        return _run_guarded(runner, hooks, backup)
+
+
+def _run_guarded(runner: _Runner, hooks: Hooks, backup: Callable[[], BackupResult]) -> BackupResult:
     started = time.monotonic()
     failure = runner.run_in_order("before_backup", hooks.before_backup)
     if failure is not None:
@@ -385,9 +404,15 @@ class _OutputLog:
         text = raw.decode("utf-8", "backslashreplace").rstrip()
         if not text.strip():
             return
-        logger.info("%s: %s", self._hook, text)
-        # A progress display rewrites its line with carriage returns: keep what it ended on.
-        self.last_line = _shorten(text.rsplit("\r", 1)[-1].strip(), _LAST_LINE_WIDTH)
+        # A progress display rewrites its line with carriage returns: keep what it ended
+        # on. Other control characters (terminal escapes) are shown, not obeyed, in the
+        # log, the error message and the state file.
+        shown = _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text.rsplit("\r", 1)[-1])
+        logger.info("%s: %s", self._hook, shown)
+        self.last_line = _shorten(shown.strip(), _LAST_LINE_WIDTH)
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def _label(command: str) -> str:

@@ -82,13 +82,23 @@ class PruneRecord:
 
 
 def load_state(backup_dir: Location) -> dict[str, Any]:
-    """Given a backup location, return its recorded state ({} if none or unreadable)."""
+    """Given a backup location, return its recorded state ({} if none or unreadable).
+
+    Whatever in it does not have the shape this module writes (a prefix that is not a
+    table, a record that is not one) is dropped: a damaged state file must not turn the
+    next successful backup into a failure, and the next record repairs it."""
     raw = open_storage(backup_dir).read_record(STATE_NAME)
     try:
         data = json.loads(raw or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    state: dict[str, Any] = {}
+    for prefix, entry in data.items():
+        if isinstance(entry, dict):
+            state[prefix] = {key: record for key, record in entry.items() if isinstance(record, dict)}
+    return state
 
 
 def record_run(backup_dir: Location, record: RunRecord, metrics_file: Path | None = None) -> dict[str, Any]:
@@ -238,7 +248,12 @@ def _future_dated(record: RunRecord | None, last_success: dict[str, Any], last_p
 
 def _number(data: dict[str, Any], key: str) -> float:
     value = data.get(key, 0)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return 0.0
+    try:
+        return float(value)
+    except OverflowError:  # an integer of 400 digits in a damaged state file
+        return 0.0
 
 
 def _timestamp(value: object) -> float:

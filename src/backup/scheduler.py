@@ -18,9 +18,10 @@ milliseconds. The rules it keeps:
   are kept, logged as warnings and counted in the run record and the metrics.
 * The backup runs in a worker thread; the event loop stays free. A failed backup
   reaches ``on_error``; an exception raised by a callback is logged and ignored.
-* Each run goes through ``backup.hooks.run_with_hooks``: ``before_backup`` commands
-  run before the lock is taken and ``after_backup`` ones once retention is done and
-  the lock released, so a slow dump never holds the backup directory. A failing
+* Each run goes through ``backup.hooks.run_with_hooks``, holding the backup
+  directory's lock from before ``before_backup`` to after ``after_backup``: two runs
+  (a manual ``create`` and the schedule) must not interleave one's dump with the
+  other's clean-up. A lock not had is a failed run, and reaches ``on_error``. A failing
   ``before_backup`` command is a failed run (recorded, metrics included); a failing
   ``after_backup`` one is a warning on a successful run.
 * ``stop()`` lets a backup in progress finish, so it either completes or (if the
@@ -180,7 +181,13 @@ class BackupScheduler(TimeAwareMixin):
             return result
 
         try:
-            result = run_with_hooks(self._hooks, back_up, source_dir=config.source_dir, backup_dir=config.backup_dir)
+            result = run_with_hooks(
+                self._hooks,
+                back_up,
+                source_dir=config.source_dir,
+                backup_dir=config.backup_dir,
+                guard=self.storage.lock(config.lock_timeout),
+            )
         except BackupError as exc:
             result = BackupResult(success=False, error=str(exc))
             logger.error("backup not started: %s", exc)
@@ -197,27 +204,25 @@ class BackupScheduler(TimeAwareMixin):
         return outcome
 
     def _back_up_and_prune(self) -> tuple[BackupResult, PruneResult | None]:
-        """Holding the lock, back up, then apply retention if the backup succeeded;
-        return the backup's result and what retention did. Raise BackupError if the
-        backup could not start (the lock, the configuration)."""
+        """Back up (the caller holds the lock), then apply retention if the backup
+        succeeded; return the backup's result and what retention did. Raise
+        BackupError if the backup could not start (the configuration)."""
         config = self.config
         prune = None
-        storage = self.storage
-        with storage.lock(config.lock_timeout):
-            result = create_backup(
-                config.backup_config(),
-                metadata={"scheduler": "obs-backup", "tz": config.tz_name},
-                now=self._now,
-                storage=storage,
-            )
-            log = _BackupIdAdapter(logger, {"backup_id": result.backup_id})
-            if result.success:
-                log.info("backup complete: %s (%d bytes)", result.archive, result.archive_size)
-                for warning in result.warnings:
-                    log.warning("%s", warning)
-                prune = self._apply_retention(log)
-            else:
-                log.error("backup failed: %s", result.error)
+        result = create_backup(
+            config.backup_config(),
+            metadata={"scheduler": "obs-backup", "tz": config.tz_name},
+            now=self._now,
+            storage=self.storage,
+        )
+        log = _BackupIdAdapter(logger, {"backup_id": result.backup_id})
+        if result.success:
+            log.info("backup complete: %s (%d bytes)", result.archive, result.archive_size)
+            for warning in result.warnings:
+                log.warning("%s", warning)
+            prune = self._apply_retention(log)
+        else:
+            log.error("backup failed: %s", result.error)
         return result, prune
 
     def _apply_retention(self, log: logging.LoggerAdapter) -> PruneResult | None:  # type: ignore[type-arg]
@@ -283,8 +288,8 @@ class BackupScheduler(TimeAwareMixin):
         )
         storage = self.storage
         try:
-            # A run that failed before taking the lock (a before_backup hook) has not
-            # made the directory; it is recorded all the same, as the lock would have.
+            # A run that failed to take the lock may not have made the directory; it is
+            # recorded all the same.
             storage.ensure()
             record_run(storage, record, self.config.metrics_file)
         except BackupError as exc:
@@ -382,6 +387,14 @@ class BackupScheduler(TimeAwareMixin):
         result = outcome.result
         if not result.success:
             self._call(self._on_error, result.error or "backup failed")
+        elif outcome.damaged_backups:
+            # The run succeeded, but the check after it found backups that would not
+            # restore: whoever on_error tells must hear of it.
+            self._call(
+                self._on_error,
+                f"check after the run: {outcome.damaged_backups} damaged "
+                f"backup{'s' if outcome.damaged_backups != 1 else ''} (see the log)",
+            )
         self._call(self._on_complete, result)
 
     @staticmethod

@@ -15,7 +15,13 @@ Order of events, and why:
    directory chain is reused rather than a path resolved again. SQLite resolves
    that name to a path of its own (it follows links to find the ``-wal``), so:
 2. after the copy, the file SQLite holds open must be the very file the archive
-   writer opened (same device and inode); if it is not, the copy is discarded.
+   writer opened (same device and inode), and the ``-wal`` and ``-shm`` it holds open
+   the very files beside it in that directory (a directory swapped for a link
+   meanwhile could hand it another database's log); if not, the copy is discarded.
+   A companion that is not a regular file (a FIFO, on which SQLite's open would
+   block for ever) is refused before SQLite looks; one swapped in afterwards is
+   opened for writing by a watchdog, which lets SQLite's open return, and the copy
+   is discarded.
 3. The copy goes to a file in a private temporary directory (mode 0700), which is
    removed whatever happens, and is handed to the caller as an open descriptor.
 
@@ -31,7 +37,9 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +63,9 @@ SQLITE_MIN_SIZE = 512
 # The files SQLite keeps beside a database: the snapshot holds what they add.
 COMPANION_SUFFIXES = ("-journal", "-wal", "-shm")
 BUSY_TIMEOUT = 10.0
+# Beyond the busy timeout, how long SQLite may take before a companion it is stuck
+# opening is treated as a trap.
+_STUCK_AFTER = 5.0
 _SNAPSHOT_NAME = "snapshot.db"
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
@@ -90,10 +101,19 @@ def sqlite_snapshot(
     """
     if busy_timeout is None:
         busy_timeout = BUSY_TIMEOUT
+    _check_companions(dir_fd, name)
     try:
         private = tempfile.mkdtemp(prefix="obs-backup-sqlite-", dir=temp_dir)
     except OSError as exc:
         raise SnapshotError(f"no private directory for the copy: {exc.strerror or exc}") from exc
+    try:
+        space = os.statvfs(private)
+        needed = os.fstat(fd).st_size
+        if space.f_bavail * space.f_frsize < needed + (16 << 20):
+            shutil.rmtree(private, ignore_errors=True)
+            raise SnapshotError(f"not enough free space for a {needed}-byte copy in {os.path.dirname(private)}")
+    except OSError:
+        pass  # unknown: the copy itself fails cleanly if space runs out
     try:
         copy = os.path.join(private, _SNAPSHOT_NAME)
         _copy_database(dir_fd, name, os.fstat(fd), fd, copy, busy_timeout)
@@ -114,6 +134,53 @@ def sqlite_snapshot(
         shutil.rmtree(private, ignore_errors=True)
 
 
+def _check_companions(dir_fd: int, name: str) -> None:
+    """Raise SnapshotError if a file SQLite would open beside the database is not a
+    regular file (a FIFO would block its open for ever)."""
+    for suffix in COMPANION_SUFFIXES:
+        try:
+            info = os.stat(name + suffix, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise SnapshotError(f"{name + suffix} beside it cannot be examined: {exc.strerror or exc}") from exc
+        if not stat.S_ISREG(info.st_mode):
+            raise SnapshotError(f"{name + suffix} beside it is not a regular file")
+
+
+class _Watchdog:
+    """After ``delay`` seconds, unblocks an open of a FIFO swapped in for a companion
+    (by opening it for writing, which lets a blocked reader's open return), and
+    remembers having had to."""
+
+    def __init__(self, dir_fd: int, name: str, delay: float) -> None:
+        self.dir_fd = dir_fd
+        self.name = name
+        self.fired = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(delay,), daemon=True)
+        self._thread.start()
+
+    def _watch(self, delay: float) -> None:
+        if self._done.wait(delay):
+            return
+        while not self._done.wait(0.5):
+            for suffix in COMPANION_SUFFIXES:
+                try:
+                    info = os.stat(self.name + suffix, dir_fd=self.dir_fd, follow_symlinks=False)
+                    if not stat.S_ISFIFO(info.st_mode):
+                        continue
+                    flags = os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+                    os.close(os.open(self.name + suffix, flags, dir_fd=self.dir_fd))
+                    self.fired = True
+                except OSError:
+                    continue
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def _copy_database(
     dir_fd: int, name: str, expected: os.stat_result, own_fd: int, copy: str, busy_timeout: float
 ) -> None:
@@ -121,12 +188,32 @@ def _copy_database(
     SnapshotError if SQLite fails or opened another file than ``expected``."""
     uri = f"file:/proc/self/fd/{dir_fd}/{quote(os.fsencode(name), safe='')}?mode=ro"
     deadline = time.monotonic() + busy_timeout
+    watchdog = _Watchdog(dir_fd, name, busy_timeout + _STUCK_AFTER)
+    try:
+        _copy_watched(uri, dir_fd, name, expected, own_fd, copy, busy_timeout, deadline)
+    finally:
+        watchdog.stop()
+    if watchdog.fired:
+        raise SnapshotError("a FIFO was put beside it while it was read")
+
+
+def _copy_watched(
+    uri: str,
+    dir_fd: int,
+    name: str,
+    expected: os.stat_result,
+    own_fd: int,
+    copy: str,
+    busy_timeout: float,
+    deadline: float,
+) -> None:
 
     def give_up_when_late(status: int, remaining: int, total: int) -> None:
         # Python retries a busy step for ever; SQLite has already waited busy_timeout.
         if status in _BUSY and time.monotonic() >= deadline:
             raise SnapshotError(f"still locked by a writer after {busy_timeout:g} seconds")
 
+    before = set(os.listdir("/proc/self/fd"))  # what is open before SQLite opens anything
     try:
         source = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None)
     except sqlite3.Error as exc:
@@ -147,8 +234,33 @@ def _copy_database(
             raise SnapshotError(f"SQLite cannot copy it: {exc}") from exc
         if not _held_open(expected, own_fd):
             raise SnapshotError("SQLite opened another file than the one archived (replaced while being read?)")
+        stray = _stray_companion(dir_fd, name, before)
+        if stray is not None:
+            raise SnapshotError(f"SQLite read a {stray} that is not the one beside it (replaced while being read?)")
     finally:
         source.close()
+
+
+def _stray_companion(dir_fd: int, name: str, before: set[str]) -> str | None:
+    """Return the suffix of a ``-wal`` or ``-shm`` SQLite opened (a descriptor not in
+    ``before``) under the database's name that is not the file of that name in
+    ``dir_fd`` (None if all are)."""
+    for entry in set(os.listdir("/proc/self/fd")) - before:
+        try:
+            target = os.readlink(f"/proc/self/fd/{entry}")
+        except OSError:
+            continue
+        for suffix in ("-wal", "-shm"):
+            if os.path.basename(target) != name + suffix:
+                continue
+            try:
+                held = os.fstat(int(entry))
+                beside = os.stat(name + suffix, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                return suffix
+            if not same_file(held, beside):
+                return suffix
+    return None
 
 
 def _held_open(expected: os.stat_result, own_fd: int) -> bool:

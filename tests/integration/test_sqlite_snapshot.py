@@ -186,8 +186,10 @@ def test_gnu_tar_extracts_consistent_databases(live_source: Path, tmp_path: Path
 
 
 def test_with_snapshots_off_the_files_are_copied_as_they_are(live_source: Path, tmp_path: Path) -> None:
-    """As before snapshots existed: byte copies, the -wal and -shm archived too."""
-    result = _backup(live_source, tmp_path / "backups", sqlite_snapshot=False)
+    """As before snapshots existed: byte copies, the -wal and -shm archived too. (The
+    rollback journal comes and goes with each transaction: without a snapshot, one
+    gone between the walk and its read is a file that vanished, so it is skipped.)"""
+    result = _backup(live_source, tmp_path / "backups", sqlite_snapshot=False, on_read_error="skip")
     assert result.manifest is not None
     entries = result.manifest.entry_map()
     assert {"app/events.db-wal", "app/events.db-shm", "state/current-wal"} <= set(entries)

@@ -427,7 +427,10 @@ class _EntryWriter:
             maybe_sparse = before.st_blocks * 512 < before.st_size
             # A file read whole is checked for SQLite's header once read (in _read_small).
             if (maybe_sparse or not small) and self.sqlite_snapshot:
-                archived = self._snapshot_if_sqlite(fd, entry, meta, before.st_size)
+                # Mostly holes: a copy through SQLite would fill them (any user could
+                # make a 1 TiB one of 8 KiB): such a file is copied as it is.
+                mostly_holes = before.st_blocks * 512 * 2 < before.st_size
+                archived = self._snapshot_if_sqlite(fd, entry, meta, before.st_size, mostly_holes)
                 if archived is not None:
                     return archived
             if maybe_sparse:
@@ -625,9 +628,12 @@ class _EntryWriter:
             data_size=data_size,
         )
 
-    def _snapshot_if_sqlite(self, fd: int, entry: SourceEntry, meta: _Meta, size: int) -> ManifestEntry | None:
+    def _snapshot_if_sqlite(
+        self, fd: int, entry: SourceEntry, meta: _Meta, size: int, mostly_holes: bool = False
+    ) -> ManifestEntry | None:
         """If an open file not read whole begins with SQLite's header, archive it as a
-        snapshot and return its entry; else (or if that failed) return None."""
+        snapshot and return its entry; else (or if that failed, or it is mostly holes)
+        return None."""
         if size < SQLITE_MIN_SIZE:
             return None
         head = self.view[:_HEADER_LENGTH]
@@ -636,6 +642,12 @@ class _EntryWriter:
         except OSError:
             return None  # the ordinary read meets the same error, and reports it
         if not is_sqlite_header(head[:count], size):
+            return None
+        if mostly_holes:
+            self.outcome.warnings.append(
+                f"{entry.abspath}: SQLite database archived byte for byte, not as a snapshot: "
+                "it is mostly holes, which a copy would fill"
+            )
             return None
         return self._snapshot(fd, entry, meta)
 

@@ -269,8 +269,9 @@ def test_an_unexpected_error_inside_a_run_reaches_on_error_the_state_file_and_th
 
 @pytest.mark.skipif(shutil.which("flock") is None, reason="needs flock(1) to probe the lock from a hook")
 def test_run_once_runs_the_hooks_around_the_backup_and_retention(tmp_path: Path) -> None:
-    """before_backup's dump is in the backup; after_backup runs once retention is done
-    and the lock is free, and is told the backup's id and archive."""
+    """before_backup's dump is in the backup; after_backup runs once retention is done,
+    still holding the lock (no other run may clean up between), and is told the
+    backup's id and archive."""
     source = make_source(tmp_path / "source")
     [old] = make_backups(tmp_path, SCHEDULED, 1, at(SEOUL, 2026, 4, 1, 3))
     seen = tmp_path / "after.txt"
@@ -282,7 +283,7 @@ def test_run_once_runs_the_hooks_around_the_backup_and_retention(tmp_path: Path)
         after_backup=[
             f'printf \'%s\\n\' "$OBS_BACKUP_ID" "$OBS_BACKUP_ARCHIVE" "$OBS_BACKUP_STATUS" > \'{seen}\'',
             f"test -e \"$OBS_BACKUP_DIR/{old}.tar.gz\" && echo kept >> '{seen}' || echo removed >> '{seen}'",
-            f"flock --nonblock \"$OBS_BACKUP_DIR/{LOCK_NAME}\" echo unlocked >> '{seen}'",
+            f"flock --nonblock \"$OBS_BACKUP_DIR/{LOCK_NAME}\" true && echo unlocked >> '{seen}' || echo locked >> '{seen}'",
         ],
     )
     scheduler = BackupScheduler(config, now=clock.now)
@@ -295,7 +296,7 @@ def test_run_once_runs_the_hooks_around_the_backup_and_retention(tmp_path: Path)
     assert result.manifest is not None
     assert "db.sql" in {entry.path for entry in result.manifest.files}
     assert outcome.prune is not None and outcome.prune.removed == [old]
-    assert seen.read_text().splitlines() == [result.backup_id, result.archive, "success", "removed", "unlocked"]
+    assert seen.read_text().splitlines() == [result.backup_id, result.archive, "success", "removed", "locked"]
 
 
 def test_a_failing_before_backup_fails_the_run_where_monitoring_looks(tmp_path: Path) -> None:
