@@ -38,8 +38,9 @@ def _database(path: Path, *, wal: bool = False, rows: int = 10) -> sqlite3.Conne
     if wal:
         db.execute("PRAGMA journal_mode=WAL")
     db.execute("CREATE TABLE t (x)")
-    for number in range(rows):
-        db.execute("INSERT INTO t VALUES (?)", (number,))
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO t VALUES (?)", ((number,) for number in range(rows)))
+    db.execute("COMMIT")
     return db
 
 
@@ -206,3 +207,29 @@ def test_damage_found_after_a_scheduled_run_reaches_on_error(tmp_path: Path) -> 
     outcome = scheduler.runs[-1]
     assert outcome.result.success and outcome.damaged_backups == 1
     assert told == ["check after the run: 1 damaged backup (see the log)"]
+
+
+def test_a_snapshot_that_would_not_fit_in_tmpdir_is_not_attempted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Free space is asked for first (here made to look nearly full): the database is
+    copied as it is, and the warning says why."""
+    source = tmp_path / "source"
+    source.mkdir()
+    _database(source / "x.db").close()
+    real = os.statvfs
+
+    def nearly_full(path: object) -> os.statvfs_result:
+        found = real(path)  # type: ignore[arg-type]
+        if "obs-backup-sqlite-" not in str(path):
+            return found
+        values = list(found)
+        values[4] = 1  # f_bavail: one block
+        return os.statvfs_result(values)
+
+    monkeypatch.setattr(os, "statvfs", nearly_full)
+    result = create_backup(BackupConfig(source, tmp_path / "backups"))
+    assert result.success, result.error
+    [warning] = result.warnings
+    assert warning.startswith(f"{source / 'x.db'}: SQLite database archived byte for byte, not as a snapshot: ")
+    assert "not enough free space for a " in warning
