@@ -39,6 +39,7 @@ __all__ = [
     "archive_suffix",
     "check_level",
     "cli_choices",
+    "decode_prefix",
     "detect_compression",
     "normalize_compression",
     "split_archive_name",
@@ -190,6 +191,34 @@ DECOMPRESSION_ERRORS: tuple[type[BaseException], ...] = (
     EOFError,
     *(error for row in COMPRESSIONS.values() for error in row.errors),
 )
+
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (*DECOMPRESSION_ERRORS, ValueError)
+_DECOMPRESSORS: dict[str, Callable[[], object]] = {
+    "gz": lambda: zlib.decompressobj(wbits=31),
+    "bz2": bz2.BZ2Decompressor,
+    "xz": lzma.LZMADecompressor,
+    "zst": zstd.ZstdDecompressor,
+}
+
+
+def decode_prefix(compression: str, stored: bytes, limit: int) -> bytes:
+    """Given the first bytes of a compressed stream, return as much of what they decode
+    to as decodes (at most ``limit`` bytes): damage or the end of ``stored`` stops
+    the decoding, not the caller. Uncompressed (``""``): the bytes themselves."""
+    factory = _DECOMPRESSORS.get(compression)
+    if factory is None:
+        return stored[:limit]
+    decompressor = factory()
+    decoded = bytearray()
+    for start in range(0, len(stored), 4096):
+        try:
+            decoded += decompressor.decompress(stored[start : start + 4096], limit - len(decoded))  # type: ignore[attr-defined]
+        except _DECODE_ERRORS:
+            break
+        if len(decoded) >= limit:
+            break
+    return bytes(decoded[:limit])
+
 
 _SPELLINGS = {alias: row.name for row in COMPRESSIONS.values() for alias in row.aliases}
 # Longest suffix first, so the most specific spelling wins.

@@ -19,13 +19,24 @@ from ..errors import ArchiveError
 from ..hashing import CHUNK_SIZE, DEFAULT_ALGORITHM, new_hasher
 from ..progress import PROGRESS_STEP
 from ..storage.base import ObjectRef
-from .compression import DECOMPRESSION_ERRORS, SNIFF_BYTES, detect_compression, unsupported_compression
+from .compression import (
+    DECOMPRESSION_ERRORS,
+    SNIFF_BYTES,
+    decode_prefix,
+    detect_compression,
+    unsupported_compression,
+)
 from .pipeline import ArchiveInput, archive_layers
 from .tarformat import TarFormatError, TarStreamReader, backup_id_from_comment
 
 __all__ = ["ArchiveReader", "digest_regions", "read_archive_marker", "sniff_compression"]
 
 _READ_AHEAD = 64 * 1024
+# A writer's mark is the archive's first header: it decodes from the first block of a
+# compressed stream (zstd's are at most 128 KiB, bzip2's about 900 KB), and is well
+# within the first 64 KiB of the tar stream.
+_MARK_STORED_BYTES = 2 << 20
+_MARK_BYTES = 64 * 1024
 _SHOWN_WARNINGS = 5
 _READ_ERRORS: tuple[type[BaseException], ...] = (TarFormatError, *DECOMPRESSION_ERRORS, OSError, ValueError)
 
@@ -59,14 +70,7 @@ class ArchiveReader:
     own archives are never guessed at); None recognises it by its first bytes.
     """
 
-    def __init__(
-        self,
-        archive: ObjectRef,
-        algorithm: str = DEFAULT_ALGORITHM,
-        compression: str | None = None,
-        *,
-        read_ahead: bool = True,
-    ) -> None:
+    def __init__(self, archive: ObjectRef, algorithm: str = DEFAULT_ALGORITHM, compression: str | None = None) -> None:
         self.archive = archive
         self.label = archive.label
         try:
@@ -81,11 +85,7 @@ class ArchiveReader:
         self._input = ArchiveInput(self._raw, archive_layers(self.compression), algorithm)
         # Headers are read a block at a time; through a read-ahead buffer each costs a
         # copy instead of a call down every layer. Large reads bypass the buffer.
-        self._stream = (
-            cast(BinaryIO, io.BufferedReader(cast(io.RawIOBase, self._input.stream), _READ_AHEAD))
-            if read_ahead
-            else self._input.stream
-        )
+        self._stream = cast(BinaryIO, io.BufferedReader(cast(io.RawIOBase, self._input.stream), _READ_AHEAD))
         self._tar = TarStreamReader(self._stream)
         self._buffer = bytearray(CHUNK_SIZE)
         self._unread: tarfile.TarInfo | None = None
@@ -255,16 +255,18 @@ def read_archive_marker(archive: ObjectRef) -> str | None:
     header naming its backup id; any other archive (or one that cannot be read) gives
     None.
     """
+    # From what the archive's first bytes decode to, whatever comes after: damage
+    # further on (in a small archive, just after the mark) must not hide it, so the
+    # backup is still listed, and a check finds the damage.
     try:
-        reader = ArchiveReader(archive, read_ahead=False)
-    except ArchiveError:
+        compression = sniff_compression(archive)
+        with archive.storage.open_read(archive.name, 0, _MARK_STORED_BYTES) as raw:
+            stored = raw.read(_MARK_STORED_BYTES)
+    except (ArchiveError, OSError):
         return None
-    # Without read-ahead, and keeping a mark read before any error: damage further on
-    # (in a small archive, just after the mark) does not hide it, so the backup is
-    # still listed, and a check finds the damage.
-    with reader:
-        try:
-            next(reader.members(), None)
-        except ArchiveError:
-            pass
-        return backup_id_from_comment(reader.global_records.get("comment"))
+    tar = TarStreamReader(io.BytesIO(decode_prefix(compression, stored, _MARK_BYTES)))
+    try:
+        tar.next()
+    except _READ_ERRORS:
+        pass
+    return backup_id_from_comment(tar.global_records.get("comment"))

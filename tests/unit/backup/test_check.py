@@ -325,14 +325,13 @@ def test_without_a_manifest_or_compression_only_a_cut_is_found(place: Place) -> 
     assert "truncated" in only(report, cut).detail
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="listing proves a manifest-less archive ours by reading its mark; in a small gzip archive cut "
-    "short, the decompressor fails before it gives the mark's bytes: the backup is not listed at all "
-    "(uncompressed: test_tarreader.py::test_read_archive_marker_survives_damage_just_after_the_mark)",
-)
-def test_a_small_damaged_backup_without_a_manifest_is_still_reported(place: Place) -> None:
-    (backup_id,) = place.make(1, include_manifest=False)
+@pytest.mark.parametrize("compression", ["gz", "xz"])
+def test_a_small_damaged_backup_without_a_manifest_is_still_reported(place: Place, compression: str) -> None:
+    """Listing proves such an archive ours by its mark, read from what its first bytes
+    decode to: damage after the mark must not make it vanish from the check. (A bzip2
+    or zstd block decodes only whole: damage within the first one, in a small
+    archive, still hides the mark.)"""
+    (backup_id,) = place.make(1, include_manifest=False, compression=compression)
     place.truncate(place.archive(backup_id), by=30)
     assert only(place.check(read_data=True), backup_id).status == "damaged"
 
