@@ -292,7 +292,7 @@ def _check_backup(backup: BackupInfo, read: bool, progress: ProgressCallback | N
     try:
         manifest = read_manifest(backup.manifest)
     except ManifestError as exc:
-        if not _exists(archive):
+        if not archive.exists():
             return row("removed while checking", f"{archive.label}: removed since the listing")
         return _bad_manifest(row, backup, str(exc), read, progress)
     recorded = manifest.archive
@@ -307,7 +307,7 @@ def _check_backup(backup: BackupInfo, read: bool, progress: ProgressCallback | N
     report = verify_backup(archive, backup.manifest, progress=progress)
     if report.ok:
         return row("ok", "", True)
-    if not _exists(archive):
+    if not archive.exists():
         return row("removed while checking", f"{archive.label}: removed while its data was read")
     return row("damaged", _cause(report), True, problems=tuple(report.lines()))
 
@@ -386,9 +386,9 @@ def _check_manifests_without_archive(storage: BackupStorage, listed: set[str], p
                     "(or a dead run left it, which the next run removes)",
                 )
             )
-        elif _exists(ObjectRef(storage, manifest.archive.name, "")):
+        elif ObjectRef(storage, manifest.archive.name, "").exists():
             rows.append(row("being written", "its archive was committed during the check; check again to include it"))
-        elif not _exists(ref):
+        elif not ref.exists():
             rows.append(row("removed while checking", f"{ref.label}: removed since the listing"))
         else:
             rows.append(
@@ -399,14 +399,6 @@ def _check_manifests_without_archive(storage: BackupStorage, listed: set[str], p
                 )
             )
     return rows
-
-
-def _exists(ref: ObjectRef) -> bool:
-    try:
-        ref.storage.stat(ref.name)
-    except OSError:
-        return False
-    return True
 
 
 def _oldest_first(row: CheckRow) -> tuple[datetime, str, int]:

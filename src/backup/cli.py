@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.time_helpers import UnknownTimeZoneError, load_zone
 
@@ -42,7 +42,10 @@ from .scheduler import BackupScheduler
 from .select import find_backup
 from .settings import COMMANDS, CONFIG_ENV, Setting, load_settings, settings_for
 from .storage import open_storage
-from .verify import verify_backup
+from .verify import VerifyReport, verify_backup
+
+if TYPE_CHECKING:
+    from .check import CheckReport
 
 __all__ = ["main"]
 
@@ -427,6 +430,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             pass  # verify reports it
     with _progress(args, "verifying", total) as progress:
         report = verify_backup(selected.archive, selected.manifest, progress=progress, check_owners=args.check_owners)
+    return _print_report(report, args)
+
+
+def _print_report(report: VerifyReport | CheckReport, args: argparse.Namespace) -> int:
+    """Print a verify or check report (its problems, then one summary line; on stderr
+    if anything is wrong); return the exit code it calls for."""
     if args.json:
         _print_json({"success": report.ok, **report.to_dict()})
     elif not args.quiet or not report.ok:
@@ -561,14 +570,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if not storage.exists():
         raise StorageError(f"{_absolute(args.backup_dir)}: backup directory does not exist", args.backup_dir)
     report = check_backups(storage, prefix=args.prefix, read_data=args.read_data, subset=subset)
-    if args.json:
-        _print_json({"success": report.ok, **report.to_dict()})
-    elif not args.quiet or not report.ok:
-        out = sys.stdout if report.ok else sys.stderr
-        for line in report.lines():
-            print(line, file=out)
-        print(report.summary(), file=out)
-    return EXIT_OK if report.ok else EXIT_FAILED
+    return _print_report(report, args)
 
 
 def _policy(args: argparse.Namespace) -> RetentionPolicy | None:

@@ -287,7 +287,7 @@ def plan_restore(
     manifest_object: ObjectRef | None = archive.sibling(manifest_name_for(archive.name))
     manifest = None
     warnings: list[str] = []
-    if manifest_object is not None and _exists(manifest_object):
+    if manifest_object is not None and manifest_object.exists():
         try:
             manifest = read_manifest(manifest_object)
         except ManifestError as exc:
@@ -353,14 +353,6 @@ def _data_size(kind: str, size: int, data_size: int | None) -> int:
     if kind != "file":
         return 0
     return size if data_size is None else data_size
-
-
-def _exists(ref: ObjectRef) -> bool:
-    try:
-        ref.storage.stat(ref.name)
-    except OSError:
-        return False
-    return True
 
 
 def _normalize_selection(paths: Sequence[str] | None) -> tuple[str, ...] | None:

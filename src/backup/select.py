@@ -127,7 +127,7 @@ def _from_path(path: Path, archive_required: bool = True) -> Selected:
     given = locate(path.absolute())
     if not path.name.endswith(MANIFEST_SUFFIX):
         beside = given.sibling(manifest_name_for(given.name))
-        return Selected(given, beside if _exists(beside) else None)
+        return Selected(given, beside if beside.exists() else None)
     manifest_ref = given
     manifest = read_manifest(manifest_ref)
     if manifest.archive is None or not manifest.archive.name:
@@ -135,14 +135,6 @@ def _from_path(path: Path, archive_required: bool = True) -> Selected:
     named = manifest_ref.sibling(manifest.archive.name)
     if named.name != manifest.archive.name or "/" in manifest.archive.name:
         raise ManifestError(f"{path}: the manifest names an archive outside its directory", str(path))
-    if archive_required and not _exists(named):
+    if archive_required and not named.exists():
         raise ArchiveError(f"{named.label}: archive not found (named by {path})", named.label)
     return Selected(named, manifest_ref, manifest.backup_id)
-
-
-def _exists(ref: ObjectRef) -> bool:
-    try:
-        ref.storage.stat(ref.name)
-    except OSError:
-        return False
-    return True

@@ -235,7 +235,7 @@ def verify_backup(
     try:
         manifest = read_manifest(manifest_ref)
     except ManifestError as exc:
-        if _exists(manifest_ref):
+        if manifest_ref.exists():
             report.problems.append(str(exc))
         else:
             report.manifest_path = None
@@ -261,14 +261,6 @@ def verify_backup(
         report.problems += found.archive
     report.duration_seconds = time.monotonic() - started
     return report
-
-
-def _exists(ref: ObjectRef) -> bool:
-    try:
-        ref.storage.stat(ref.name)
-    except OSError:
-        return False
-    return True
 
 
 def _read_members(

@@ -134,6 +134,14 @@ class ObjectRef:
     name: str
     label: str
 
+    def exists(self) -> bool:
+        """Whether the object is there (False, too, if it cannot be looked at)."""
+        try:
+            self.storage.stat(self.name)
+        except OSError:
+            return False
+        return True
+
     def sibling(self, name: str) -> ObjectRef:
         """Return the object ``name`` beside this one, labelled the same way."""
         head = self.label[: len(self.label) - len(self.name)] if self.label.endswith(self.name) else ""
