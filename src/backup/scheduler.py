@@ -65,6 +65,14 @@ class RunOutcome:
     result: BackupResult
     prune: PruneResult | None = None
     damaged_backups: int | None = None  # found by the check after the run (None: not checked)
+    # The scheduler was told to stop while before_backup ran: no backup was begun, and
+    # nothing is recorded or reported (a restart is not a failure).
+    stopped: bool = False
+
+
+class _StopRequested(BaseException):
+    """Raised in place of the backup when the scheduler is stopping (a BaseException,
+    so that on_error does not run: nothing failed)."""
 
 
 class _BackupIdAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -100,6 +108,7 @@ class BackupScheduler(TimeAwareMixin):
         self._sleep = sleep
         self._max_sleep = max_sleep
         self._running = False
+        self._stopping = False
         self._stop_event: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         # The most recent outcomes, for callers and tests; bounded so a long-lived
@@ -177,6 +186,8 @@ class BackupScheduler(TimeAwareMixin):
 
         def back_up() -> BackupResult:
             nonlocal prune
+            if self._stopping:  # told to stop while before_backup ran: begin nothing
+                raise _StopRequested
             result, prune = self._back_up_and_prune()
             return result
 
@@ -188,6 +199,9 @@ class BackupScheduler(TimeAwareMixin):
                 backup_dir=config.backup_dir,
                 guard=self.storage.lock(config.lock_timeout),
             )
+        except _StopRequested:
+            logger.info("stopping: the backup after before_backup was not begun")
+            return RunOutcome(BackupResult(success=False, error="stopped before the backup began"), stopped=True)
         except BackupError as exc:
             result = BackupResult(success=False, error=str(exc))
             logger.error("backup not started: %s", exc)
@@ -304,13 +318,16 @@ class BackupScheduler(TimeAwareMixin):
         if self._task is not None and not self._task.done():
             return
         self._running = True
+        self._stopping = False
         self._stop_event = asyncio.Event()
         self._task = asyncio.create_task(self._run_loop(), name="obs-backup-scheduler")
         logger.info("backup scheduler started; next run at %s", self.next_run_after(self._now()).isoformat())
 
     async def stop(self) -> None:
-        """Stop the loop; a backup in progress is allowed to finish first."""
+        """Stop the loop; a backup in progress is allowed to finish first (one whose
+        ``before_backup`` hooks are still running is not begun)."""
         self._running = False
+        self._stopping = True
         if self._stop_event is not None:
             self._stop_event.set()
         if self._task is not None:
@@ -384,6 +401,8 @@ class BackupScheduler(TimeAwareMixin):
             logger.exception("scheduled backup crashed")
             outcome = RunOutcome(BackupResult(success=False, error="scheduled backup crashed; see the log"))
         self.runs.append(outcome)
+        if outcome.stopped:
+            return
         result = outcome.result
         if not result.success:
             self._call(self._on_error, result.error or "backup failed")

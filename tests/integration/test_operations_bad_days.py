@@ -233,3 +233,31 @@ def test_a_snapshot_that_would_not_fit_in_tmpdir_is_not_attempted(
     [warning] = result.warnings
     assert warning.startswith(f"{source / 'x.db'}: SQLite database archived byte for byte, not as a snapshot: ")
     assert "not enough free space for a " in warning
+
+
+@pytest.mark.timeout(60)
+def test_stopping_during_before_backup_begins_no_backup_and_reports_no_failure(tmp_path: Path) -> None:
+    """A restart while a dump runs: the dump finishes, then nothing is begun, nothing is
+    recorded as failed, and neither on_error hook nor callback hears of it."""
+    source = make_source(tmp_path / "source")
+    started, told = tmp_path / "started", tmp_path / "told"
+    config = SchedulerConfig(
+        source,
+        tmp_path / "backups",
+        before_backup=[f"touch {started}; sleep 1"],
+        on_error=[f"echo hook >> {told}"],
+    )
+    errors: list[str] = []
+    scheduler = BackupScheduler(config, on_error=errors.append, now=FakeClock(at(SEOUL, 2026, 5, 1, 3)).now)
+
+    async def stop_during_the_hook() -> None:
+        run = asyncio.create_task(scheduler._run_and_report())
+        while not started.exists():
+            await asyncio.sleep(0.02)
+        await scheduler.stop()
+        await run
+
+    asyncio.run(stop_during_the_hook())
+    assert scheduler.runs[-1].stopped
+    assert errors == [] and not told.exists()
+    assert sorted(os.listdir(tmp_path / "backups")) == [LOCK_NAME]  # no archive, no failed run recorded
