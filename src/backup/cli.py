@@ -37,7 +37,7 @@ from .monitor import PruneRecord, RunRecord, record_prune, record_run
 from .plan import BackupPlan, RestorePlan, plan_backup, plan_restore
 from .progress import ProgressBar, ProgressCallback, format_count, format_size
 from .prune import PruneResult, execute_prune, plan_prune
-from .retention import FUTURE_REASON, RetentionPolicy, is_dated_in_future, parse_duration
+from .retention import FUTURE_REASON, RetentionDecision, RetentionPolicy, is_dated_in_future, parse_duration
 from .scheduler import BackupScheduler
 from .select import find_backup
 from .settings import COMMANDS, CONFIG_ENV, Setting, load_settings, settings_for
@@ -423,7 +423,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     selected = find_backup(args.archive, args.backup_dir, args.prefix)
     total = 0
-    if selected.manifest is not None and not (args.json or args.quiet):
+    if selected.manifest is not None and _draws_progress(args):  # the bar's total, read only for it
         try:
             total = selected.read_manifest().total_size
         except BackupError:
@@ -696,20 +696,24 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def _record_prune(args: argparse.Namespace, result: PruneResult) -> None:
     """Record what the prune did to each prefix, as the scheduler's retention is recorded."""
     finished = datetime.now(UTC)
-    removed = set(result.removed)
+    error = "; ".join(result.errors) or None
     records: dict[str, PruneRecord] = {}
-    for decision in [*result.plan.keep, *result.plan.remove]:
+
+    def record_of(decision: RetentionDecision) -> PruneRecord | None:
         prefix = decision.backup.prefix
-        if prefix is None:
-            continue
-        record = records.setdefault(
-            prefix, PruneRecord(finished, result.success, error="; ".join(result.errors) or None)
+        return (
+            None if prefix is None else records.setdefault(prefix, PruneRecord(finished, result.success, error=error))
         )
-        if decision in result.plan.remove:
-            record.removed += decision.backup.backup_id in removed
-        else:
+
+    removed = set(result.removed)
+    for decision in result.plan.remove:
+        if (record := record_of(decision)) is not None and decision.backup.backup_id in removed:
+            record.removed += 1
+    future = {decision.backup.backup_id for decision in result.plan.future}
+    for decision in result.plan.keep:
+        if (record := record_of(decision)) is not None:
             record.kept += 1
-            record.future_dated_backups += decision in result.plan.future
+            record.future_dated_backups += decision.backup.backup_id in future
     try:
         record_prune(args.backup_dir, records, args.metrics_file)
     except Exception as exc:  # monitoring never turns a prune into a failure
@@ -862,9 +866,12 @@ def _absolute(path: Path | str) -> Path:
 @contextmanager
 def _progress(args: argparse.Namespace, label: str, total_bytes: int) -> Iterator[ProgressCallback | None]:
     """Yield a progress callback drawing a bar on stderr when it is a terminal, else None."""
-    stream = sys.stderr
-    if args.json or args.quiet or not stream.isatty():
+    if not _draws_progress(args):
         yield None
         return
-    with ProgressBar(label, total_bytes, stream) as bar:
+    with ProgressBar(label, total_bytes, sys.stderr) as bar:
         yield bar
+
+
+def _draws_progress(args: argparse.Namespace) -> bool:
+    return not (args.json or args.quiet) and sys.stderr.isatty()

@@ -22,6 +22,7 @@ from .manifest.model import MANIFEST_SUFFIX
 from .retention import is_dated_in_future
 from .storage import Location, locate, open_storage
 from .storage.base import BackupStorage, ObjectRef
+from .stream.compression import split_archive_name
 
 __all__ = ["LATEST", "Selected", "find_backup"]
 
@@ -68,7 +69,7 @@ def find_backup(
         return _from_path(path, archive_required)
     if text.endswith(MANIFEST_SUFFIX):
         raise ManifestError(f"{path.absolute()}: manifest not found", text)
-    if os.sep in text or path.exists() or text.endswith((".tar", ".gz", ".tgz", ".bz2", ".xz", ".zst")):
+    if os.sep in text or path.exists() or split_archive_name(text) is not None:
         what = "is not a file" if path.exists() else "archive not found"
         raise ArchiveError(f"{path.absolute()}: {what}", text)
     if backup_dir is None:

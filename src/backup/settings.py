@@ -108,6 +108,9 @@ class Setting:
     to_field: Callable[[Any], Any] = lambda value: value
     relative_to_file: bool = False
     cli: bool = True  # False: set in the TOML file (or the library) only
+    # Whether the file is held to ``choices`` too (compression, in the file, also takes
+    # its formats' other names, checked when the configuration is validated).
+    choices_in_file: bool = True
     # Commands in which a positional setting is an option instead (its flag is
     # ``--`` + key), for those that mostly find it in the config file.
     option_in: tuple[str, ...] = ()
@@ -187,6 +190,7 @@ SETTINGS: tuple[Setting, ...] = (
         default="gz",
         flags=("--compression",),
         choices=tuple(cli_choices()),
+        choices_in_file=False,
         field="compression",
         to_field=lambda value: "" if value in ("none", "") else value,
     ),
@@ -609,8 +613,7 @@ def _convert(setting: Setting, value: Any, path: Path, text: str, table: str | N
             f"{where}: {setting.key.replace('_', '-')} must be {setting.kind.name}, not {type(value).__name__} {value!r}",
             path,
         )
-    if setting.choices and setting.key != "compression" and value not in setting.choices:
-        # (compression also takes its formats' other names, checked with the rest.)
+    if setting.choices and setting.choices_in_file and value not in setting.choices:
         line = _line_of(text, table, setting.key)
         where = f"{path}:{line}" if line else str(path)
         raise ConfigError(

@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import ArchiveError, ManifestError, UnsafeArchiveError
 from .hashing import DEFAULT_ALGORITHM
 from .manifest import BackupManifest, ManifestEntry, manifest_name_for, read_manifest
-from .progress import ProgressCallback
+from .progress import ProgressCallback, format_count
 from .safety import DEVICE_KINDS, MemberChecker, SafeMember, Selection, is_selected
 from .storage import locate
 from .storage.base import ObjectRef
@@ -73,7 +73,7 @@ class VerifyReport:
 
     def summary(self) -> str:
         """Return one line describing the outcome."""
-        read = f"{_count(self.checked_entries, 'entry', 'entries')}, {self.checked_bytes} bytes"
+        read = f"{format_count(self.checked_entries, 'entry', 'entries')}, {self.checked_bytes} bytes"
         if self.ok and not self.checksums:
             return f"{self.archive_path}: OK, no checksums (no manifest): {read} read; tar and compression intact"
         if self.ok:
@@ -98,7 +98,7 @@ class VerifyReport:
         out = [self.cause] if self.cause else []
         if self.cause and self.missing:
             out.append(
-                f"{_count(len(self.missing), 'file or directory', 'files and directories')} of the manifest "
+                f"{format_count(len(self.missing), 'file or directory', 'files and directories')} of the manifest "
                 "not found before that point"
             )
         else:
@@ -124,10 +124,6 @@ class VerifyReport:
             "checksums": self.checksums,
             "duration_seconds": round(self.duration_seconds, 3),
         }
-
-
-def _count(count: int, singular: str, plural: str) -> str:
-    return f"{count} {singular if count == 1 else plural}"
 
 
 def _capped(lines: list[str], kind: str) -> list[str]:

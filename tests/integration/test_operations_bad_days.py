@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+import backup.cli
 from backup import BackupConfig, create_backup
 from backup.monitor import STATE_NAME
 from backup.scheduler import BackupScheduler, SchedulerConfig
@@ -261,3 +262,32 @@ def test_stopping_during_before_backup_begins_no_backup_and_reports_no_failure(t
     assert scheduler.runs[-1].stopped
     assert errors == [] and not told.exists()
     assert sorted(os.listdir(tmp_path / "backups")) == [LOCK_NAME]  # no archive, no failed run recorded
+
+
+def test_a_backup_whose_metrics_cannot_be_written_still_succeeds_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = make_source(tmp_path / "source")
+    metrics = tmp_path / "missing" / "m.prom"
+    code, out, err = run_cli(capsys, "create", str(source), str(tmp_path / "backups"), "--metrics-file", str(metrics))
+    assert code == 0 and out.startswith("created ")
+    assert err.startswith("obs-backup: warning: cannot record the run (state file or metrics): ")
+    assert err.count("\n") == 1 and not metrics.parent.exists()
+
+
+def test_schedule_refuses_a_backup_directory_it_cannot_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As root, permission bits do not stop a write: the probe's failure is injected
+    (a read-only file system, as a mount would give)."""
+    source = make_source(tmp_path / "source")
+    backups = tmp_path / "backups"
+    backups.mkdir()
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(backup.cli.tempfile, "NamedTemporaryFile", read_only)
+    code, out, err = run_cli(capsys, "schedule", str(source), str(backups))
+    assert (code, out) == (2, "")
+    assert err == f"obs-backup: error: {backups}: backup directory cannot be written: Read-only file system\n"

@@ -20,7 +20,7 @@ import sys
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 from zlib_ng import gzip_ng, gzip_ng_threaded, zlib_ng
 
@@ -70,6 +70,9 @@ class Compression:
     writer: Writer
     reader: Reader
     errors: tuple[type[BaseException], ...] = ()
+    # An incremental decoder (``decompress(data, max_length)``), for what the first
+    # bytes of a damaged stream still decode to; None: the bytes are the tar stream.
+    decoder: Callable[[], Any] | None = None
     aliases: tuple[str, ...] = ()
     other_suffixes: tuple[str, ...] = ()
     other_magics: tuple[bytes, ...] = ()
@@ -142,6 +145,7 @@ COMPRESSIONS: dict[str, Compression] = {
                 cast(type[BaseException], zlib_ng.error),  # typed as an instance in its stubs
                 gzip.BadGzipFile,
             ),
+            decoder=lambda: zlib.decompressobj(wbits=31),
             aliases=("gzip", "tgz"),
             other_suffixes=(".tgz",),
         ),
@@ -154,6 +158,7 @@ COMPRESSIONS: dict[str, Compression] = {
             max_level=9,
             writer=lambda raw, level, size_hint: cast(BinaryIO, bz2.BZ2File(raw, "wb", compresslevel=level)),
             reader=lambda raw: cast(BinaryIO, bz2.BZ2File(raw, "rb")),
+            decoder=bz2.BZ2Decompressor,
             aliases=("bzip2",),
             other_suffixes=(".tbz2",),
         ),
@@ -167,6 +172,7 @@ COMPRESSIONS: dict[str, Compression] = {
             writer=lambda raw, level, size_hint: cast(BinaryIO, lzma.LZMAFile(raw, "wb", preset=level)),
             reader=lambda raw: cast(BinaryIO, lzma.LZMAFile(raw, "rb")),
             errors=(lzma.LZMAError,),
+            decoder=lzma.LZMADecompressor,
             other_suffixes=(".txz",),
         ),
         Compression(
@@ -179,6 +185,7 @@ COMPRESSIONS: dict[str, Compression] = {
             writer=_zstd_writer,
             reader=_zstd_reader,
             errors=(zstd.ZstdError,),
+            decoder=zstd.ZstdDecompressor,
             aliases=("zstd",),
             other_suffixes=(".tar.zstd",),
             other_magics=_ZSTD_SKIPPABLE,
@@ -193,26 +200,20 @@ DECOMPRESSION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (*DECOMPRESSION_ERRORS, ValueError)
-_DECOMPRESSORS: dict[str, Callable[[], object]] = {
-    "gz": lambda: zlib.decompressobj(wbits=31),
-    "bz2": bz2.BZ2Decompressor,
-    "xz": lzma.LZMADecompressor,
-    "zst": zstd.ZstdDecompressor,
-}
 
 
 def decode_prefix(compression: str, stored: bytes, limit: int) -> bytes:
     """Given the first bytes of a compressed stream, return as much of what they decode
     to as decodes (at most ``limit`` bytes): damage or the end of ``stored`` stops
     the decoding, not the caller. Uncompressed (``""``): the bytes themselves."""
-    factory = _DECOMPRESSORS.get(compression)
+    factory = COMPRESSIONS[compression].decoder
     if factory is None:
         return stored[:limit]
     decompressor = factory()
     decoded = bytearray()
     for start in range(0, len(stored), 4096):
         try:
-            decoded += decompressor.decompress(stored[start : start + 4096], limit - len(decoded))  # type: ignore[attr-defined]
+            decoded += decompressor.decompress(stored[start : start + 4096], limit - len(decoded))
         except _DECODE_ERRORS:
             break
         if len(decoded) >= limit:

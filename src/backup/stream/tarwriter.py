@@ -45,7 +45,7 @@ from ..errors import SourceError
 from ..fstree import LOCAL_FILESYSTEM, DirectoryChain, FileSystem
 from ..hashing import CHUNK_SIZE, new_hasher
 from ..manifest.model import ManifestEntry, iso_from_timestamp
-from ..progress import ProgressCallback
+from ..progress import PROGRESS_STEP, ProgressCallback
 from ..scan import SourceEntry
 from ..sqlite_snapshot import (
     COMPANION_SUFFIXES,
@@ -64,13 +64,12 @@ from .tarformat import (
     xattr_key,
 )
 
-__all__ = ["PROGRESS_STEP", "WriteOutcome", "write_entries"]
+__all__ = ["WriteOutcome", "write_entries"]
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 _ZEROS = bytes(CHUNK_SIZE)
 _NS = 1_000_000_000
-PROGRESS_STEP = 8 << 20  # bytes of one file between two progress reports
 _HEADER_LENGTH = len(SQLITE_HEADER)
 _HEADER_FIRST = SQLITE_HEADER[0]
 _SPECIAL_TYPES = {"fifo": tarfile.FIFOTYPE, "chardev": tarfile.CHRTYPE, "blockdev": tarfile.BLKTYPE}

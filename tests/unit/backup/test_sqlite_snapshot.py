@@ -29,9 +29,10 @@ from backup.errors import ManifestError
 from backup.fstree import FileSystem
 from backup.hashing import CHUNK_SIZE
 from backup.manifest import ManifestEntry
+from backup.progress import PROGRESS_STEP
 from backup.scan import scan_source
 from backup.sqlite_snapshot import SQLITE_HEADER, SnapshotError, is_sqlite_header, sqlite_snapshot
-from backup.stream.tarwriter import PROGRESS_STEP, WriteOutcome, write_entries
+from backup.stream.tarwriter import WriteOutcome, write_entries
 from support.sources import AfterReadFileSystem
 
 
