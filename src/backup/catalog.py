@@ -106,6 +106,8 @@ class BackupInfo:
     file_count: int | None
     compression: str
     problem: str | None = None
+    # The archive's modification time in its storage (POSIX seconds, by its clock).
+    stored_at: float | None = None
 
     @property
     def archive_path(self) -> Path | None:

@@ -57,6 +57,7 @@ from .manifest.files import MAX_MANIFEST_BYTES
 from .progress import ProgressCallback, format_size
 from .storage import Location, open_storage
 from .storage.base import BackupStorage, ObjectRef
+from .stream.tarreader import read_archive_marker
 from .verify import VerifyReport, verify_archive, verify_backup
 
 __all__ = [
@@ -75,6 +76,7 @@ CheckStatus = Literal[
     "ok, no checksums",
     "no manifest",
     "being written",
+    "incomplete",
     "removed while checking",
     "damaged",
     "missing archive",
@@ -161,6 +163,7 @@ class CheckReport:
             ("without manifest", counts["no manifest"] + counts["ok, no checksums"]),
             ("damaged", len(self.damaged)),
             ("being written", counts["being written"]),
+            ("incomplete", counts["incomplete"]),
             ("removed while checking", counts["removed while checking"]),
         ):
             if count:
@@ -264,6 +267,8 @@ def check_backups(
         on_progress = None if progress is None else functools.partial(progress, backup.backup_id)
         rows.append(_check_backup(backup, read, on_progress))
     rows += _check_manifests_without_archive(storage, {backup.backup_id for backup in backups}, prefix)
+    if storage.manifest_commits:
+        rows += _check_archives_without_manifest(storage, {backup.backup_id for backup in backups}, prefix)
     rows.sort(key=_oldest_first)
     return CheckReport(storage.location, tuple(rows), checked_at, read_data, subset, prefix)
 
@@ -396,6 +401,38 @@ def _check_manifests_without_archive(storage: BackupStorage, listed: set[str], p
                     "missing archive",
                     f"{storage.describe(manifest.archive.name)}: archive not found, though its manifest names it "
                     "(lost, or its run was cut off before committing it)",
+                )
+            )
+    return rows
+
+
+def _check_archives_without_manifest(storage: BackupStorage, listed: set[str], prefix: str | None) -> list[CheckRow]:
+    """Where the manifest is the commit point (object storage), return a row for each
+    archive of ours (by its mark) that has no manifest: being written, or left by a run
+    cut off before its commit point, which is no backup and no damage either."""
+    rows = []
+    names = {info.name: info for info in storage.list_objects()}
+    for name, info in names.items():
+        split = own_archive_name(name)
+        if split is None or split[0] in listed:
+            continue
+        backup_id = split[0]
+        parsed = parse_backup_id(backup_id)
+        if prefix is not None and (parsed is None or parsed[0] != prefix):
+            continue
+        manifest_name = backup_id + MANIFEST_SUFFIX
+        archive = ObjectRef(storage, name, storage.describe(name))
+        if manifest_name in names or read_archive_marker(archive) != backup_id:
+            continue  # listed since, or not provably ours
+        row = functools.partial(CheckRow, backup_id, archive=archive.label, manifest=None, size=info.size)
+        if storage.claimed(manifest_name) or storage.claimed(backup_id):
+            rows.append(row("being written", "its manifest, which completes it, is not written yet"))
+        else:
+            rows.append(
+                row(
+                    "incomplete",
+                    "an archive without its manifest: its run was cut off before completing the backup; "
+                    "not a backup, and removed by the next run once older than the grace period",
                 )
             )
     return rows

@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 import threading
+from argparse import ArgumentTypeError
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
@@ -32,6 +33,7 @@ from .config import BackupConfig, BackupResult, SchedulerConfig
 from .core import execute_plan
 from .errors import BackupError, ConfigError, StorageError
 from .listing import list_backups
+from .locations import as_location, with_endpoint
 from .manifest import display_name
 from .monitor import PruneRecord, RunRecord, record_prune, record_run
 from .plan import BackupPlan, RestorePlan, plan_backup, plan_restore
@@ -40,8 +42,9 @@ from .prune import PruneResult, execute_prune, plan_prune
 from .retention import FUTURE_REASON, RetentionDecision, RetentionPolicy, is_dated_in_future, parse_duration
 from .scheduler import BackupScheduler
 from .select import find_backup
-from .settings import COMMANDS, CONFIG_ENV, Setting, load_settings, settings_for
-from .storage import open_storage
+from .settings import COMMANDS, CONFIG_ENV, LOCATION, Setting, load_settings, settings_for
+from .storage import Location, open_storage, where
+from .storage.base import BackupStorage
 from .verify import VerifyReport, verify_backup
 
 if TYPE_CHECKING:
@@ -97,6 +100,11 @@ _COMMAND_HELP: dict[str, tuple[str, str]] = {
         "Back up SOURCE into BACKUP_DIR every day at --at in --tz, then remove old backups, until SIGINT or SIGTERM.",
     ),
     "prune": ("remove old backups by a retention policy", "Remove old backups from BACKUP_DIR."),
+    "copy": (
+        "copy the backups another location lacks",
+        "Copy the complete backups DEST lacks from SOURCE to DEST (directories or s3:// locations), "
+        "checking each archive against its manifest on the way.",
+    ),
 }
 
 
@@ -125,13 +133,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parser_of(setting: Setting) -> Callable[[str], Any]:
+    """The setting's parse, with its own message when a value is refused (argparse
+    would print only "invalid value" and the value, which may hold what it should not)."""
+    parse = setting.kind.parse
+    if setting.kind is not LOCATION:
+        return parse
+
+    def parse_value(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise ArgumentTypeError(str(exc)) from None
+
+    parse_value.__name__ = getattr(parse, "__name__", "value")
+    return parse_value
+
+
 def _add_option(parser: argparse.ArgumentParser, setting: Setting, command: str) -> None:
     help_text = setting.help + (f" (or ${setting.env})" if setting.env else "")
     if setting.positional_in(command):
         parser.add_argument(
             setting.key,
             metavar=setting.metavar or setting.key.upper(),
-            type=setting.kind.parse,
+            type=_parser_of(setting),
             nargs="?",
             default=None,
             help=help_text,
@@ -139,7 +164,7 @@ def _add_option(parser: argparse.ArgumentParser, setting: Setting, command: str)
         return
     options: dict[str, Any] = {"dest": setting.key, "action": setting.action, "default": argparse.SUPPRESS}
     if setting.action in ("store", "append"):
-        options["type"] = setting.kind.parse
+        options["type"] = _parser_of(setting)
         if setting.metavar:
             options["metavar"] = setting.metavar
         if setting.choices:
@@ -186,7 +211,22 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
         if setting.positional_in(command) and getattr(args, setting.key) is None:
             raise _UsageError(f"{command}: {setting.key.upper()} is required (on the command line or in --config)")
     _absolute_paths(args)
+    _apply_endpoint(args)
     return args
+
+
+def _apply_endpoint(args: argparse.Namespace) -> None:
+    """Give every object-store location that names no endpoint of its own the one
+    given by --endpoint-url (or the config file)."""
+    endpoint = getattr(args, "endpoint_url", None)
+    if not endpoint:
+        return
+    for key in ("backup_dir", "copy_source", "copy_dest"):
+        value = getattr(args, key, None)
+        if value is not None:
+            setattr(args, key, with_endpoint(value, endpoint))
+    if getattr(args, "copy_to", None):
+        args.copy_to = [with_endpoint(as_location(item), endpoint) for item in args.copy_to]
 
 
 def _config(kind: type[_Config], args: argparse.Namespace, **extra: Any) -> _Config:
@@ -300,11 +340,18 @@ def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
     previous = root.level
     root.addHandler(handler)
     root.setLevel(level)
+    # The S3 client's own records ("found credentials in ...") are for debugging only.
+    quiet_libraries = [logging.getLogger(name) for name in ("botocore", "boto3", "urllib3", "s3transfer")]
+    library_levels = [library.level for library in quiet_libraries]
+    for library in quiet_libraries:
+        library.setLevel(max(level, logging.WARNING) if level > logging.DEBUG else level)
     try:
         yield
     finally:
         root.removeHandler(handler)
         root.setLevel(previous)
+        for library, library_level in zip(quiet_libraries, library_levels, strict=True):
+            library.setLevel(library_level)
 
 
 def _escape_undecodable(error: UnicodeError) -> tuple[str, int]:
@@ -398,7 +445,7 @@ def _record_run(args: argparse.Namespace, result: BackupResult, started: datetim
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
-    selected = find_backup(args.archive, args.backup_dir, args.prefix)
+    selected = find_backup(args.archive, args.backup_dir, args.prefix, endpoint_url=args.endpoint_url)
     plan = plan_restore(
         selected.archive,
         _absolute(args.target),
@@ -421,7 +468,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    selected = find_backup(args.archive, args.backup_dir, args.prefix)
+    selected = find_backup(args.archive, args.backup_dir, args.prefix, endpoint_url=args.endpoint_url)
     total = 0
     if selected.manifest is not None and _draws_progress(args):  # the bar's total, read only for it
         try:
@@ -447,9 +494,7 @@ def _print_report(report: VerifyReport | CheckReport, args: argparse.Namespace) 
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    storage = open_storage(args.backup_dir)
-    if not storage.exists():
-        raise StorageError(f"{_absolute(args.backup_dir)}: backup directory does not exist", args.backup_dir)
+    storage = _existing_storage(args.backup_dir)
     backups = list_backups(storage, prefix=args.prefix)
     now = datetime.now(UTC)
     if args.json:
@@ -458,7 +503,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.quiet:
         return EXIT_OK
     if not backups:
-        print(f"no complete backups in {_absolute(args.backup_dir)}")
+        print(f"no complete backups in {where(args.backup_dir)}")
         return EXIT_OK
     print(f"{'BACKUP ID':<36} {'CREATED':<25} {'SIZE':>10} {'FILES':>7}  ARCHIVE")
     for backup in backups:
@@ -475,7 +520,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    selected = find_backup(args.archive, args.backup_dir, args.prefix, archive_required=False)
+    selected = find_backup(
+        args.archive, args.backup_dir, args.prefix, archive_required=False, endpoint_url=args.endpoint_url
+    )
     manifest = selected.read_manifest()
     if args.json:
         _print_json(
@@ -505,8 +552,12 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    first = find_backup(args.archive, args.backup_dir, args.prefix, archive_required=False).read_manifest()
-    second = find_backup(args.other, args.backup_dir, args.prefix, archive_required=False).read_manifest()
+    first = find_backup(
+        args.archive, args.backup_dir, args.prefix, archive_required=False, endpoint_url=args.endpoint_url
+    ).read_manifest()
+    second = find_backup(
+        args.other, args.backup_dir, args.prefix, archive_required=False, endpoint_url=args.endpoint_url
+    ).read_manifest()
     before, after = first.entry_map(), second.entry_map()
     added = [path for path in after if path not in before]
     removed = [path for path in before if path not in after]
@@ -566,11 +617,52 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from .check import check_backups, parse_subset
 
     subset = parse_subset(args.read_data_subset) if args.read_data_subset else None
-    storage = open_storage(args.backup_dir)
-    if not storage.exists():
-        raise StorageError(f"{_absolute(args.backup_dir)}: backup directory does not exist", args.backup_dir)
+    storage = _existing_storage(args.backup_dir)
     report = check_backups(storage, prefix=args.prefix, read_data=args.read_data, subset=subset)
     return _print_report(report, args)
+
+
+def _existing_storage(location: Location) -> BackupStorage:
+    """Return the storage of a location that must exist already (to list, check, prune)."""
+    storage = open_storage(location)
+    if not storage.exists():
+        what = "bucket" if storage.local_path("x") is None else "backup directory"
+        raise StorageError(f"{where(location)}: {what} does not exist", where(location))
+    return storage
+
+
+def _cmd_copy(args: argparse.Namespace) -> int:
+    from .copy import copy_backups
+
+    source = _existing_storage(args.copy_source)
+    dest = open_storage(args.copy_dest)
+    if source == dest:
+        raise ConfigError(f"{where(args.copy_dest)}: SOURCE and DEST are the same location")
+    if args.dry_run:
+        present = {b.backup_id for b in list_backups(dest)} if dest.exists() else set()
+        wanted = [b for b in list_backups(source, prefix=args.prefix) if b.backup_id not in present]
+        if args.json:
+            _print_json({"dry_run": True, "success": True, "would_copy": [b.backup_id for b in wanted]})
+        elif not args.quiet:
+            for backup in wanted:
+                print(f"{DRY_RUN} would copy {backup.backup_id} ({format_size(backup.size_bytes)})")
+            print(f"{DRY_RUN} would copy {format_count(len(wanted), 'backup')} to {dest.location}")
+        return EXIT_OK
+    dest.ensure()
+    with dest.lock(args.lock_timeout), _progress(args, "copying", 0) as progress:
+        result = copy_backups(source, dest, args.prefix, progress=progress)
+    if args.json:
+        _print_json(result.to_dict())
+    elif not args.quiet:
+        for backup_id in result.copied:
+            print(f"copied {backup_id}")
+        print(
+            f"copied {format_count(len(result.copied), 'backup')} ({format_size(result.bytes_copied)}) to "
+            f"{result.dest}; {len(result.present)} already there"
+        )
+    for error in result.errors:
+        print(f"obs-backup: error: {error}", file=sys.stderr)
+    return EXIT_OK if result.success else EXIT_FAILED
 
 
 def _policy(args: argparse.Namespace) -> RetentionPolicy | None:
@@ -596,7 +688,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 
     scheduler = BackupScheduler(config, on_complete=done)
     print(
-        f"obs-backup: scheduling {_absolute(config.source_dir)} -> {_absolute(config.backup_dir)} daily at "
+        f"obs-backup: scheduling {_absolute(config.source_dir)} -> {where(config.backup_dir)} daily at "
         f"{config.schedule_time:%H:%M} {config.tz_name}; {config.retention_policy().describe()}",
         file=sys.stderr,
     )
@@ -612,8 +704,15 @@ def _check_can_run(config: SchedulerConfig) -> None:
     if not source.is_dir():
         what = "does not exist" if not source.exists() else "is not a directory"
         raise ConfigError(f"{source}: source directory {what}", source)
-    backup_dir = _absolute(config.backup_dir)
-    _probe_writable(backup_dir if backup_dir.exists() else _existing_parent(backup_dir), "backup directory")
+    for location in (config.backup_dir, *config.copy_to):
+        if isinstance(location, Path):
+            directory = _absolute(location)
+            _probe_writable(directory if directory.exists() else _existing_parent(directory), "backup directory")
+        else:
+            try:
+                open_storage(location).ensure()  # reachable, and honouring conditional writes
+            except (OSError, StorageError) as exc:
+                raise ConfigError(f"{location}: cannot be written: {exc}", str(location)) from exc
     if config.metrics_file is not None:
         _probe_writable(_absolute(config.metrics_file).parent, "metrics file's directory")
 
@@ -656,9 +755,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             "prune needs a policy: --keep-within or one of --keep-last/-hourly/-daily/-weekly/-monthly/-yearly"
         )
     zone = load_zone(str(args.tz))
-    storage = open_storage(args.backup_dir)
-    if not storage.exists():
-        raise StorageError(f"{_absolute(args.backup_dir)}: backup directory does not exist", args.backup_dir)
+    storage = _existing_storage(args.backup_dir)
     if args.dry_run:
         result = execute_prune(storage, plan_prune(storage, policy, zone, args.prefix), dry_run=True)
     else:
@@ -730,6 +827,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check": _cmd_check,
     "schedule": _cmd_schedule,
     "prune": _cmd_prune,
+    "copy": _cmd_copy,
 }
 
 

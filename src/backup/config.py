@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ConfigError
 from .hashing import new_hasher
+from .locations import S3Location, as_location
 from .retention import RetentionPolicy
 from .settings import field_default
 from .stream.compression import check_level, normalize_compression
@@ -37,7 +38,8 @@ _PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class BackupConfig:
     """What to back up, where to, and how.
 
-    ``source_dir`` and ``backup_dir`` may be given as strings. ``exclude`` holds
+    ``source_dir`` and ``backup_dir`` may be given as strings; ``backup_dir`` may be an
+    object store's ``s3://bucket/prefix``. ``exclude`` holds
     gitignore-style patterns matched against paths relative to ``source_dir``.
     ``compression`` is ``"gz"``, ``"bz2"``, ``"xz"``, ``"zst"`` or ``""`` for none;
     ``compression_level`` None means the format's default. ``on_read_error`` decides
@@ -47,7 +49,7 @@ class BackupConfig:
 
     # Defaults are read from the settings table once, at import; all are immutable.
     source_dir: Path
-    backup_dir: Path
+    backup_dir: Path | S3Location
     prefix: str = field_default("prefix")
     compression: str = field_default("compression")
     include_manifest: bool = field_default("include_manifest")
@@ -59,7 +61,7 @@ class BackupConfig:
 
     def __post_init__(self) -> None:
         self.source_dir = Path(self.source_dir)
-        self.backup_dir = Path(self.backup_dir)
+        self.backup_dir = as_location(self.backup_dir)
         if isinstance(self.exclude, str):
             self.exclude = (self.exclude,)
         self.exclude = tuple(self.exclude)
@@ -75,7 +77,7 @@ class BackupConfig:
             raise ConfigError(
                 f"{self.backup_dir}: the backup directory is the source directory; keep backups outside it "
                 "(or in a directory below it, which backups leave out)",
-                self.backup_dir,
+                str(self.backup_dir),
             )
         compression = normalize_compression(self.compression)
         level = check_level(compression, self.compression_level)
@@ -85,7 +87,9 @@ class BackupConfig:
         return dataclasses.replace(self, compression=compression, compression_level=level)
 
 
-def _same_directory(a: Path, b: Path) -> bool:
+def _same_directory(a: Path, b: Path | S3Location) -> bool:
+    if not isinstance(b, Path):
+        return False
     try:
         return os.path.samefile(a, b)
     except OSError:
@@ -104,7 +108,7 @@ class SchedulerConfig:
     """
 
     source_dir: Path
-    backup_dir: Path
+    backup_dir: Path | S3Location
     schedule_time: time = field_default("schedule_time", "schedule")  # noqa: RUF009
     retention_days: int = field_default("retention_days", "schedule")
     tz_name: str = field_default("tz_name")
@@ -125,6 +129,13 @@ class SchedulerConfig:
     on_error: Sequence[str] = field_default("on_error", "schedule")
     hook_timeout: float = field_default("hook_timeout", "schedule")
     check_after: bool = field_default("check_after", "schedule")
+    # Where to copy the backups after each run (directories or s3:// locations).
+    copy_to: Sequence[Path | S3Location] = field_default("copy_to", "schedule")
+
+    def __post_init__(self) -> None:
+        self.source_dir = Path(self.source_dir)
+        self.backup_dir = as_location(self.backup_dir)
+        self.copy_to = tuple(as_location(item) for item in self.copy_to)
 
     def retention_policy(self) -> RetentionPolicy:
         """Return the policy in force: ``policy`` if set, else ``retention_days`` days."""

@@ -7,10 +7,15 @@ Order of events, and why:
    backup took it in the same second (a claim is the storage's atomic create-if-absent).
 3. Entries stream through the archive pipeline (tar, compression, hashing) into the
    storage's upload; each file is read once.
-4. The manifest (which records the archive's size and checksum) is committed, then the
-   archive. This is the moment the backup exists: an archive under its final name is
-   always complete, and a manifest without its archive is a leftover that the next run
-   removes.
+4. In a directory, the manifest (which records the archive's size and checksum) is
+   committed, then the archive. This is the moment the backup exists: an archive under
+   its final name is always complete, and a manifest without its archive is a leftover
+   that the next run removes.
+   In an object store (``storage.manifest_commits``), where nothing can be linked into
+   place at the end, the order is the other way: the archive is completed and its size
+   and checksum confirmed, then the manifest is created, which is the moment the backup
+   exists. The manifest's writer holds its claim from before the archive lands, so an
+   archive without its manifest is never taken for a leftover while it is being made.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from .storage.base import BackupStorage, Upload
 from .stream.pipeline import ArchiveOutput, archive_layers
 from .stream.tarwriter import write_entries
 
-__all__ = ["execute_backup"]
+__all__ = ["commit_backup", "execute_backup"]
 
 _MAX_SAME_SECOND = 1000
 
@@ -46,7 +51,6 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
     output: ArchiveOutput | None = None
     manifest_upload: Upload | None = None
     manifest_committed: str | None = None
-    archive_committed = False
     backup_id = plan.backup_id
     try:
         storage.ensure()
@@ -85,10 +89,8 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
         if manifest_name is not None:
             manifest_upload = storage.begin(manifest_name)
             _write_manifest(manifest_upload, manifest)
-            manifest_upload.commit()
-            manifest_committed = manifest_upload.name
-        archive.commit()
-        archive_committed = True
+        commit_backup(storage, archive, manifest_upload)
+        manifest_committed = None if manifest_upload is None else manifest_upload.name
     except BackupError as exc:
         return _failed(started, str(exc), backup_id)
     except OSError as exc:
@@ -104,11 +106,6 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
         for pending in (manifest_upload, archive):
             if pending is not None:
                 pending.abort()
-        if manifest_committed is not None and not archive_committed:
-            try:
-                storage.delete(manifest_committed)
-            except OSError:
-                pass  # a leftover the next run removes
     return BackupResult(
         success=True,
         backup_path=storage.local_path(archive_name),
@@ -122,6 +119,26 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
         entry_count=len(outcome.entries),
         changed_files=list(outcome.changed),
     )
+
+
+def commit_backup(storage: BackupStorage, archive: Upload, manifest: Upload | None) -> None:
+    """Given a backup's archive and manifest, both written, commit them in the order
+    that makes the backup exist at one moment (see the module docstring): manifest
+    then archive in a directory, archive then manifest in an object store. If the
+    second fails, the first is removed again; raise what failed."""
+    if manifest is None:
+        archive.commit()
+        return
+    first, second = (archive, manifest) if storage.manifest_commits else (manifest, archive)
+    first.commit()
+    try:
+        second.commit()
+    except BaseException:
+        try:
+            storage.delete(first.name)
+        except OSError:
+            pass  # a leftover the next run removes (after the grace period)
+        raise
 
 
 def _problems(plan: BackupPlan, archived: list[ManifestEntry]) -> list[str]:
@@ -167,7 +184,7 @@ def _claim(storage: BackupStorage, plan: BackupPlan) -> tuple[str, Upload]:
         archive_name = _renamed(plan.archive_name, plan.backup_id, candidate)
         assert archive_name is not None
         try:
-            return candidate, storage.begin(archive_name, claim=candidate)
+            return candidate, storage.begin(archive_name, claim=candidate, size_hint=plan.size_estimate)
         except FileExistsError:
             continue
     raise StorageError(

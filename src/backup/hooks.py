@@ -71,6 +71,7 @@ from typing import Protocol
 from .config import BackupResult
 from .errors import BackupError, ConfigError
 from .settings import field_default
+from .storage import Location, where
 
 __all__ = ["HOOK_NAMES", "HookSettings", "Hooks", "run_with_hooks"]
 
@@ -157,7 +158,7 @@ def run_with_hooks(
     backup: Callable[[], BackupResult],
     *,
     source_dir: str | os.PathLike[str],
-    backup_dir: str | os.PathLike[str],
+    backup_dir: Location,
     guard: AbstractContextManager[object] | None = None,
 ) -> BackupResult:
     """Given the hooks, a callable that makes the backup, and the directories it reads
@@ -171,7 +172,7 @@ def run_with_hooks(
     clean-ups. Raise whatever ``backup`` or entering ``guard`` raises, once
     ``on_error`` has run.
     """
-    runner = _Runner(hooks.timeout, Path(source_dir).absolute(), Path(backup_dir).absolute())
+    runner = _Runner(hooks.timeout, Path(source_dir).absolute(), where(backup_dir))
     with ExitStack() as held:
         if guard is not None:
             try:
@@ -239,12 +240,12 @@ class _Facts:
 class _Runner:
     """Runs one backup's hook commands: the same timeout, directories and base environment."""
 
-    def __init__(self, timeout: float, source_dir: Path, backup_dir: Path) -> None:
+    def __init__(self, timeout: float, source_dir: Path, backup_dir: str) -> None:
         self._timeout = timeout
         self._source_dir = source_dir
         self._base = {name: value for name, value in os.environ.items() if name not in _ENV_NAMES}
         self._base["OBS_BACKUP_SOURCE"] = str(source_dir)
-        self._base["OBS_BACKUP_DIR"] = str(backup_dir)
+        self._base["OBS_BACKUP_DIR"] = backup_dir
 
     def run_in_order(self, hook: str, commands: Sequence[str], facts: _Facts | None = None) -> str | None:
         """Run the commands until one fails; return None, or that failure as one line."""

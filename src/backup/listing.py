@@ -49,7 +49,7 @@ def list_backups(backup_dir: Location, prefix: str | None = None) -> list[Backup
             backups.append(
                 _describe(archive, info, backup_id, compression, parsed, manifest, _ref(storage, manifest_name))
             )
-        elif read_archive_marker(archive) == backup_id:
+        elif not storage.manifest_commits and read_archive_marker(archive) == backup_id:
             problem = None
             if manifest_name in objects:
                 # Not removed with the archive either: nothing proves it is ours.
@@ -110,6 +110,7 @@ def _describe(
         file_count=file_count,
         compression=compression,
         problem=problem,
+        stored_at=info.modified,
     )
 
 
@@ -117,19 +118,26 @@ def clean_leftovers(backup_dir: Location) -> list[str]:
     """Given a backup location, remove what interrupted runs of this tool left there;
     return the names.
 
-    Removes the partial objects of dead writers, and manifests of ours (see
-    ``backup.catalog``) whose archive never landed. Leaves alone everything a live
-    writer is still working on, and everything it cannot prove is ours.
+    Removes the partial objects of dead writers, manifests of ours (see
+    ``backup.catalog``) whose archive never landed and, where the manifest is the commit
+    point (object storage), archives of ours whose manifest never did. Leaves alone
+    everything a live writer is still working on, everything younger than the
+    storage's grace period, and everything it cannot prove is ours.
     """
     storage = open_storage(backup_dir)
     removed = storage.clean_partials()
     objects = {info.name: info for info in storage.list_objects()}
-    archived = {split[0] for split in map(own_archive_name, objects) if split is not None}
+    now = storage.now()
+
+    def young(info: ObjectInfo) -> bool:
+        return now - info.modified < storage.grace_seconds
+
+    archives = {split[0]: name for name in objects if (split := own_archive_name(name)) is not None}
     for name, info in objects.items():
         backup_id = name[: -len(MANIFEST_SUFFIX)]
         # Only manifests with no archive of their id at all are read: every other one is
         # kept without a look, however large it is.
-        if not name.endswith(MANIFEST_SUFFIX) or backup_id in archived:
+        if not name.endswith(MANIFEST_SUFFIX) or backup_id in archives or young(info):
             continue
         manifest, _ = _read_own_manifest(storage, info, backup_id)
         if manifest is None or manifest.archive is None:
@@ -141,12 +149,30 @@ def clean_leftovers(backup_dir: Location) -> list[str]:
             continue
         if _exists(storage, archive_name):
             continue
-        try:
-            storage.delete(name)
+        if _remove(storage, name):
             removed.append(name)
-        except FileNotFoundError:
-            pass
+    if storage.manifest_commits:
+        for backup_id, name in archives.items():
+            manifest_name = backup_id + MANIFEST_SUFFIX
+            if manifest_name in objects or young(objects[name]):
+                continue
+            archive = _ref(storage, name)
+            if read_archive_marker(archive) != backup_id:
+                continue  # not provably ours
+            # The manifest's writer holds its claim until the manifest has landed.
+            if storage.claimed(manifest_name) or storage.claimed(backup_id) or _exists(storage, manifest_name):
+                continue
+            if _remove(storage, name):
+                removed.append(name)
     return removed
+
+
+def _remove(storage: BackupStorage, name: str) -> bool:
+    try:
+        storage.delete(name)
+    except (FileNotFoundError, FileExistsError):
+        return False  # gone already, or replaced meanwhile: not what was looked at
+    return True
 
 
 def _exists(storage: BackupStorage, name: str) -> bool:

@@ -95,6 +95,12 @@ class BackupPlan:
         return sum(entry.size for entry in self.entries if entry.kind == "file")
 
     @property
+    def size_estimate(self) -> int:
+        """An upper estimate of the uncompressed archive's size: the data, plus a header
+        (with room for long names) per entry; an object store sizes its parts by it."""
+        return self.total_bytes + 2048 * len(self.entries) + (1 << 20)
+
+    @property
     def file_count(self) -> int:
         """Number of regular files the backup would read."""
         return sum(1 for entry in self.entries if entry.kind == "file")
@@ -138,11 +144,18 @@ def plan_backup(
     moment = now()
     if moment.tzinfo is None:
         raise ConfigError("now() must return an aware datetime")
+    storage = storage if storage is not None else open_storage(config.backup_dir)
+    if storage.manifest_commits and not config.include_manifest:
+        raise ConfigError(
+            f"{storage.location}: in object storage every backup has a manifest (writing it is what "
+            "completes a backup); drop --no-manifest",
+            storage.location,
+        )
     scan = scan_source(
         config.source_dir,
         files=files,
         exclude=config.exclude,
-        skip_dir=config.backup_dir,
+        skip_dir=config.backup_dir if isinstance(config.backup_dir, Path) else None,
         on_error=config.on_read_error,
         filesystem=filesystem,
     )
@@ -151,7 +164,7 @@ def plan_backup(
         config=config,
         backup_id=backup_id,
         created_at=moment.astimezone(),
-        storage=storage if storage is not None else open_storage(config.backup_dir),
+        storage=storage,
         archive_name=backup_id + archive_suffix(config.compression),
         manifest_name=backup_id + MANIFEST_SUFFIX if config.include_manifest else None,
         entries=scan.entries,

@@ -1,9 +1,10 @@
 """Removing old backups: plan with the pure retention policy, then delete what it says.
 
 Each prefix is its own group: a policy applied to ``backup`` never removes a
-``scheduled_backup``. An archive and its manifest go together, archive first, so a
-crash between the two leaves only a manifest without its archive, which the next run
-recognises as a leftover and removes.
+``scheduled_backup``. An archive and its manifest go together, the one that commits a
+backup first (the archive in a directory, the manifest in an object store), so a crash
+between the two leaves a leftover that is listed as no backup, and that the next run
+recognises and removes.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 
+from .catalog import oldest_first_key
 from .listing import clean_leftovers, list_backups
 from .retention import RetentionDecision, RetentionPlan, RetentionPolicy, apply_policy
 from .storage import Location, open_storage
-from .storage.base import ObjectRef
+from .storage.base import BackupStorage, ObjectRef
 
 __all__ = ["PruneResult", "execute_prune", "plan_prune"]
 
@@ -68,7 +70,8 @@ def plan_prune(
     keeps nothing, ValueError if the clock returns a naive time.
     """
     moment = now()
-    backups = list_backups(open_storage(backup_dir))
+    storage = open_storage(backup_dir)
+    backups = list_backups(storage)
     prefixes = [prefix] if prefix is not None else sorted({b.prefix for b in backups if b.prefix is not None})
     keep: list[RetentionDecision] = []
     remove: list[RetentionDecision] = []
@@ -80,6 +83,7 @@ def plan_prune(
         future += plan.future
     if not prefixes:
         apply_policy([], policy, zone, now=moment)  # still refuses an empty policy
+    keep, remove = _spare_the_young(storage, keep, remove)
     chosen = set(prefixes)
     return RetentionPlan(
         policy=policy,
@@ -88,6 +92,24 @@ def plan_prune(
         ignored=tuple(b for b in backups if b.prefix not in chosen),
         future=tuple(future),
     )
+
+
+def _spare_the_young(
+    storage: BackupStorage, keep: list[RetentionDecision], remove: list[RetentionDecision]
+) -> tuple[list[RetentionDecision], list[RetentionDecision]]:
+    """Keep the backups the policy would remove that are younger than the storage's
+    grace period, by the storage's clock (an object store's, not this machine's)."""
+    grace = storage.grace_seconds
+    if grace <= 0 or not remove:
+        return keep, remove
+    now = storage.now()
+    young = [d for d in remove if d.backup.stored_at is not None and now - d.backup.stored_at < grace]
+    if not young:
+        return keep, remove
+    reason = f"younger than the storage's grace period ({grace:g}s)"
+    spared = [RetentionDecision(d.backup, (reason,)) for d in young]
+    ordered = sorted(keep + spared, key=lambda d: oldest_first_key(d.backup), reverse=True)
+    return ordered, [d for d in remove if d not in young]
 
 
 def execute_prune(backup_dir: Location, plan: RetentionPlan, dry_run: bool = False) -> PruneResult:
@@ -102,10 +124,13 @@ def execute_prune(backup_dir: Location, plan: RetentionPlan, dry_run: bool = Fal
     result.leftovers = clean_leftovers(open_storage(backup_dir))
     for decision in plan.remove:
         backup = decision.backup
+        first, second = backup.archive, backup.manifest
+        if second is not None and backup.archive.storage.manifest_commits:
+            first, second = second, first
         try:
-            _delete(backup.archive)
-            if backup.manifest is not None:
-                _delete(backup.manifest)
+            _delete(first)
+            if second is not None:
+                _delete(second)
         except OSError as exc:
             result.errors.append(f"{exc.filename or backup.archive.label}: cannot remove: {exc.strerror or exc}")
             continue

@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from shared.time_helpers import TimeAwareMixin
@@ -45,6 +46,7 @@ from .core import create_backup
 from .errors import BackupError
 from .hooks import Hooks, run_with_hooks
 from .listing import list_backups
+from .locations import S3Location
 from .monitor import RunRecord, record_run
 from .prune import PruneResult, execute_prune, plan_prune
 from .retention import is_dated_in_future
@@ -235,9 +237,36 @@ class BackupScheduler(TimeAwareMixin):
             for warning in result.warnings:
                 log.warning("%s", warning)
             prune = self._apply_retention(log)
+            for dest in config.copy_to:
+                error = self._copy_to(dest, log)
+                if error is not None:
+                    result.warnings.append(error)
         else:
             log.error("backup failed: %s", result.error)
         return result, prune
+
+    def _copy_to(self, dest: Path | S3Location, log: logging.LoggerAdapter) -> str | None:  # type: ignore[type-arg]
+        """Copy the backups ``dest`` lacks there (``copy_to``); return what went wrong,
+        if anything. A failed copy leaves the backup that just succeeded a success, with
+        a warning."""
+        from .copy import copy_backups
+
+        target = open_storage(dest)
+        try:
+            target.ensure()
+            with target.lock(self.config.lock_timeout):
+                copied = copy_backups(self.storage, target, prefix=self.config.prefix)
+        except (BackupError, OSError) as exc:
+            message = str(exc) if isinstance(exc, BackupError) else f"{exc.filename or target.location}: {exc}"
+            log.error("copy to %s failed: %s", target.location, message)
+            return f"copy to {target.location} failed: {message}"
+        for backup_id in copied.copied:
+            log.info("copied %s to %s", backup_id, target.location)
+        for error in copied.errors:
+            log.error("copy to %s: %s", target.location, error)
+        if copied.errors:
+            return f"copy to {target.location}: {len(copied.errors)} backups not copied: {copied.errors[0]}"
+        return None
 
     def _apply_retention(self, log: logging.LoggerAdapter) -> PruneResult | None:  # type: ignore[type-arg]
         """Apply the policy after a successful backup; a failure here is logged, and

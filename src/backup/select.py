@@ -20,7 +20,7 @@ from .listing import list_backups
 from .manifest import BackupManifest, manifest_name_for, read_manifest
 from .manifest.model import MANIFEST_SUFFIX
 from .retention import is_dated_in_future
-from .storage import Location, locate, open_storage
+from .storage import Location, is_url, locate, open_storage, where
 from .storage.base import BackupStorage, ObjectRef
 from .stream.compression import split_archive_name
 
@@ -54,19 +54,32 @@ def find_backup(
     prefix: str | None = None,
     *,
     archive_required: bool = True,
+    endpoint_url: str | None = None,
 ) -> Selected:
     """Given what a command was told (a path, an id or ``latest``) and the backup location
     to look ids up in, return the backup. ``prefix`` limits ``latest`` to one prefix.
     Without ``archive_required`` (reading the manifest only), a backup whose archive is
     gone is found by its manifest, when that manifest is provably ours.
 
+    An object in an object store is named by its URL (``s3://bucket/prefix/NAME``);
+    ``endpoint_url`` is the store's endpoint, unless the URL names one.
+
     Raise ConfigError (one line, naming it) if it is none of these, and ArchiveError if a
     manifest names an archive that is missing.
     """
     text = os.fspath(spec)
+    if is_url(text):
+        try:
+            given = locate(text, endpoint_url)
+        except FileNotFoundError as exc:
+            raise ArchiveError(f"{exc.filename}: {exc.strerror}", text) from None
+        if not given.exists():
+            what = "manifest" if given.name.endswith(MANIFEST_SUFFIX) else "archive"
+            raise ArchiveError(f"{given.label}: {what} not found", given.label)
+        return _from_ref(given, given.label, archive_required)
     path = Path(text)
     if path.is_file():
-        return _from_path(path, archive_required)
+        return _from_ref(locate(path.absolute()), str(path), archive_required)
     if text.endswith(MANIFEST_SUFFIX):
         raise ManifestError(f"{path.absolute()}: manifest not found", text)
     if os.sep in text or path.exists() or split_archive_name(text) is not None:
@@ -82,15 +95,17 @@ def find_backup(
     if text == LATEST:
         which = f" with prefix {prefix!r}" if prefix else ""
         if not backups:
-            raise ConfigError(f"{backup_dir}: no complete backups{which}; 'latest' names none", str(backup_dir))
+            raise ConfigError(
+                f"{where(backup_dir)}: no complete backups{which}; 'latest' names none", where(backup_dir)
+            )
         # A backup dated after now (made while the clock ran ahead) is not the latest:
         # it would hide every backup made since the clock was put right.
         now = datetime.now(UTC)
         current = [info for info in backups if not is_dated_in_future(info, now)]
         if not current:
             raise ConfigError(
-                f"{backup_dir}: every backup{which} is dated in the future (check the clock); name one by its id",
-                str(backup_dir),
+                f"{where(backup_dir)}: every backup{which} is dated in the future (check the clock); name one by its id",
+                where(backup_dir),
             )
         return _from_info(current[-1])
     for info in backups:
@@ -100,7 +115,7 @@ def find_backup(
         found = _manifest_only(open_storage(backup_dir), text)
         if found is not None:
             return found
-    raise ConfigError(f"{text}: no such file, and no backup with this id in {backup_dir}", text)
+    raise ConfigError(f"{text}: no such file, and no backup with this id in {where(backup_dir)}", text)
 
 
 def _from_info(info: BackupInfo) -> Selected:
@@ -124,9 +139,8 @@ def _manifest_only(storage: BackupStorage, backup_id: str) -> Selected | None:
     return Selected(ref.sibling(manifest.archive.name), ref, backup_id)
 
 
-def _from_path(path: Path, archive_required: bool = True) -> Selected:
-    given = locate(path.absolute())
-    if not path.name.endswith(MANIFEST_SUFFIX):
+def _from_ref(given: ObjectRef, path: str, archive_required: bool = True) -> Selected:
+    if not given.name.endswith(MANIFEST_SUFFIX):
         beside = given.sibling(manifest_name_for(given.name))
         return Selected(given, beside if beside.exists() else None)
     manifest_ref = given

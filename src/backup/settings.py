@@ -27,6 +27,7 @@ from shared.time_helpers import system_zone_name
 from .catalog import parse_backup_id
 from .errors import ConfigError
 from .hashing import DEFAULT_ALGORITHM
+from .locations import S3Location, as_location, is_url
 from .stream.compression import cli_choices
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
     "settings_for",
 ]
 
-COMMANDS = ("create", "restore", "verify", "list", "ls", "diff", "check", "schedule", "prune")
+COMMANDS = ("create", "restore", "verify", "list", "ls", "diff", "check", "schedule", "prune", "copy")
 
 # Read when the command line does not give the setting (and before the config file).
 CONFIG_ENV = "OBS_BACKUP_CONFIG"
@@ -65,6 +66,13 @@ def _is_strings(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, list) and all(isinstance(item, str) for item in value))
 
 
+def _location(text: str) -> Path | S3Location:
+    try:
+        return as_location(text)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def parse_clock(text: str) -> clock_time:
     """Given ``HH:MM``, return the time; raise ConfigError if it is not one."""
     try:
@@ -81,6 +89,8 @@ PATH = Kind("a path (a string)", Path, lambda v: isinstance(v, str), Path)
 INT = Kind("an integer", int, _is_int)
 FLOAT = Kind("a number", float, lambda v: _is_int(v) or isinstance(v, float), float)
 BOOL = Kind("true or false", lambda text: text, lambda v: isinstance(v, bool))
+# A backup location: a directory, or an object store's s3://bucket/prefix.
+LOCATION = Kind("a directory or an s3:// URL (a string)", _location, lambda v: isinstance(v, str), _location)
 STRINGS = Kind("a list of strings", str, _is_strings, lambda v: [v] if isinstance(v, str) else list(v))
 
 
@@ -149,14 +159,52 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("source", PATH, "directory to back up", _ARCHIVE, field="source_dir", relative_to_file=True),
     Setting(
         "backup_dir",
-        PATH,
-        "directory that holds the backups",
+        LOCATION,
+        "directory (or s3://bucket/prefix) that holds the backups",
         (*_ARCHIVE, "list", "prune", "check", "restore", "verify", "ls", "diff"),
         field="backup_dir",
         relative_to_file=True,
         option_in=("restore", "verify", "ls", "diff"),
         metavar="DIR",
         env="OBS_BACKUP_DIR",
+    ),
+    Setting(
+        "copy_source",
+        LOCATION,
+        "backup location to copy complete backups from",
+        ("copy",),
+        metavar="SOURCE",
+        relative_to_file=True,
+    ),
+    Setting(
+        "copy_dest",
+        LOCATION,
+        "backup location to copy them to (only the backups it lacks are copied)",
+        ("copy",),
+        metavar="DEST",
+        relative_to_file=True,
+    ),
+    Setting(
+        "copy_to",
+        STRINGS,
+        "after each backup, copy the backups DEST lacks to DEST (repeatable; a directory or s3:// URL)",
+        ("schedule",),
+        default=(),
+        flags=("--copy-to",),
+        action="append",
+        metavar="DEST",
+        field="copy_to",
+        to_field=tuple,
+        relative_to_file=True,
+    ),
+    Setting(
+        "endpoint_url",
+        STR,
+        "S3 API endpoint for s3:// locations, for stores other than AWS "
+        "(default: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS)",
+        (*_ARCHIVE, "list", "prune", "check", "restore", "verify", "ls", "diff", "copy"),
+        flags=("--endpoint-url",),
+        metavar="URL",
     ),
     Setting(
         "archive",
@@ -206,7 +254,7 @@ SETTINGS: tuple[Setting, ...] = (
         "prefix",
         STR,
         "backup id prefix",
-        (*_ARCHIVE, "list", "prune", "check", "restore", "verify", "ls", "diff"),
+        (*_ARCHIVE, "list", "prune", "check", "restore", "verify", "ls", "diff", "copy"),
         defaults={"create": "backup", "schedule": "scheduled_backup", "library": "backup"},
         flags=("--prefix",),
         field="prefix",
@@ -457,7 +505,7 @@ SETTINGS: tuple[Setting, ...] = (
         "lock_timeout",
         FLOAT,
         "wait this long for another run",
-        ("create", "schedule", "prune"),
+        ("create", "schedule", "prune", "copy"),
         default=60.0,
         defaults={"schedule": 600.0, "library": 600.0},
         flags=("--lock-timeout",),
@@ -504,7 +552,7 @@ SETTINGS: tuple[Setting, ...] = (
         "dry_run",
         BOOL,
         "print what would be done; change nothing",
-        ("create", "restore", "prune"),
+        ("create", "restore", "prune", "copy"),
         default=False,
         flags=("--dry-run",),
         action="store_true",
@@ -621,6 +669,8 @@ def _convert(setting: Setting, value: Any, path: Path, text: str, table: str | N
             path,
         )
     converted = setting.kind.convert(value)
+    if setting.relative_to_file and isinstance(converted, list):
+        return [item if _names_a_backup(item) else path.parent / item for item in converted]
     if setting.relative_to_file and converted is not None and not _names_a_backup(converted):
         # Relative to the file, not to the directory a service manager starts in.
         converted = path.parent / converted
@@ -628,8 +678,11 @@ def _convert(setting: Setting, value: Any, path: Path, text: str, table: str | N
 
 
 def _names_a_backup(value: Any) -> bool:
-    """Whether a value names a backup rather than a file: ``latest`` or a backup id."""
-    return isinstance(value, str) and (value == "latest" or parse_backup_id(value) is not None)
+    """Whether a value names a backup or an object store rather than a file: ``latest``,
+    a backup id, or a URL."""
+    if isinstance(value, S3Location):
+        return True
+    return isinstance(value, str) and (value == "latest" or parse_backup_id(value) is not None or is_url(value))
 
 
 def _line_of(text: str, table: str | None, key: str) -> int | None:

@@ -66,6 +66,14 @@ class VerifyReport:
     duration_seconds: float = 0.0
     cause: str | None = None
     checksums: bool = True
+    # Where the archive is, for people: its path, or its URL in an object store.
+    archive_label: str = ""
+    manifest_label: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The archive, as messages name it."""
+        return self.archive_label or str(self.archive_path)
 
     @property
     def ok(self) -> bool:
@@ -75,13 +83,13 @@ class VerifyReport:
         """Return one line describing the outcome."""
         read = f"{format_count(self.checked_entries, 'entry', 'entries')}, {self.checked_bytes} bytes"
         if self.ok and not self.checksums:
-            return f"{self.archive_path}: OK, no checksums (no manifest): {read} read; tar and compression intact"
+            return f"{self.label}: OK, no checksums (no manifest): {read} read; tar and compression intact"
         if self.ok:
-            return f"{self.archive_path}: OK, {read} verified"
+            return f"{self.label}: OK, {read} verified"
         counts = [f"{len(items)} {label}" for label, items in self._kinds() if items]
         if self.cause:
             counts.insert(0, f"unreadable after {read}")
-        return f"{self.archive_path}: FAILED, " + ", ".join(counts)
+        return f"{self.label}: FAILED, " + ", ".join(counts)
 
     def _kinds(self) -> list[tuple[str, list[str] | list[Mismatch]]]:
         return [
@@ -111,8 +119,8 @@ class VerifyReport:
     def to_dict(self) -> dict[str, object]:
         """Return the report as JSON-ready data."""
         return {
-            "archive_path": str(self.archive_path),
-            "manifest_path": None if self.manifest_path is None else str(self.manifest_path),
+            "archive_path": self.label,
+            "manifest_path": self.manifest_label or (None if self.manifest_path is None else str(self.manifest_path)),
             "ok": self.ok,
             "checked_entries": self.checked_entries,
             "checked_bytes": self.checked_bytes,
@@ -226,7 +234,9 @@ def verify_backup(
     started = time.monotonic()
     archive = locate(archive_path)
     manifest_ref = locate(manifest_path) if manifest_path else archive.sibling(manifest_name_for(archive.name))
-    report = VerifyReport(Path(archive.label), Path(manifest_ref.label))
+    report = VerifyReport(
+        Path(archive.label), Path(manifest_ref.label), archive_label=archive.label, manifest_label=manifest_ref.label
+    )
     manifest: BackupManifest | None = None
     try:
         manifest = read_manifest(manifest_ref)
@@ -315,7 +325,7 @@ def verify_archive(
     """
     started = time.monotonic()
     archive = locate(archive_path)
-    report = VerifyReport(Path(archive.label), None, checksums=False)
+    report = VerifyReport(Path(archive.label), None, checksums=False, archive_label=archive.label)
     try:
         _read_members(archive, DEFAULT_ALGORITHM, compression, {}, {}, report, progress, foreign=True)
     except ArchiveError as exc:

@@ -1137,6 +1137,7 @@ def everything(tmp_path: Path) -> Iterator[Callable[[str], list[str]]]:
             "check": [str(backups)],
             "schedule": [str(source), str(backups), "--tz", "UTC"],
             "prune": [str(backups), "--keep-last", "100"],
+            "copy": [str(backups), str(tmp_path / "copied")],
         }[command]
 
     yield argv

@@ -138,9 +138,17 @@ class MemoryStorage:
     them, so results compare across the two.
     """
 
+    grace_seconds = 0.0
+
     def __init__(
-        self, location: str = "memory://backups", *, clock: Callable[[], float] = time.time, exists: bool = True
+        self,
+        location: str = "memory://backups",
+        *,
+        clock: Callable[[], float] = time.time,
+        exists: bool = True,
+        manifest_commits: bool = False,
     ) -> None:
+        self.manifest_commits = manifest_commits
         self._location = location
         self._clock = clock
         self._exists = exists
@@ -160,6 +168,9 @@ class MemoryStorage:
 
     def describe(self, name: str) -> str:
         return f"{self._location}/{name}"
+
+    def now(self) -> float:
+        return self._clock()
 
     def local_path(self, name: str) -> Path | None:
         return None
@@ -192,7 +203,7 @@ class MemoryStorage:
         end = None if length is None else offset + length
         return io.BytesIO(item.data[offset:end])
 
-    def begin(self, name: str, claim: str | None = None) -> _MemoryUpload:
+    def begin(self, name: str, claim: str | None = None, size_hint: int | None = None) -> _MemoryUpload:
         _check_name(name)
         if claim is not None:
             _check_name(claim)
@@ -410,6 +421,17 @@ class FaultyStorage:
     def location(self) -> str:
         return self.inner.location
 
+    @property
+    def manifest_commits(self) -> bool:  # type: ignore[override]
+        return self.inner.manifest_commits
+
+    @property
+    def grace_seconds(self) -> float:  # type: ignore[override]
+        return self.inner.grace_seconds
+
+    def now(self) -> float:
+        return self.inner.now()
+
     def describe(self, name: str) -> str:
         return self.inner.describe(name)
 
@@ -436,9 +458,9 @@ class FaultyStorage:
         self._check("open_read", name)
         return self.inner.open_read(name, offset, length)
 
-    def begin(self, name: str, claim: str | None = None) -> _FaultyUpload:
+    def begin(self, name: str, claim: str | None = None, size_hint: int | None = None) -> _FaultyUpload:
         self._check("begin", name)
-        return _FaultyUpload(self, self.inner.begin(name, claim=claim))
+        return _FaultyUpload(self, self.inner.begin(name, claim=claim, size_hint=size_hint))
 
     def claimed(self, key: str) -> bool:
         self._check("claimed", key)

@@ -25,6 +25,13 @@ The contract:
   ``.``, replaced atomically by ``write_record`` and never listed.
 * ``lock(timeout)`` holds the location's lock (one writer or pruner at a time) for the
   duration of a ``with`` block, and raises LockError naming the holder.
+* **Commit point.** Where an object appears only complete but cannot be linked into
+  place at the last moment (an object store), the manifest, written last, is what makes
+  a backup exist: ``manifest_commits`` is True, and an archive without its manifest is
+  a leftover. In a directory the archive, linked last, is the commit point.
+* **Time.** ``now()`` is the location's clock, the one its modification times come
+  from (an object store's, not this machine's). Leftovers and backups younger than
+  ``grace_seconds`` by it are never removed.
 """
 
 from __future__ import annotations
@@ -70,6 +77,14 @@ class Upload(Protocol):
 class BackupStorage(Protocol):
     """A place that keeps archives and manifests (see the module docstring)."""
 
+    #: Whether the manifest, written after the archive, is the commit point.
+    manifest_commits: bool
+    #: How old (by ``now()``) a leftover or a backup must be before it may be removed.
+    grace_seconds: float
+
+    def now(self) -> float:
+        """Return the location's clock, in POSIX seconds."""
+
     @property
     def location(self) -> str:
         """Where this is, for people: a directory path or a URL."""
@@ -97,8 +112,9 @@ class BackupStorage(Protocol):
         to the end); raise FileNotFoundError, or IsADirectoryError for what is not an
         object."""
 
-    def begin(self, name: str, claim: str | None = None) -> Upload:
-        """Start writing ``name``; raise FileExistsError if it or the claim is taken."""
+    def begin(self, name: str, claim: str | None = None, size_hint: int | None = None) -> Upload:
+        """Start writing ``name`` (about ``size_hint`` bytes, if known); raise
+        FileExistsError if it or the claim is taken."""
 
     def claimed(self, key: str) -> bool:
         """Return whether a writer (live, or dead and not yet cleaned) holds ``key``."""

@@ -110,6 +110,9 @@ class _LocalUpload:
 class LocalStorage:
     """Backups kept as files in one local directory (see the module docstring)."""
 
+    manifest_commits = False
+    grace_seconds = 0.0
+
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
 
@@ -128,6 +131,9 @@ class LocalStorage:
 
     def describe(self, name: str) -> str:
         return str(self.directory / name)
+
+    def now(self) -> float:
+        return time.time()
 
     def local_path(self, name: str) -> Path:
         return self.directory / name
@@ -213,7 +219,7 @@ class LocalStorage:
             return handle
         return cast(BinaryIO, _Limited(handle, length))
 
-    def begin(self, name: str, claim: str | None = None) -> _LocalUpload:
+    def begin(self, name: str, claim: str | None = None, size_hint: int | None = None) -> _LocalUpload:
         self._check_name(name)
         if claim is not None:
             self._check_name(claim)

@@ -34,6 +34,7 @@ IO_MODULES = {
     "backup.storage.durable",
     "backup.storage.local",
     "backup.storage.lock",
+    "backup.storage.s3",
     "backup.stream.tarreader",
     "backup.stream.tarwriter",
     "backup.verify",
@@ -42,6 +43,7 @@ IO_MODULES = {
 PURE_MODULES = [
     "backup.acl",
     "backup.catalog",
+    "backup.locations",
     "backup.manifest.model",
     "backup.retention",
     "backup.safety",

@@ -723,6 +723,7 @@ def test_a_mismatch_in_a_name_that_is_not_utf8_is_reported_escaped(
 
 
 def test_settings_shared_by_every_command_are_in_every_command() -> None:
-    """--json and --quiet are the output settings of all commands."""
+    """--json and --quiet are the output settings of all commands; every command that
+    names a backup takes a prefix and an object store's endpoint."""
     every: list[Setting] = [s for s in SETTINGS if set(s.commands) == set(COMMANDS)]
-    assert {s.key for s in every} == {"json", "quiet", "verbose", "log_level", "backup_dir", "prefix"}
+    assert {s.key for s in every} == {"json", "quiet", "verbose", "log_level", "prefix", "endpoint_url"}
