@@ -37,6 +37,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ CLAIM_SUFFIX = ".claim"
 DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_GRACE_SECONDS = 3600.0
 _POLL_SECONDS = 0.5
+_NO_SUCH_ETAG = '"00000000000000000000000000000000"'
 _READ_ATTEMPTS = 5
 
 
@@ -274,9 +276,9 @@ class S3Storage:
         self.check_conditional_writes()
 
     def check_conditional_writes(self) -> None:
-        """Make sure the store honours ``If-None-Match`` and ``If-Match`` on PUT (once per
-        storage); raise StorageError if it ignores them, for then neither claims nor the
-        lock would mean anything."""
+        """Make sure the store honours ``If-None-Match`` and ``If-Match`` on PUT, and
+        ``If-Match`` on DELETE (once per storage); raise StorageError if it ignores
+        them, for then neither claims nor the lock would mean anything."""
         if self._conditions_checked:
             return
         probe = f"{CLAIM_PREFIX}probe-{uuid.uuid4().hex}"
@@ -291,8 +293,14 @@ class S3Storage:
                 pass
             if ignored is None:
                 try:
-                    self._put(key, b"3", if_match='"00000000000000000000000000000000"', name=probe)
+                    self._put(key, b"3", if_match=_NO_SUCH_ETAG, name=probe)
                     ignored = "If-Match"
+                except FileExistsError:
+                    pass
+            if ignored is None:
+                try:
+                    self._call("delete_object", probe, Key=key, IfMatch=_NO_SUCH_ETAG)
+                    ignored = "If-Match on deletes"
                 except FileExistsError:
                     pass
         except StorageError as exc:
@@ -629,6 +637,7 @@ class _S3Upload:
     part_size: int
     _buffer: bytearray = field(default_factory=bytearray)
     _parts: list[_Part] = field(default_factory=list)
+    _pending: deque[Future[str]] = field(default_factory=deque)
     _upload_id: str | None = None
     _pool: ThreadPoolExecutor | None = None
     _written: int = 0
@@ -648,7 +657,8 @@ class _S3Upload:
         self._buffer += view
         self._written += len(view)
         while len(self._buffer) >= self.part_size:
-            piece = bytes(self._buffer[: self.part_size])
+            with memoryview(self._buffer) as whole:
+                piece = bytes(whole[: self.part_size])  # one copy, not two
             del self._buffer[: self.part_size]
             self._send(piece)
         return len(view)
@@ -674,18 +684,14 @@ class _S3Upload:
                 f"{storage.describe(self.name)}: larger than {MAX_PARTS} parts of {self.part_size >> 20} MiB; "
                 "the size estimate fell short"
             )
-        # Bounded memory: wait for the oldest part while too many are on their way.
-        for part in self._parts:
-            if sum(not p.future.done() for p in self._parts) < storage.max_in_flight:
-                break
-            part.future.result()
-        for part in self._parts:
-            if part.future.done() and part.future.exception() is not None:
-                part.future.result()
+        # Bounded memory: wait for the oldest parts while too many are on their way.
+        while self._pending and (len(self._pending) >= storage.max_in_flight or self._pending[0].done()):
+            self._pending.popleft().result()  # raises the part's failure, if it failed
         digest = hashlib.sha256(piece).digest()
         assert self._pool is not None
         future = self._pool.submit(self._upload_part, number, piece, digest)
         self._parts.append(_Part(number, digest, future))
+        self._pending.append(future)
 
     def _upload_part(self, number: int, piece: bytes, digest: bytes) -> str:
         response = self.storage._call(
@@ -772,6 +778,7 @@ class _S3Upload:
             self._pool = None
         self._buffer = bytearray()
         self._parts = []
+        self._pending.clear()
 
     def abort(self) -> None:
         if self._done:
