@@ -246,5 +246,5 @@ def test_backups_in_an_object_lock_bucket(seaweedfs_server: S3Server, tmp_path: 
     versions = client.list_object_versions(Bucket=bucket, Prefix=f"host-a/{first.archive.name}")
     kept = [v for v in versions.get("Versions", []) if v["Key"].endswith(first.archive.name)]
     assert kept, "the pruned archive's locked version is gone"
-    with pytest.raises(Exception, match="AccessDenied|ObjectLocked|Forbidden"):
+    with pytest.raises(Exception, match=r"AccessDenied|ObjectLocked|Forbidden"):
         client.delete_object(Bucket=bucket, Key=kept[0]["Key"], VersionId=kept[0]["VersionId"])
