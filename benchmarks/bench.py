@@ -28,6 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MB = 1 << 20
 # GNU tar doing the same work as obs-backup: what each archive holds beyond names,
@@ -158,6 +159,8 @@ def make_big_corpus(root: Path, scale: float) -> dict[str, int]:
 class Sample:
     seconds: float
     max_rss_mb: float
+    cpu_seconds: float = 0.0  # user + system
+    server_cpu_seconds: float | None = None  # the object store's, for the S3 rows
 
 
 @dataclass
@@ -183,11 +186,25 @@ class Row:
             "ratio": round(ours / anchor, 3) if anchor else None,
             "size_ratio": round(self.ours_size / self.anchor_size, 4) if self.ours_size and self.anchor_size else None,
             "ours_peak_rss_mb": round(max((s.max_rss_mb for s in self.ours), default=0), 1),
+            "ours_cpu_s": round(statistics.median(s.cpu_seconds for s in self.ours), 3) if self.ours else None,
+            "anchor_cpu_s": round(statistics.median(s.cpu_seconds for s in self.anchor), 3) if self.anchor else None,
+            "server_cpu_s": _median_server_cpu(self.ours),
             "anchor_peak_rss_mb": round(max((s.max_rss_mb for s in self.anchor), default=0), 1),
             "target": self.target,
             "ours_cmd": self.ours_cmd,
             "anchor_cmd": self.anchor_cmd,
         }
+
+
+def _median_server_cpu(samples: list[Sample]) -> float | None:
+    known = [s.server_cpu_seconds for s in samples if s.server_cpu_seconds is not None]
+    return round(statistics.median(known), 3) if known else None
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """Given a process id, return the CPU time (user + system) it has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed(argv: list[str], cwd: Path | None = None) -> Sample:
@@ -200,7 +217,7 @@ def timed(argv: list[str], cwd: Path | None = None) -> Sample:
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as report:
         started = time.perf_counter()
         finished = subprocess.run(
-            [GNU_TIME, "-f", "%M", "-o", report.name, *argv],
+            [GNU_TIME, "-f", "%M %U %S", "-o", report.name, *argv],
             cwd=cwd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -212,8 +229,8 @@ def timed(argv: list[str], cwd: Path | None = None) -> Sample:
                 f"benchmark command failed ({finished.returncode}): {' '.join(argv)}\n"
                 + finished.stderr.decode(errors="replace")
             )
-        max_rss_kb = int(report.read().strip().splitlines()[-1])
-    return Sample(elapsed, max_rss_kb / 1024)
+        max_rss_kb, user, system = report.read().strip().splitlines()[-1].split()
+    return Sample(elapsed, int(max_rss_kb) / 1024, float(user) + float(system))
 
 
 def fresh(path: Path) -> Path:
@@ -319,6 +336,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "create, one huge file, zst", "zst", [*TAR_CREATE, "--zstd", "-cf"], big, "peak RSS flat", ".tar.zst"
         )
         big_row.target = "peak RSS like the corpus"
+    if not args.skip_s3 and any(wanted(name) for name in S3_ROWS):
+        rows.extend(s3_rows(args, obs, work, corpus, None if args.skip_big else big, wanted))
     shutil.rmtree(out, ignore_errors=True)
 
     result = {
@@ -338,18 +357,105 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     return result
 
 
+S3_ROWS = ("create to S3, zst", "restore from S3, zst", "create to S3, one huge file, zst")
+
+
+def s3_rows(
+    args: argparse.Namespace, obs: list[str], work: Path, corpus: Path, big: Path | None, wanted: Any
+) -> list[Row]:
+    """The object-storage rows, against SeaweedFS on loopback started for them: each
+    one times obs-backup with an s3:// location against the same command with a local
+    directory (the anchor), on the same corpus, alternating."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from support.s3servers import ServerUnavailable, start_seaweedfs
+
+    rows: list[Row] = []
+    out = work / "s3-out"
+    try:
+        server_context = start_seaweedfs(fresh(work / "seaweedfs"))
+        server = server_context.__enter__()
+    except ServerUnavailable as exc:
+        print(f"\n*** S3 rows SKIPPED: SeaweedFS unavailable: {exc.reason} ***\n", flush=True)
+        return rows
+    saved = dict(os.environ)
+    os.environ.update(server.env())
+    try:
+        bucket = server.make_bucket()
+        runs = iter(range(1_000_000))
+
+        def location() -> str:
+            return f"s3://{bucket}/run-{next(runs)}"
+
+        def against_server(argv: list[str]) -> Sample:
+            """Time a command, and what the object store spent on it too (its CPU
+            competes with ours on this machine; on a real deployment it is elsewhere)."""
+            assert server.pid is not None
+            before = process_cpu_seconds(server.pid)
+            sample = timed(argv)
+            sample.server_cpu_seconds = process_cpu_seconds(server.pid) - before
+            return sample
+
+        def create_row(name: str, source: Path, target: str) -> Row:
+            row = Row(name, f"obs-backup create SRC s3://... ({name[-3:]})", "obs-backup create SRC DIR", target=target)
+            for _ in range(args.repeats):
+                row.ours.append(
+                    against_server([*obs, "create", str(source), location(), "--compression", "zst", "--quiet"])
+                )
+                local = fresh(out / "local")
+                row.anchor.append(timed([*obs, "create", str(source), str(local), "--compression", "zst", "--quiet"]))
+                row.ours_size = row.anchor_size = only_file(local, "*.tar.zst").stat().st_size
+            return row
+
+        if wanted("create to S3, zst"):
+            rows.append(create_row("create to S3, zst", corpus, "<= 1.3 x local"))
+        if wanted("restore from S3, zst"):
+            remote = location()
+            timed([*obs, "create", str(corpus), remote, "--compression", "zst", "--quiet"])
+            local = fresh(out / "keep")
+            timed([*obs, "create", str(corpus), str(local), "--compression", "zst", "--quiet"])
+            row = Row(
+                "restore from S3, zst",
+                "obs-backup restore latest DIR --backup-dir s3://...",
+                "obs-backup restore ARCHIVE DIR (local)",
+                target="<= 1.3 x local",
+            )
+            for _ in range(args.repeats):
+                target = out / "r-s3"
+                row.ours.append(
+                    against_server([*obs, "restore", "latest", str(target), "--backup-dir", remote, "--quiet"])
+                )
+                shutil.rmtree(target)
+                target = out / "r-local"
+                row.anchor.append(
+                    timed([*obs, "restore", "latest", str(target), "--backup-dir", str(local), "--quiet"])
+                )
+                shutil.rmtree(target)
+            rows.append(row)
+        if big is not None and wanted("create to S3, one huge file, zst"):
+            rows.append(create_row("create to S3, one huge file, zst", big, "peak RSS flat, like local"))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        server_context.__exit__(None, None, None)
+        shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
 def print_table(result: dict[str, object]) -> None:
     rows = result["rows"]
     assert isinstance(rows, list)
     print()
     print(
-        f"{'work':34} {'obs-backup':>11} {'anchor':>9} {'ratio':>7} {'size':>7} {'RSS MB':>8} {'anchor RSS':>10}  target"
+        f"{'work':34} {'obs-backup':>11} {'anchor':>9} {'ratio':>7} {'size':>7} {'RSS MB':>8} {'anchor RSS':>10} "
+        f"{'CPU s':>7} {'anchor CPU':>10} {'server CPU':>10}  target"
     )
     for row in rows:
         size = "" if row["size_ratio"] is None else f"{row['size_ratio']:.3f}"
+        server = "" if row["server_cpu_s"] is None else f"{row['server_cpu_s']:.1f}"
         print(
             f"{row['work']:34} {row['ours_s']:>10.2f}s {row['anchor_s']:>8.2f}s {row['ratio']:>7.2f} {size:>7} "
-            f"{row['ours_peak_rss_mb']:>8.0f} {row['anchor_peak_rss_mb']:>10.0f}  {row['target']}"
+            f"{row['ours_peak_rss_mb']:>8.0f} {row['anchor_peak_rss_mb']:>10.0f} {row['ours_cpu_s']:>7.1f} "
+            f"{row['anchor_cpu_s']:>10.1f} {server:>10}  {row['target']}"
         )
     print(f"\nmachine: {result['machine']}, scale {result['scale']}, median of {result['repeats']} runs")
 
@@ -361,6 +467,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="bench-output/work", help="where corpora and archives go")
     parser.add_argument("--json", default="bench-output/results.json", help="where to write the JSON results")
     parser.add_argument("--skip-big", action="store_true", help="skip the one-huge-file memory check")
+    parser.add_argument("--skip-s3", action="store_true", help="skip the object-storage rows (SeaweedFS)")
     parser.add_argument("--keep", action="store_true", help="keep the corpora afterwards")
     parser.add_argument("--only", default=None, metavar="TEXT", help="time only the rows whose name contains TEXT")
     args = parser.parse_args()

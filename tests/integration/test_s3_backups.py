@@ -426,3 +426,65 @@ def test_a_failed_off_site_copy_is_a_warning_not_a_lost_backup(tmp_path: Path) -
     assert len(list_backups(tmp_path / "local")) == 1
     [warning] = outcome.result.warnings
     assert warning.startswith("copy to s3://nowhere-bucket/x failed: ")
+
+
+def test_check_finds_damage_in_a_bucket(
+    moto_bucket: tuple[S3Server, str], s3_env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bit rot in one archive and a lost archive are found by check, which changes nothing."""
+    server, name = moto_bucket
+    s3_env(server)
+    url = f"s3://{name}/host-a"
+    source = make_source(tmp_path / "src")
+    for _ in range(3):
+        assert run_cli(capsys, "create", str(source), url)[0] == 0
+    first, second, _third = list_backups(url)
+    client = server.client()
+    key = f"host-a/{first.archive.name}"
+    data = bytearray(client.get_object(Bucket=name, Key=key)["Body"].read())
+    data[len(data) // 2] ^= 0x10
+    client.put_object(Bucket=name, Key=key, Body=bytes(data))
+    client.delete_object(Bucket=name, Key=f"host-a/{second.archive.name}")
+    before = keys(server, name)
+    code, out, err = run_cli(capsys, "check", url, "--read-data", "--json")
+    assert code == 1, err
+    statuses = {row["backup_id"]: row["status"] for row in json.loads(out)["backups"]}
+    assert statuses == {first.backup_id: "damaged", second.backup_id: "missing archive", _third.backup_id: "ok"}
+    assert keys(server, name) == before
+
+
+def test_a_config_file_names_the_bucket_its_endpoint_and_the_off_site_copy(
+    moto_bucket: tuple[S3Server, str],
+    s3_env: Env,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """backup_dir, endpoint_url and copy_to in the TOML file; the endpoint comes from the
+    file alone (the environment names none), and relative paths stay relative to it."""
+    server, name = moto_bucket
+    s3_env(server)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    make_source(tmp_path / "src")
+    config = tmp_path / "etc" / "obs-backup.toml"
+    config.parent.mkdir()
+    config.write_text(
+        f'source = "../src"\nbackup_dir = "s3://{name}/web-1"\nendpoint_url = "{server.endpoint}"\n'
+        f'[schedule]\ncopy_to = ["local-copy"]\n'
+    )
+    code, out, err = run_cli(capsys, "--config", str(config), "create", "--json")
+    assert code == 0, err
+    assert json.loads(out)["path"].startswith(f"s3://{name}/web-1/")
+    code, out, err = run_cli(capsys, "--config", str(config), "list", "--json")
+    assert code == 0 and len(json.loads(out)) == 1, err
+    from backup.cli import _config, _resolve, build_parser
+
+    args = _resolve(build_parser().parse_args(["--config", str(config), "schedule"]))
+    scheduler = _config(SchedulerConfig, args)
+    assert scheduler.backup_dir == S3Location(name, "web-1", endpoint_url=server.endpoint)
+    assert scheduler.copy_to == (config.parent / "local-copy",)
+    assert scheduler.source_dir == config.parent / "../src"
+    assert BackupScheduler(scheduler).run_once().result.success
+    # The scheduler copies its own prefix's backups (scheduled_backup_...), not create's.
+    [copied] = list_backups(config.parent / "local-copy")
+    assert copied.prefix == "scheduled_backup"

@@ -9,6 +9,10 @@ writes besides objects has a hidden name under the prefix:
   compare-and-swap on its ETag, and naming its host, pid and multipart upload. A claim
   not renewed for ``lease_seconds`` (by the server's clock) belongs to a dead writer:
   ``clean_partials`` aborts its upload and removes it.
+* ``.obs-backup.<name>.writing``: the same, on the object's name, so that two writers
+  of one name (with different keys) never upload it at once: the completion of an
+  upload is then never raced, which matters on stores whose conditional completion is
+  not atomic (SeaweedFS 4.48 let 2 of 8 simultaneous completions of one name succeed).
 * ``.obs-backup.lock``: the location's lock, a lease of the same kind (see ``_Lease``).
 * records (``.obs-backup-state.json``), replaced whole by a plain PUT.
 
@@ -63,6 +67,7 @@ _PLANNED_PARTS = 9_000
 LOCK_NAME = ".obs-backup.lock"
 CLAIM_PREFIX = ".obs-backup."
 CLAIM_SUFFIX = ".claim"
+WRITING_SUFFIX = ".writing"
 DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_GRACE_SECONDS = 3600.0
 _POLL_SECONDS = 0.5
@@ -184,7 +189,9 @@ class S3Storage:
             connect_timeout=self._timeouts[0],
             read_timeout=self._timeouts[1],
             max_pool_connections=self.max_in_flight + 4,
-            s3={"addressing_style": "path"} if self.s3.endpoint_url else None,
+            # Stores other than AWS are named by an endpoint, often an address with no
+            # bucket subdomains: name the bucket in the path there.
+            s3={"addressing_style": "path"} if self._custom_endpoint() else None,
         )
         return session.client(
             "s3",
@@ -192,6 +199,9 @@ class S3Storage:
             region_name=session.region_name or "us-east-1",
             config=config,
         )
+
+    def _custom_endpoint(self) -> bool:
+        return bool(self.s3.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
 
     def _call(self, operation: str, name: str | None = None, **params: Any) -> dict[str, Any]:
         """Call one S3 operation; raise FileNotFoundError, FileExistsError (a failed
@@ -386,8 +396,8 @@ class S3Storage:
             params["IfMatch"] = if_match
         return str(self._call("put_object", name or self._name(key), **params)["ETag"])
 
-    def _claim_key(self, key: str) -> str:
-        return self.s3.key(f"{CLAIM_PREFIX}{key}{CLAIM_SUFFIX}")
+    def _claim_key(self, key: str, suffix: str = CLAIM_SUFFIX) -> str:
+        return self.s3.key(f"{CLAIM_PREFIX}{key}{suffix}")
 
     def begin(self, name: str, claim: str | None = None, size_hint: int | None = None) -> _S3Upload:
         self._check_name(name)
@@ -395,19 +405,24 @@ class S3Storage:
             self._check_name(claim)
         if self._lost:
             raise StorageError(f"{self.s3}: {self._lost}", str(self.s3))
-        key = claim or name
-        claim_object = _Claim(self, key, name)
-        claim_object.create()
+        # The claim on the key (the backup id, or the name itself), and a second one on
+        # the name: two writers of one name never upload at once, so a completion is
+        # never raced, even on a store whose conditional completion is not atomic.
+        held = []
         try:
+            for key, suffix in ((claim or name, CLAIM_SUFFIX), (name, WRITING_SUFFIX)):
+                held.append(_Claim(self, key, name, suffix))
+                held[-1].create()
             taken = self._exists(name)
             if not taken and claim is not None:
                 taken = any(info["Key"] != self.s3.key(name) for info in self._list(claim + "."))
             if taken:
                 raise FileExistsError(17, "already exists", self.describe(name))
         except BaseException:
-            claim_object.release()
+            for claim_object in held:
+                claim_object.release()
             raise
-        return _S3Upload(self, name, claim_object, self.part_size or part_size_for(size_hint))
+        return _S3Upload(self, name, held, self.part_size or part_size_for(size_hint))
 
     def _exists(self, name: str) -> bool:
         try:
@@ -439,7 +454,11 @@ class S3Storage:
         removed = []
         live_uploads: set[str] = set()
         live_objects: set[str] = set()
-        claims = [item for item in self._list(CLAIM_PREFIX) if self._name(item["Key"]).endswith(CLAIM_SUFFIX)]
+        claims = [
+            item
+            for item in self._list(CLAIM_PREFIX)
+            if self._name(item["Key"]).endswith((CLAIM_SUFFIX, WRITING_SUFFIX))
+        ]
         now = self.now()
         for item in claims:
             hidden = self._name(item["Key"])
@@ -463,7 +482,8 @@ class S3Storage:
                 continue
             if upload_id and isinstance(record.get("object"), str):
                 self._abort_upload(str(record["object"]), str(upload_id))
-            removed.append(hidden)
+            if hidden.endswith(CLAIM_SUFFIX):
+                removed.append(hidden)  # one line per dead writer: its name lock goes with it
         for upload in self._uploads():
             name = self._name(upload["Key"])
             if "/" in name or upload["UploadId"] in live_uploads or name in live_objects:
@@ -549,14 +569,15 @@ def _sign_with_known_digest(client: BaseClient) -> None:
 
 
 class _Claim:
-    """A writer's claim on a key: created once, renewed while the writer lives."""
+    """A writer's claim on a key (``.claim``) or on the name it writes (``.writing``):
+    created once, renewed while the writer lives."""
 
-    def __init__(self, storage: S3Storage, key: str, name: str) -> None:
+    def __init__(self, storage: S3Storage, key: str, name: str, suffix: str = CLAIM_SUFFIX) -> None:
         self.storage = storage
         self.key = key
         self.name = name
-        self.object_key = storage._claim_key(key)
-        self.hidden = f"{CLAIM_PREFIX}{key}{CLAIM_SUFFIX}"
+        self.object_key = storage._claim_key(key, suffix)
+        self.hidden = f"{CLAIM_PREFIX}{key}{suffix}"
         self.etag: str | None = None
         self.upload_id: str | None = None
         self.since = _now_iso()
@@ -580,9 +601,12 @@ class _Claim:
         try:
             self.etag = self.storage._put(self.object_key, self._body(), if_none_match=True, name=self.hidden)
         except FileExistsError:
-            raise FileExistsError(
-                17, f"claimed by another writer ({self.key})", self.storage.describe(self.name)
-            ) from None
+            what = (
+                "being written by another writer"
+                if self.hidden.endswith(WRITING_SUFFIX)
+                else "claimed by another writer"
+            )
+            raise FileExistsError(17, f"{what} ({self.key})", self.storage.describe(self.name)) from None
         self._thread = threading.Thread(target=self._renew_loop, name=f"claim {self.key}", daemon=True)
         self._thread.start()
 
@@ -623,8 +647,7 @@ class _Claim:
 @dataclass
 class _Part:
     number: int
-    digest: bytes
-    future: Future[str]
+    future: Future[tuple[str, bytes]]  # its ETag and SHA-256, once sent
 
 
 @dataclass
@@ -633,11 +656,12 @@ class _S3Upload:
 
     storage: S3Storage
     name: str
-    claim: _Claim
+    claims: list[_Claim]
     part_size: int
-    _buffer: bytearray = field(default_factory=bytearray)
+    _part: bytearray | None = None  # the part being filled, allocated whole
+    _fill: int = 0
     _parts: list[_Part] = field(default_factory=list)
-    _pending: deque[Future[str]] = field(default_factory=deque)
+    _pending: deque[Future[tuple[str, bytes]]] = field(default_factory=deque)
     _upload_id: str | None = None
     _pool: ThreadPoolExecutor | None = None
     _written: int = 0
@@ -654,29 +678,44 @@ class _S3Upload:
         if self._done:
             raise ValueError(f"{self.storage.describe(self.name)}: write to a finished upload")
         view = memoryview(data).cast("B")
-        self._buffer += view
-        self._written += len(view)
-        while len(self._buffer) >= self.part_size:
-            with memoryview(self._buffer) as whole:
-                piece = bytes(whole[: self.part_size])  # one copy, not two
-            del self._buffer[: self.part_size]
-            self._send(piece)
-        return len(view)
+        total = len(view)
+        self._written += total
+        while view:
+            if self._part is None:
+                # Whole, once: each byte is copied into it and nowhere else (the
+                # pages not yet written are not even allocated by the kernel).
+                self._part, self._fill = bytearray(self.part_size), 0
+            taken = min(self.part_size - self._fill, len(view))
+            self._part[self._fill : self._fill + taken] = view[:taken]
+            self._fill += taken
+            view = view[taken:]
+            if self._fill == self.part_size:
+                full, self._part = self._part, None
+                self._send(full)
+        return total
 
     def flush(self) -> None:
         """Parts go out as they fill; a partial part cannot be sent early."""
 
-    def _send(self, piece: bytes) -> None:
+    def _rest(self) -> bytearray:
+        """The bytes written since the last full part (and no more part being filled)."""
+        rest = self._part if self._part is not None else bytearray()
+        del rest[self._fill :]
+        self._part, self._fill = None, 0
+        return rest
+
+    def _send(self, piece: bytearray) -> None:
         storage = self.storage
-        if self.claim.lost:
-            self._fail(f"{storage.describe(self.name)}: {self.claim.lost}")
+        if self._claim_lost():
+            self._fail(f"{storage.describe(self.name)}: {self._claim_lost()}")
         if self._upload_id is None:
             response = storage._call(
                 "create_multipart_upload", self.name, Key=storage.s3.key(self.name), ChecksumAlgorithm="SHA256"
             )
             self._upload_id = str(response["UploadId"])
-            self.claim.upload_id = self._upload_id
-            self.claim.renew()  # the claim now names the upload, for whoever cleans up after us
+            for claim in self.claims:
+                claim.upload_id = self._upload_id
+                claim.renew()  # the claim now names the upload, for whoever cleans up after us
             self._pool = ThreadPoolExecutor(storage.max_in_flight, thread_name_prefix="upload")
         number = len(self._parts) + 1
         if number > MAX_PARTS:
@@ -687,13 +726,14 @@ class _S3Upload:
         # Bounded memory: wait for the oldest parts while too many are on their way.
         while self._pending and (len(self._pending) >= storage.max_in_flight or self._pending[0].done()):
             self._pending.popleft().result()  # raises the part's failure, if it failed
-        digest = hashlib.sha256(piece).digest()
         assert self._pool is not None
-        future = self._pool.submit(self._upload_part, number, piece, digest)
-        self._parts.append(_Part(number, digest, future))
+        future = self._pool.submit(self._upload_part, number, piece)
+        self._parts.append(_Part(number, future))
         self._pending.append(future)
 
-    def _upload_part(self, number: int, piece: bytes, digest: bytes) -> str:
+    def _upload_part(self, number: int, piece: bytearray) -> tuple[str, bytes]:
+        """Send one part (in a worker thread, where hashing it runs beside the writer)."""
+        digest = hashlib.sha256(piece).digest()
         response = self.storage._call(
             "upload_part",
             self.name,
@@ -703,7 +743,14 @@ class _S3Upload:
             Body=piece,
             ChecksumSHA256=_b64(digest),
         )
-        return str(response["ETag"])
+        return str(response["ETag"]), digest
+
+    def _claim_lost(self) -> str | None:
+        return next((claim.lost for claim in self.claims if claim.lost), None)
+
+    def _release(self) -> None:
+        for claim in reversed(self.claims):
+            claim.release()
 
     def _fail(self, message: str) -> NoReturn:
         raise StorageError(message, self.storage.describe(self.name))
@@ -717,19 +764,19 @@ class _S3Upload:
             if storage._lost:
                 self._fail(f"{where}: not committed: {storage._lost}")
             if self._upload_id is None:
-                data = bytes(self._buffer)
+                data = bytes(self._rest())
                 expected = _b64(hashlib.sha256(data).digest())
                 storage._put(storage.s3.key(self.name), data, if_none_match=True, name=self.name)
             else:
-                if self._buffer or not self._parts:
-                    self._send(bytes(self._buffer))
-                    self._buffer = bytearray()
+                if self._fill or not self._parts:
+                    self._send(self._rest())
+                sent = [(p.number, *p.future.result()) for p in self._parts]
                 parts = [
-                    {"PartNumber": p.number, "ETag": p.future.result(), "ChecksumSHA256": _b64(p.digest)}
-                    for p in self._parts
+                    {"PartNumber": number, "ETag": etag, "ChecksumSHA256": _b64(digest)}
+                    for number, etag, digest in sent
                 ]
-                if self.claim.lost or storage._lost:
-                    self._fail(f"{where}: not committed: {self.claim.lost or storage._lost}")
+                if self._claim_lost() or storage._lost:
+                    self._fail(f"{where}: not committed: {self._claim_lost() or storage._lost}")
                 storage._call(
                     "complete_multipart_upload",
                     self.name,
@@ -739,7 +786,7 @@ class _S3Upload:
                     IfNoneMatch="*",
                 )
                 self._upload_id = None  # completed: nothing left to abort
-                expected = _b64(hashlib.sha256(b"".join(p.digest for p in self._parts)).digest())
+                expected = _b64(hashlib.sha256(b"".join(digest for _, _, digest in sent)).digest())
             self._confirm(expected)
         except FileExistsError:
             self.abort()
@@ -749,11 +796,12 @@ class _S3Upload:
             raise
         self._done = True
         self._shutdown()
-        self.claim.release()
+        self._release()
 
     def _confirm(self, expected: str) -> None:
         """Read back what the store holds now under the name; if it is not what was
-        sent (a size or checksum that differs), remove it and fail."""
+        sent (a size or checksum that differs), remove it and fail. (The name is ours:
+        no other writer can have written it meanwhile, see ``.writing``.)"""
         storage = self.storage
         head = storage._call("head_object", self.name, Key=storage.s3.key(self.name), ChecksumMode="ENABLED")
         size = int(head["ContentLength"])
@@ -776,7 +824,7 @@ class _S3Upload:
                 part.future.cancel()
             self._pool.shutdown(wait=True)
             self._pool = None
-        self._buffer = bytearray()
+        self._part, self._fill = None, 0
         self._parts = []
         self._pending.clear()
 
@@ -789,14 +837,15 @@ class _S3Upload:
             try:
                 self.storage._abort_upload(self.name, self._upload_id)
             except OSError as exc:
-                log.warning("%s: cannot abort the upload (the next clean-up will): %s", self.claim.name, exc)
+                log.warning("%s: cannot abort the upload (the next clean-up will): %s", self.name, exc)
             self._upload_id = None
-        self.claim.release()
+        self._release()
 
     def abandon(self) -> None:
         """Stop as a killed writer would: nothing aborted, nothing released (for tests)."""
         self._done = True
-        self.claim.abandon()
+        for claim in self.claims:
+            claim.abandon()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

@@ -279,15 +279,21 @@ class StorageContract:
         assert read_object(storage, "a.tar") == b"old"
 
     def test_commit_never_replaces_an_existing_object(self, storage: BackupStorage) -> None:
-        """Of two writers racing for one name, the second commit fails, changes nothing
-        and leaves no partial behind."""
+        """Of two writers racing for one name, the second fails (at its commit, or
+        already at its begin where a storage lets one writer write a name at a time),
+        changes nothing and leaves no partial behind."""
         first = storage.begin("a.tar", claim="c1")
-        second = storage.begin("a.tar", claim="c2")
+        try:
+            second = storage.begin("a.tar", claim="c2")
+        except FileExistsError:
+            second = None
         first.write(b"first")
-        second.write(b"second")
+        if second is not None:
+            second.write(b"second")
         first.commit()
-        with pytest.raises(FileExistsError):
-            second.commit()
+        if second is not None:
+            with pytest.raises(FileExistsError):
+                second.commit()
         assert names(storage) == ["a.tar"]
         assert read_object(storage, "a.tar") == b"first"
         assert storage.claimed("c2") is False
