@@ -71,6 +71,8 @@ WRITING_SUFFIX = ".writing"
 DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_GRACE_SECONDS = 3600.0
 _POLL_SECONDS = 0.5
+# What a call to the store raises when it fails (not found, refused, unreachable, ...).
+_CALL_FAILED = (OSError, StorageError)
 _NO_SUCH_ETAG = '"00000000000000000000000000000000"'
 _READ_ATTEMPTS = 5
 
@@ -321,7 +323,7 @@ class S3Storage:
         finally:
             try:
                 self._call("delete_object", probe, Key=key)
-            except OSError:
+            except _CALL_FAILED:
                 pass
         if ignored is not None:
             raise StorageError(
@@ -467,7 +469,7 @@ class S3Storage:
                 record = json.loads(body)
                 if record.get("obs-backup") != "claim":
                     continue  # not a claim of ours, whatever its name says
-            except (OSError, ValueError, AttributeError):
+            except (*_CALL_FAILED, ValueError, AttributeError):
                 continue
             stale = now - item["LastModified"].timestamp() > self.lease_seconds
             if not stale:
@@ -582,6 +584,7 @@ class _Claim:
         self.upload_id: str | None = None
         self.since = _now_iso()
         self.lost: str | None = None
+        self.renewed = time.monotonic()
         self._guard = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -617,10 +620,14 @@ class _Claim:
                 return
             try:
                 self.etag = self.storage._put(self.object_key, self._body(), if_match=self.etag, name=self.hidden)
+                self.renewed = time.monotonic()
             except (FileExistsError, FileNotFoundError):
                 self.lost = "its claim was taken over (the writer was too slow to renew it)"
-            except OSError as exc:
+            except _CALL_FAILED as exc:
                 log.warning("%s: cannot renew claim: %s", self.storage.describe(self.name), exc)
+                if time.monotonic() - self.renewed > self.storage.lease_seconds:
+                    # A clean-up may have taken it for a dead writer's by now.
+                    self.lost = f"its claim could not be renewed for {self.storage.lease_seconds:g}s"
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.storage.lease_seconds / 5):
@@ -634,7 +641,7 @@ class _Claim:
             return
         try:
             self.storage._call("delete_object", self.hidden, Key=self.object_key, IfMatch=etag)
-        except OSError:
+        except _CALL_FAILED:
             pass  # taken over or unreachable: stale soon, then clean_partials's
 
     def abandon(self) -> None:
@@ -761,8 +768,8 @@ class _S3Upload:
         if self._done:
             raise StorageError(f"{where}: already committed or aborted", where)
         try:
-            if storage._lost:
-                self._fail(f"{where}: not committed: {storage._lost}")
+            if storage._lost or self._claim_lost():
+                self._fail(f"{where}: not committed: {storage._lost or self._claim_lost()}")
             if self._upload_id is None:
                 data = bytes(self._rest())
                 expected = _b64(hashlib.sha256(data).digest())
@@ -814,7 +821,7 @@ class _S3Upload:
         if problem is not None:
             try:
                 storage._call("delete_object", self.name, Key=storage.s3.key(self.name), IfMatch=head["ETag"])
-            except OSError:
+            except _CALL_FAILED:
                 pass
             self._fail(f"{storage.describe(self.name)}: the object store {problem}; the upload was discarded")
 
@@ -836,7 +843,7 @@ class _S3Upload:
         if self._upload_id is not None:
             try:
                 self.storage._abort_upload(self.name, self._upload_id)
-            except OSError as exc:
+            except _CALL_FAILED as exc:
                 log.warning("%s: cannot abort the upload (the next clean-up will): %s", self.name, exc)
             self._upload_id = None
         self._release()
@@ -960,6 +967,7 @@ class _Lease:
         self.key = storage.s3.key(LOCK_NAME)
         self.etag: str | None = None
         self.since = ""
+        self.renewed = 0.0  # when the lease was last written (monotonic)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -997,6 +1005,7 @@ class _Lease:
                 )
             sleep(min(_POLL_SECONDS, max(deadline - monotonic(), 0.01)))
         storage._lost = None
+        self.renewed = time.monotonic()
         self._stop.clear()
         self._thread = threading.Thread(target=self._renew_loop, name="lock lease", daemon=True)
         self._thread.start()
@@ -1034,8 +1043,15 @@ class _Lease:
             self.etag = None
             self.storage.lose("the lock was taken over by another process (its lease was not renewed in time)")
             return False
-        except OSError as exc:
+        except _CALL_FAILED as exc:
             log.warning("%s: cannot renew the lock's lease: %s", self.storage.s3, exc)
+            if time.monotonic() - self.renewed > self.storage.lease_seconds:
+                # Another process may have taken it over by now: act as if it had.
+                self.etag = None
+                self.storage.lose(f"the lock's lease could not be renewed for {self.storage.lease_seconds:g}s")
+                return False
+            return True
+        self.renewed = time.monotonic()
         return True
 
     def release(self) -> None:
@@ -1047,7 +1063,7 @@ class _Lease:
             return
         try:
             self.storage._call("delete_object", LOCK_NAME, Key=self.key, IfMatch=etag)
-        except OSError:
+        except _CALL_FAILED:
             pass  # taken over, or unreachable: it goes stale, and the next holder takes it over
 
 

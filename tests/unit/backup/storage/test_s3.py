@@ -24,7 +24,7 @@ from support.storage import put_object, read_object
 
 from .contract import StorageContract, StorageFactory, names
 
-LEASE = 1.0
+LEASE = 2.0  # long enough that a loaded machine renews a live claim in time
 PART = 5 << 20  # the smallest part S3 allows
 
 
@@ -38,7 +38,7 @@ def make_s3(server: S3Server, bucket: str, prefix: str = "host-a/backups", **opt
 
 def wait_until_stale(storage: S3Storage) -> None:
     """Sleep past the lease: the server's Date header has one-second resolution."""
-    time.sleep(storage.lease_seconds + 1.2)
+    time.sleep(storage.lease_seconds + 1.5)
 
 
 class _S3Contract(StorageContract):
@@ -315,3 +315,53 @@ def test_now_is_the_stores_clock(seaweedfs_bucket: tuple[S3Server, str], monkeyp
     monkeypatch.setattr(time, "time", skewed)
     storage.list_objects()  # a response: the offset is measured again
     assert abs(storage.now() - server_now) < 5
+
+
+# --- renewals that fail -------------------------------------------------------------------
+
+
+def _failing_renewals(storage: S3Storage, hidden: str) -> list[str]:
+    """Make every write of ``hidden`` (a claim, the lock) fail as a store in trouble
+    does (a 500 after the client's retries); return the log of refused writes."""
+    refused: list[str] = []
+    real_put = storage._put
+
+    def put(key: str, data: bytes, **options: Any) -> str:
+        if key.endswith(hidden) and (options.get("if_match") is not None):
+            refused.append(key)
+            raise StorageError(f"{key}: put_object failed: InternalError: We encountered an internal error")
+        return real_put(key, data, **options)
+
+    storage._put = put  # type: ignore[method-assign]
+    return refused
+
+
+def test_a_writer_that_cannot_renew_its_claim_for_a_lease_does_not_commit(moto_bucket: tuple[S3Server, str]) -> None:
+    """Renewals keep failing (the store errs): the writer keeps trying, and once a whole
+    lease has passed without one, a clean-up may have taken its claim for a dead
+    writer's, so it commits nothing."""
+    server, bucket = moto_bucket
+    storage = make_s3(server, bucket)
+    upload = storage.begin("a.tar", claim="a")
+    refused = _failing_renewals(storage, ".obs-backup.a.claim")
+    upload.write(b"data")
+    time.sleep(storage.lease_seconds + 1.0)
+    assert len(refused) >= 3  # it kept trying: the failure did not end its renewals
+    with pytest.raises(StorageError, match="its claim could not be renewed for 2s"):
+        upload.commit()
+    assert names(storage) == []
+
+
+def test_a_holder_that_cannot_renew_its_lease_for_a_lease_stops_writing(moto_bucket: tuple[S3Server, str]) -> None:
+    server, bucket = moto_bucket
+    storage = make_s3(server, bucket)
+    put_object(storage, "kept.tar")
+    with storage.lock():
+        refused = _failing_renewals(storage, ".obs-backup.lock")
+        time.sleep(storage.lease_seconds + 1.0)
+        assert len(refused) >= 3
+        with pytest.raises(StorageError, match="lease could not be renewed for 2s"):
+            storage.delete("kept.tar")
+        with pytest.raises(StorageError, match="lease could not be renewed"):
+            storage.begin("new.tar")
+    assert names(storage) == ["kept.tar"]
