@@ -134,11 +134,22 @@ def commit_backup(storage: BackupStorage, archive: Upload, manifest: Upload | No
     try:
         second.commit()
     except BaseException:
-        try:
-            storage.delete(first.name)
-        except OSError:
-            pass  # a leftover the next run removes (after the grace period)
+        # In an object store the manifest's name is held by this writer alone: if it is
+        # there, it landed (its answer was lost), and the backup exists; keep it.
+        if not (storage.manifest_commits and _exists(storage, second.name)):
+            try:
+                storage.delete(first.name)
+            except (OSError, BackupError):
+                pass  # a leftover the next run removes (after the grace period)
         raise
+
+
+def _exists(storage: BackupStorage, name: str) -> bool:
+    try:
+        storage.stat(name)
+    except (OSError, BackupError):
+        return False
+    return True
 
 
 def _problems(plan: BackupPlan, archived: list[ManifestEntry]) -> list[str]:

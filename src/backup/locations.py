@@ -13,7 +13,16 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["SCHEME", "S3Location", "as_location", "is_url", "parse_location", "with_endpoint"]
+__all__ = [
+    "SCHEME",
+    "S3Location",
+    "as_location",
+    "check_endpoint",
+    "is_url",
+    "parse_location",
+    "redact",
+    "with_endpoint",
+]
 
 SCHEME = "s3://"
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
@@ -47,31 +56,36 @@ class S3Location:
         return f"{self.prefix}/{name}" if self.prefix else name
 
 
+# Bounds for ?lease= and ?grace=: a lease renewed many times a second, or never, is a
+# mistake, not a setting.
+LEASE_RANGE = (1.0, 86_400.0)
+GRACE_RANGE = (0.0, 30 * 86_400.0)
+
+
 def parse_location(text: str, endpoint_url: str | None = None, region: str | None = None) -> S3Location:
     """Given ``s3://bucket/prefix``, optionally with ``?endpoint=URL&region=R`` and the
     times ``lease=SECONDS&grace=SECONDS``, return the location; raise ConfigError
-    naming what is wrong with it."""
+    naming what is wrong with it (never repeating a password it holds)."""
+    shown = redact(text)
     parts = urlsplit(text)
     if not text.lower().startswith(parts.scheme.lower() + "://"):
-        raise ConfigError(f"{text}: not a URL; an object store is named s3://bucket/prefix", text)
+        raise ConfigError(f"{shown}: not a URL; an object store is named s3://bucket/prefix", shown)
     if parts.scheme.lower() != "s3":
-        raise ConfigError(f"{text}: unknown location scheme {parts.scheme + '://'!r}; use a directory or s3://", text)
+        raise ConfigError(f"{shown}: unknown location scheme {parts.scheme + '://'!r}; use a directory or s3://", shown)
     if "@" in parts.netloc:
-        raise ConfigError(
-            f"{_redact(text)}: credentials do not belong in the URL; use AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY, or a profile",
-            _redact(text),
-        )
+        raise ConfigError(f"{shown}: credentials do not belong in the URL; {_CREDENTIALS}", shown)
     bucket = parts.netloc
     if not (3 <= len(bucket) <= 63) or not all(c.islower() or c.isdigit() or c in ".-" for c in bucket):
-        raise ConfigError(f"{text}: {bucket!r} is not a bucket name (3-63 of a-z 0-9 . -)", text)
-    components = [part for part in parts.path.split("/")]
+        raise ConfigError(f"{shown}: {bucket!r} is not a bucket name (3-63 of a-z 0-9 . -)", shown)
+    components = parts.path.split("/")
     while components and components[0] == "":
         components.pop(0)
     while components and components[-1] == "":
         components.pop()
     if any(part in ("", ".", "..") or part.startswith(".") for part in components):
-        raise ConfigError(f"{text}: the prefix may not have empty, '.' or '..' parts, or parts starting with '.'", text)
+        raise ConfigError(
+            f"{shown}: the prefix may not have empty, '.' or '..' parts, or parts starting with '.'", shown
+        )
     seconds: dict[str, float] = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name in ("endpoint", "endpoint_url"):
@@ -79,18 +93,19 @@ def parse_location(text: str, endpoint_url: str | None = None, region: str | Non
         elif name == "region":
             region = value
         elif name in ("lease", "grace"):
+            low, high = LEASE_RANGE if name == "lease" else GRACE_RANGE
             try:
                 seconds[name] = float(value)
             except ValueError:
-                seconds[name] = -1.0
-            if not 0 <= seconds[name] < float("inf"):
-                raise ConfigError(f"{text}: {name} must be a number of seconds, not {value!r}", text)
+                seconds[name] = float("nan")
+            if not low <= seconds[name] <= high:
+                raise ConfigError(
+                    f"{shown}: {name} must be a number of seconds from {low:g} to {high:g}, not {value!r}", shown
+                )
         else:
-            raise ConfigError(f"{text}: unknown URL option {name!r} (known: endpoint, region, lease, grace)", text)
-    if endpoint_url is not None and not endpoint_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{endpoint_url}: an endpoint URL starts with http:// or https://", endpoint_url)
-    if seconds.get("lease") == 0:
-        raise ConfigError(f"{text}: lease must be more than 0 seconds", text)
+            raise ConfigError(f"{shown}: unknown URL option {name!r} (known: endpoint, region, lease, grace)", shown)
+    if endpoint_url is not None:
+        check_endpoint(endpoint_url)
     return S3Location(
         bucket,
         "/".join(components),
@@ -101,9 +116,23 @@ def parse_location(text: str, endpoint_url: str | None = None, region: str | Non
     )
 
 
-def _redact(text: str) -> str:
-    parts = urlsplit(text)
-    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"
+_CREDENTIALS = "use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile"
+
+
+def check_endpoint(endpoint_url: str) -> str:
+    """Given an endpoint URL, return it; raise ConfigError (without repeating any
+    password in it) if it is not an http(s) URL or carries credentials."""
+    shown = redact(endpoint_url)
+    if not endpoint_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{shown}: an endpoint URL starts with http:// or https://", shown)
+    if "@" in urlsplit(endpoint_url).netloc:
+        raise ConfigError(f"{shown}: credentials do not belong in the endpoint URL; {_CREDENTIALS}", shown)
+    return endpoint_url
+
+
+def redact(text: str) -> str:
+    """Given a URL (or text holding URLs), return it without any ``user:password@``."""
+    return re.sub(r"//[^/@\s?]*@", "//", text)
 
 
 def as_location(value: str | os.PathLike[str] | S3Location) -> Path | S3Location:
@@ -120,5 +149,5 @@ def with_endpoint(value: Path | S3Location, endpoint_url: str | None) -> Path | 
     """Given a location, return it with ``endpoint_url`` if it is an object store's
     that names none of its own."""
     if isinstance(value, S3Location) and endpoint_url and value.endpoint_url is None:
-        return dataclasses.replace(value, endpoint_url=endpoint_url)
+        return dataclasses.replace(value, endpoint_url=check_endpoint(endpoint_url))
     return value

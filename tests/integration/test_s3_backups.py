@@ -189,8 +189,34 @@ def test_an_unreachable_store_is_a_one_line_failure(
     location = "s3://bucket-x/p?endpoint=http://127.0.0.1:9&lease=1"
     code, out, err = run_cli(capsys, "list", location)
     assert code == 1
-    assert err.startswith("obs-backup: error: s3://bucket-x/p") and err.count("\n") == 1
+    assert err.startswith("obs-backup: error: s3://bucket-x/p: cannot reach the object store: ")
+    assert err.count("\n") == 1 and "does not exist" not in err
     assert "very-secret-value" not in out + err and "AKIDSECRETLOOKING" not in out + err
+
+
+def test_credentials_in_an_endpoint_url_are_refused_and_not_repeated(tmp_path: Path, capsys: Any) -> None:
+    for argv in (
+        ["list", "s3://bucket-x/p", "--endpoint-url", "http://AKID:wJalrXUtnFEMI@127.0.0.1:9"],
+        ["list", "s3://bucket-x/p?endpoint=http://AKID:wJalrXUtnFEMI@127.0.0.1:9"],
+    ):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 2
+        assert "credentials do not belong in the endpoint URL" in err
+        assert "wJalrXUtnFEMI" not in out + err and "AKID" not in out + err
+
+
+def test_missing_credentials_are_named_as_such(tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    code, _, err = run_cli(capsys, "list", "s3://bucket-y/p?endpoint=http://127.0.0.1:9")
+    assert code == 1
+    assert err == (
+        "obs-backup: error: s3://bucket-y/p: no usable AWS credentials (Unable to locate credentials); "
+        "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE\n"
+    )
 
 
 # --- many hosts, one bucket ----------------------------------------------------------------

@@ -50,7 +50,7 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, cast
 
 from ..errors import LockError, StorageError
-from ..locations import SCHEME, S3Location, parse_location
+from ..locations import SCHEME, S3Location, parse_location, redact
 from .base import ObjectInfo
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ WRITING_SUFFIX = ".writing"
 DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_GRACE_SECONDS = 3600.0
 _POLL_SECONDS = 0.5
+_LARGE_PART = 32 << 20
 # What a call to the store raises when it fails (not found, refused, unreachable, ...).
 _CALL_FAILED = (OSError, StorageError)
 _NO_SUCH_ETAG = '"00000000000000000000000000000000"'
@@ -89,6 +90,11 @@ def part_size_for(size_hint: int | None) -> int:
 
 def _first(*values: float | None) -> float:
     return next(value for value in values if value is not None)
+
+
+def _seconds(value: object) -> float:
+    """A number of seconds from a record, or 0 if it holds none."""
+    return float(value) if isinstance(value, int | float) and 0 <= value < 1e9 else 0.0
 
 
 def _b64(digest: bytes) -> str:
@@ -113,7 +119,15 @@ class _Errors:
 def _is_precondition(exc: BaseException) -> bool:
     code, status = _Errors.code(exc)
     # 409 ConditionalRequestConflict: another conditional write to the key is under way.
-    return status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict")
+    return status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict")
+
+
+class MissingBucket(StorageError):
+    """The location's bucket does not exist."""
+
+
+class _WrongRange(StorageError):
+    """The store answered a ranged read with other bytes than asked for."""
 
 
 def _is_missing(exc: BaseException) -> bool:
@@ -162,6 +176,7 @@ class S3Storage:
         self._conditions_checked = False
         self._server_offset: float | None = None
         self._lost: str | None = None  # why the lock was lost, if it was
+        self._held: list[_Lease] = []  # the leases this process holds on the location
 
     # --- the connection --------------------------------------------------------------
 
@@ -217,7 +232,7 @@ class S3Storage:
             code, status = _Errors.code(exc)
             message = exc.response.get("Error", {}).get("Message") or code
             if code == "NoSuchBucket":
-                raise StorageError(f"{self.s3}: no such bucket {self.s3.bucket!r}", str(self.s3)) from exc
+                raise MissingBucket(f"{self.s3}: no such bucket {self.s3.bucket!r}", str(self.s3)) from exc
             if _is_missing(exc):
                 raise FileNotFoundError(2, "no such object", where) from exc
             if _is_precondition(exc):
@@ -228,7 +243,13 @@ class S3Storage:
                 raise StorageError(f"{where}: the object store rejected the data's checksum ({code})", where) from exc
             raise StorageError(f"{where}: {operation} failed: {code or status}: {message}", where) from exc
         except BotoCoreError as exc:
-            raise StorageError(f"{where}: cannot reach the object store: {exc}", where) from exc
+            if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError", "ProfileNotFound"):
+                raise StorageError(
+                    f"{self.s3}: no usable AWS credentials ({exc}); set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+                    str(self.s3),
+                ) from exc
+            raise StorageError(f"{where}: cannot reach the object store: {redact(str(exc))}", where) from exc
         self._note_server_time(response)
         return response
 
@@ -236,9 +257,12 @@ class S3Storage:
         date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
         if date:
             try:
-                self._server_offset = parsedate_to_datetime(date).timestamp() - time.time()
+                moment = parsedate_to_datetime(date)
             except (TypeError, ValueError):
-                pass
+                return
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)  # HTTP dates are UTC ("-0000" parses naive)
+            self._server_offset = moment.timestamp() - time.time()
 
     def now(self) -> float:
         """The object store's clock (POSIX seconds), from its last response's Date."""
@@ -268,10 +292,14 @@ class S3Storage:
         return None
 
     def exists(self) -> bool:
+        """Whether the bucket exists; raise StorageError if the store cannot tell (it
+        cannot be reached, the credentials are refused): that is not a missing bucket."""
         try:
             self._call("head_bucket")
-        except (FileNotFoundError, StorageError):
+        except (FileNotFoundError, MissingBucket):
             return False
+        except PermissionError as exc:
+            raise StorageError(f"{self.s3}: {exc.strerror}", str(self.s3)) from exc
         return True
 
     def ensure(self) -> None:
@@ -297,7 +325,8 @@ class S3Storage:
         key = self.s3.key(probe)
         ignored = None
         try:
-            self._put(key, b"1", if_none_match=True, name=probe)
+            token = uuid.uuid4().hex
+            self._create_own(key, json.dumps({"token": token}).encode(), token, probe)
             try:
                 self._put(key, b"2", if_none_match=True, name=probe)
                 ignored = "If-None-Match: *"
@@ -398,6 +427,24 @@ class S3Storage:
             params["IfMatch"] = if_match
         return str(self._call("put_object", name or self._name(key), **params)["ETag"])
 
+    def _create_own(self, key: str, body: bytes, token: str, name: str) -> str:
+        """Create a small record of ours (a claim, the lease) with ``If-None-Match: *``;
+        return its ETag. A refusal is checked: if the record there carries our
+        ``token``, it is ours (the first attempt landed and its answer was lost, and the
+        client's retry was refused), else raise FileExistsError."""
+        try:
+            return self._put(key, body, if_none_match=True, name=name)
+        except FileExistsError:
+            try:
+                response = self._call("get_object", name, Key=key)
+                there = json.loads(response["Body"].read(1 << 16))
+                response["Body"].close()
+            except (*_CALL_FAILED, ValueError):
+                raise FileExistsError(17, "already exists", self.describe(name)) from None
+            if isinstance(there, dict) and there.get("token") == token:
+                return str(response["ETag"])
+            raise
+
     def _claim_key(self, key: str, suffix: str = CLAIM_SUFFIX) -> str:
         return self.s3.key(f"{CLAIM_PREFIX}{key}{suffix}")
 
@@ -405,8 +452,8 @@ class S3Storage:
         self._check_name(name)
         if claim is not None:
             self._check_name(claim)
-        if self._lost:
-            raise StorageError(f"{self.s3}: {self._lost}", str(self.s3))
+        if problem := self._lock_problem():
+            raise StorageError(f"{self.s3}: {problem}", str(self.s3))
         # The claim on the key (the backup id, or the name itself), and a second one on
         # the name: two writers of one name never upload at once, so a completion is
         # never raced, even on a store whose conditional completion is not atomic.
@@ -442,8 +489,8 @@ class S3Storage:
 
     def delete(self, name: str) -> None:
         self._check_name(name)
-        if self._lost:
-            raise StorageError(f"{self.s3}: {self._lost}", str(self.s3))
+        if problem := self._lock_problem():
+            raise StorageError(f"{self.s3}: {problem}", str(self.s3))
         etag = self._head(name)["ETag"]
         try:
             self._call("delete_object", name, Key=self.s3.key(name), IfMatch=etag)
@@ -452,7 +499,9 @@ class S3Storage:
 
     def clean_partials(self) -> list[str]:
         """Abort the uploads and remove the claims of writers that stopped renewing them
-        ``lease_seconds`` ago, and abort multipart uploads no claim accounts for."""
+        a lease ago (the longer of ours and theirs), including uploads they started but
+        had not yet named in their claims. Uploads our claims never named are another
+        program's, and are left alone."""
         removed = []
         live_uploads: set[str] = set()
         live_objects: set[str] = set()
@@ -462,6 +511,7 @@ class S3Storage:
             if self._name(item["Key"]).endswith((CLAIM_SUFFIX, WRITING_SUFFIX))
         ]
         now = self.now()
+        stale_objects: set[str] = set()
         for item in claims:
             hidden = self._name(item["Key"])
             try:
@@ -471,10 +521,12 @@ class S3Storage:
                     continue  # not a claim of ours, whatever its name says
             except (*_CALL_FAILED, ValueError, AttributeError):
                 continue
-            stale = now - item["LastModified"].timestamp() > self.lease_seconds
-            if not stale:
+            # Judged by the longer of our lease and its writer's, which may differ.
+            lease = max(self.lease_seconds, _seconds(record.get("lease")))
+            name = record.get("object")
+            if now - item["LastModified"].timestamp() <= lease:
                 live_uploads.add(str(record.get("upload_id")))
-                live_objects.add(str(record.get("object")))
+                live_objects.add(str(name))
                 continue
             upload_id = record.get("upload_id")
             try:
@@ -482,18 +534,21 @@ class S3Storage:
                 self._call("delete_object", hidden, Key=item["Key"], IfMatch=item["ETag"])
             except (FileExistsError, FileNotFoundError):
                 continue
-            if upload_id and isinstance(record.get("object"), str):
-                self._abort_upload(str(record["object"]), str(upload_id))
+            if isinstance(name, str) and name and "/" not in name:
+                stale_objects.add(name)
+                if upload_id:
+                    self._abort_upload(name, str(upload_id))
             if hidden.endswith(CLAIM_SUFFIX):
                 removed.append(hidden)  # one line per dead writer: its name lock goes with it
-        for upload in self._uploads():
-            name = self._name(upload["Key"])
-            if "/" in name or upload["UploadId"] in live_uploads or name in live_objects:
-                continue
-            if now - upload["Initiated"].timestamp() <= self.lease_seconds:
-                continue  # its writer may not have recorded it in its claim yet
-            self._abort_upload(name, upload["UploadId"])
-            removed.append(f"{name} (upload {upload['UploadId'][:12]})")
+        # An upload a dead writer started before its claim could name it: only for the
+        # names our own dead writers' claims name, never another program's uploads.
+        if stale_objects:
+            for upload in self._uploads():
+                name = self._name(upload["Key"])
+                if name not in stale_objects or name in live_objects or upload["UploadId"] in live_uploads:
+                    continue
+                self._abort_upload(name, upload["UploadId"])
+                removed.append(f"{name} (upload {upload['UploadId'][:12]})")
         return removed
 
     def _uploads(self) -> Iterator[dict[str, Any]]:
@@ -522,15 +577,19 @@ class S3Storage:
     # --- records ---------------------------------------------------------------------
 
     def read_record(self, name: str) -> bytes | None:
+        """Return the record, or None if there is none; raise StorageError if it cannot
+        be read (then nothing may be written over it as if it were empty)."""
         try:
             response = self._call("get_object", name, Key=self.s3.key(name))
-        except (FileNotFoundError, StorageError, PermissionError):
+        except (FileNotFoundError, MissingBucket):
             return None
+        except PermissionError as exc:
+            raise StorageError(f"{self.describe(name)}: {exc.strerror}", self.describe(name)) from exc
         body = response["Body"]
         try:
             return cast(bytes, body.read())
-        except Exception:
-            return None
+        except Exception as exc:
+            raise StorageError(f"{self.describe(name)}: cannot read: {exc}", self.describe(name)) from exc
         finally:
             body.close()
 
@@ -549,6 +608,10 @@ class S3Storage:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> _LockContext:
         return _LockContext(self, timeout, sleep, monotonic)
+
+    def _lock_problem(self) -> str | None:
+        """Why the lock this process took may no longer be its own, or None."""
+        return self._lost or next((problem for lease in self._held if (problem := lease.problem())), None)
 
     def lose(self, why: str) -> None:
         """Record that the lock was lost: no commit or delete happens after this."""
@@ -583,6 +646,7 @@ class _Claim:
         self.etag: str | None = None
         self.upload_id: str | None = None
         self.since = _now_iso()
+        self.token = uuid.uuid4().hex
         self.lost: str | None = None
         self.renewed = time.monotonic()
         self._guard = threading.Lock()
@@ -596,13 +660,15 @@ class _Claim:
             "host": self.storage.hostname,
             "pid": os.getpid(),
             "since": self.since,
+            "lease": self.storage.lease_seconds,
+            "token": self.token,
             "upload_id": self.upload_id,
         }
         return json.dumps(record).encode()
 
     def create(self) -> None:
         try:
-            self.etag = self.storage._put(self.object_key, self._body(), if_none_match=True, name=self.hidden)
+            self.etag = self.storage._create_own(self.object_key, self._body(), self.token, self.hidden)
         except FileExistsError:
             what = (
                 "being written by another writer"
@@ -631,7 +697,20 @@ class _Claim:
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.storage.lease_seconds / 5):
-            self.renew()
+            try:
+                self.renew()
+            except Exception:  # a bug must not end the renewals silently
+                log.exception("%s: renewing the claim failed", self.storage.describe(self.name))
+
+    def problem(self) -> str | None:
+        """Why this claim may no longer be its writer's, or None: taken over, or not
+        renewed for a whole lease (the process was stopped, the network was down), so
+        that a clean-up may have taken it for a dead writer's."""
+        if self.lost:
+            return self.lost
+        if self.etag is not None and time.monotonic() - self.renewed > self.storage.lease_seconds:
+            return f"its claim was not renewed for {self.storage.lease_seconds:g}s"
+        return None
 
     def release(self) -> None:
         self._stop.set()
@@ -730,8 +809,10 @@ class _S3Upload:
                 f"{storage.describe(self.name)}: larger than {MAX_PARTS} parts of {self.part_size >> 20} MiB; "
                 "the size estimate fell short"
             )
-        # Bounded memory: wait for the oldest parts while too many are on their way.
-        while self._pending and (len(self._pending) >= storage.max_in_flight or self._pending[0].done()):
+        # Bounded memory: wait for the oldest parts while too many are on their way
+        # (one only, when parts are large: a source of terabytes).
+        in_flight = storage.max_in_flight if self.part_size <= _LARGE_PART else 1
+        while self._pending and (len(self._pending) >= in_flight or self._pending[0].done()):
             self._pending.popleft().result()  # raises the part's failure, if it failed
         assert self._pool is not None
         future = self._pool.submit(self._upload_part, number, piece)
@@ -753,7 +834,7 @@ class _S3Upload:
         return str(response["ETag"]), digest
 
     def _claim_lost(self) -> str | None:
-        return next((claim.lost for claim in self.claims if claim.lost), None)
+        return next((problem for claim in self.claims if (problem := claim.problem())), None)
 
     def _release(self) -> None:
         for claim in reversed(self.claims):
@@ -768,12 +849,18 @@ class _S3Upload:
         if self._done:
             raise StorageError(f"{where}: already committed or aborted", where)
         try:
-            if storage._lost or self._claim_lost():
-                self._fail(f"{where}: not committed: {storage._lost or self._claim_lost()}")
+            if problem := storage._lock_problem() or self._claim_lost():
+                self._fail(f"{where}: not committed: {problem}")
             if self._upload_id is None:
                 data = bytes(self._rest())
                 expected = _b64(hashlib.sha256(data).digest())
-                storage._put(storage.s3.key(self.name), data, if_none_match=True, name=self.name)
+                try:
+                    storage._put(storage.s3.key(self.name), data, if_none_match=True, name=self.name)
+                except FileExistsError:
+                    # An object sent whole has its MD5 for ETag, on stores that do not
+                    # report the checksum back.
+                    if not self._holds(expected, f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'):
+                        raise
             else:
                 if self._fill or not self._parts:
                     self._send(self._rest())
@@ -782,18 +869,22 @@ class _S3Upload:
                     {"PartNumber": number, "ETag": etag, "ChecksumSHA256": _b64(digest)}
                     for number, etag, digest in sent
                 ]
-                if self._claim_lost() or storage._lost:
-                    self._fail(f"{where}: not committed: {self._claim_lost() or storage._lost}")
-                storage._call(
-                    "complete_multipart_upload",
-                    self.name,
-                    Key=storage.s3.key(self.name),
-                    UploadId=self._upload_id,
-                    MultipartUpload={"Parts": parts},
-                    IfNoneMatch="*",
-                )
-                self._upload_id = None  # completed: nothing left to abort
+                if problem := storage._lock_problem() or self._claim_lost():
+                    self._fail(f"{where}: not committed: {problem}")
                 expected = _b64(hashlib.sha256(b"".join(digest for _, _, digest in sent)).digest())
+                try:
+                    storage._call(
+                        "complete_multipart_upload",
+                        self.name,
+                        Key=storage.s3.key(self.name),
+                        UploadId=self._upload_id,
+                        MultipartUpload={"Parts": parts},
+                        IfNoneMatch="*",
+                    )
+                except (FileExistsError, FileNotFoundError):
+                    if not self._holds(expected):
+                        raise
+                self._upload_id = None  # completed: nothing left to abort
             self._confirm(expected)
         except FileExistsError:
             self.abort()
@@ -805,12 +896,38 @@ class _S3Upload:
         self._shutdown()
         self._release()
 
+    def _holds(self, expected: str, etag: str | None = None) -> bool:
+        """Whether the object under the name is already the one sent: the first
+        attempt landed, its answer was lost, and the client's retry was refused (the
+        name already taken) or found the upload gone (completed). Only this writer
+        can have written the name meanwhile: it holds the name's claim."""
+        try:
+            head = self.storage._call(
+                "head_object", self.name, Key=self.storage.s3.key(self.name), ChecksumMode="ENABLED"
+            )
+        except _CALL_FAILED:
+            return False
+        checksum = str(head.get("ChecksumSHA256") or "")
+        if int(head["ContentLength"]) != self._written:
+            return False
+        if checksum:
+            return checksum.split("-")[0] == expected
+        return etag is not None and head.get("ETag") == etag
+
     def _confirm(self, expected: str) -> None:
         """Read back what the store holds now under the name; if it is not what was
         sent (a size or checksum that differs), remove it and fail. (The name is ours:
         no other writer can have written it meanwhile, see ``.writing``.)"""
         storage = self.storage
-        head = storage._call("head_object", self.name, Key=storage.s3.key(self.name), ChecksumMode="ENABLED")
+        try:
+            head = storage._call("head_object", self.name, Key=storage.s3.key(self.name), ChecksumMode="ENABLED")
+        except FileNotFoundError:
+            self._fail(f"{storage.describe(self.name)}: gone right after the object store accepted it")
+        except _CALL_FAILED as exc:
+            # The store accepted the data, checking each part's SHA-256 as it came:
+            # not being able to ask again does not make it less committed.
+            log.warning("%s: committed; cannot read back its size and checksum: %s", storage.describe(self.name), exc)
+            return
         size = int(head["ContentLength"])
         checksum = str(head.get("ChecksumSHA256") or "")
         problem = None
@@ -884,6 +1001,16 @@ class _S3Reader(io.RawIOBase):
             Range=f"bytes={self._position}-{self._end - 1}",
             IfMatch=self._etag,
         )
+        given = str(response.get("ContentRange") or "")
+        if not given.startswith(f"bytes {self._position}-"):
+            response["Body"].close()
+            # A store (or a proxy) that ignores Range sends the object from its start:
+            # those bytes must not be taken for the ones asked for.
+            raise _WrongRange(
+                f"{self._storage.describe(self._name)}: asked for bytes from {self._position}, "
+                f"the object store sent {given or 'the whole object'}",
+                self._name,
+            )
         self._body = response["Body"]
 
     def readinto(self, buffer: Any) -> int:
@@ -906,6 +1033,8 @@ class _S3Reader(io.RawIOBase):
                 raise StorageError(
                     f"{self._storage.describe(self._name)}: the object changed while it was read", self._name
                 ) from None
+            except _WrongRange:
+                raise
             except (BotoCoreError, HTTPError, ConnectionError, TimeoutError, StorageError) as exc:
                 self._drop()
                 if attempt + 1 == _READ_ATTEMPTS:
@@ -967,12 +1096,20 @@ class _Lease:
         self.key = storage.s3.key(LOCK_NAME)
         self.etag: str | None = None
         self.since = ""
+        self.token = uuid.uuid4().hex
         self.renewed = 0.0  # when the lease was last written (monotonic)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _body(self) -> bytes:
-        record = {"obs-backup": "lock", "host": self.storage.hostname, "pid": os.getpid(), "since": self.since}
+        record = {
+            "obs-backup": "lock",
+            "host": self.storage.hostname,
+            "pid": os.getpid(),
+            "since": self.since,
+            "lease": self.storage.lease_seconds,
+            "token": self.token,
+        }
         return json.dumps(record).encode()
 
     def acquire(self, timeout: float, sleep: Callable[[float], None], monotonic: Callable[[], float]) -> None:
@@ -982,12 +1119,13 @@ class _Lease:
         while True:
             self.since = _now_iso()
             try:
-                self.etag = storage._put(self.key, self._body(), if_none_match=True, name=LOCK_NAME)
+                self.etag = storage._create_own(self.key, self._body(), self.token, LOCK_NAME)
                 break
             except FileExistsError:
                 pass
             holder, etag, age = self._holder()
-            if etag is not None and age > storage.lease_seconds:
+            # Stale by the longer of our lease and its holder's, which may differ.
+            if etag is not None and age > max(storage.lease_seconds, _seconds(holder.get("lease"))):
                 try:
                     self.etag = storage._put(self.key, self._body(), if_match=etag, name=LOCK_NAME)
                     log.warning("%s: took over the lock of %s, not renewed for %.0fs", storage.s3, _who(holder), age)
@@ -999,12 +1137,13 @@ class _Lease:
                 pid = holder.get("pid")
                 raise LockError(
                     f"{storage.s3}: backup location is locked by {_who(holder)} (since "
-                    f"{holder.get('since', 'an unknown time')}); gave up {waited}",
+                    f"{_printable(holder.get('since', 'an unknown time'))}); gave up {waited}",
                     str(storage.s3),
                     holder_pid=pid if isinstance(pid, int) else None,
                 )
             sleep(min(_POLL_SECONDS, max(deadline - monotonic(), 0.01)))
         storage._lost = None
+        storage._held.append(self)
         self.renewed = time.monotonic()
         self._stop.clear()
         self._thread = threading.Thread(target=self._renew_loop, name="lock lease", daemon=True)
@@ -1028,8 +1167,18 @@ class _Lease:
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.storage.lease_seconds / 5):
-            if not self.renew():
-                return
+            try:
+                if not self.renew():
+                    return
+            except Exception:  # a bug must not end the renewals silently
+                log.exception("%s: renewing the lock's lease failed", self.storage.s3)
+
+    def problem(self) -> str | None:
+        """Why the lock may no longer be this holder's: not renewed for a whole lease
+        (the process was stopped, the network was down), or None."""
+        if self.etag is not None and time.monotonic() - self.renewed > self.storage.lease_seconds:
+            return f"the lock's lease was not renewed for {self.storage.lease_seconds:g}s"
+        return None
 
     def renew(self) -> bool:
         """Renew the lease if it is still this holder's; return False once it is not
@@ -1058,6 +1207,8 @@ class _Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self in self.storage._held:
+            self.storage._held.remove(self)
         etag, self.etag = self.etag, None
         if etag is None:
             return
@@ -1070,4 +1221,11 @@ class _Lease:
 def _who(holder: dict[str, Any]) -> str:
     if not holder:
         return "another process"
-    return f"host {holder.get('host', '?')} pid {holder.get('pid', '?')}"
+    return f"host {_printable(holder.get('host', '?'))} pid {_printable(holder.get('pid', '?'))}"
+
+
+def _printable(value: object) -> str:
+    """A value from a record anyone with write access to the bucket could have written,
+    made safe for a one-line message: no control characters, at most 100 characters."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(value))
+    return text[:100]

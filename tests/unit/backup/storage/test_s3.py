@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from backup.errors import StorageError
+from backup.errors import LockError, StorageError
 from backup.locations import S3Location
 from backup.storage.base import BackupStorage
 from backup.storage.s3 import MAX_PARTS, MIN_PART_SIZE, S3Storage, part_size_for
@@ -156,17 +156,47 @@ def test_a_dead_writers_parts_are_aborted_once_its_claim_is_stale(any_bucket: tu
     assert _uploads(server, bucket) == []
 
 
-def test_an_upload_no_claim_accounts_for_is_aborted_after_the_lease(any_bucket: tuple[S3Server, str]) -> None:
-    """A writer killed between starting its upload and recording it in its claim."""
+def test_an_upload_started_before_its_claim_named_it_is_aborted(any_bucket: tuple[S3Server, str]) -> None:
+    """A writer killed between starting its upload and recording it in its claim: the
+    stale claim names the object, and the upload of that name goes with it."""
     server, bucket = any_bucket
     storage = make_s3(server, bucket)
+    upload = storage.begin("orphan.tar.zst", claim="orphan")
     server.client().create_multipart_upload(Bucket=bucket, Key=storage.s3.key("orphan.tar.zst"))
-    other = make_s3(server, bucket, prefix="host-b")
-    server.client().create_multipart_upload(Bucket=bucket, Key=other.s3.key("theirs.tar.zst"))
+    upload.abandon()
     wait_until_stale(storage)
     removed = storage.clean_partials()
-    assert len(removed) == 1 and removed[0].startswith("orphan.tar.zst (upload ")
-    assert _uploads(server, bucket) == [other.s3.key("theirs.tar.zst")]  # another prefix's: untouched
+    assert removed[0] == ".obs-backup.orphan.claim" and removed[1].startswith("orphan.tar.zst (upload ")
+    assert _uploads(server, bucket) == []
+
+
+def test_uploads_no_claim_of_ours_names_are_left_alone(any_bucket: tuple[S3Server, str]) -> None:
+    """Another program's multipart upload under the prefix, however old, is not ours."""
+    server, bucket = any_bucket
+    storage = make_s3(server, bucket)
+    server.client().create_multipart_upload(Bucket=bucket, Key=storage.s3.key("their-video.mp4"))
+    dead = storage.begin("dead.tar", claim="dead")
+    dead.abandon()
+    wait_until_stale(storage)
+    assert storage.clean_partials() == [".obs-backup.dead.claim"]
+    assert _uploads(server, bucket) == [storage.s3.key("their-video.mp4")]
+
+
+def test_staleness_is_judged_by_the_writers_lease_too(moto_bucket: tuple[S3Server, str]) -> None:
+    """A writer with a long lease, and a cleaner whose own lease is short: the claim
+    lives as long as its writer said it would."""
+    server, bucket = moto_bucket
+    writer = make_s3(server, bucket, lease_seconds=30.0)
+    cleaner = make_s3(server, bucket, lease_seconds=1.0)
+    upload = writer.begin("slow.tar", claim="slow")
+    for claim in upload.claims:
+        claim.abandon()  # silent, but within its 30 s
+    time.sleep(2.5)
+    assert cleaner.clean_partials() == []
+    assert cleaner.claimed("slow") is True
+    with pytest.raises(LockError), cleaner.lock(0), writer.lock(0):
+        pass  # the same for the lock: not taken over before the holder's own lease
+    upload.abort()
 
 
 # --- prefixes ----------------------------------------------------------------------------
@@ -365,3 +395,104 @@ def test_a_holder_that_cannot_renew_its_lease_for_a_lease_stops_writing(moto_buc
         with pytest.raises(StorageError, match="lease could not be renewed"):
             storage.begin("new.tar")
     assert names(storage) == ["kept.tar"]
+
+
+def test_a_writer_stopped_for_a_lease_commits_nothing(moto_bucket: tuple[S3Server, str]) -> None:
+    """The process was stopped (SIGSTOP, a suspended VM) longer than its lease: its
+    claims may have been cleaned up meanwhile, so it commits nothing, even before any
+    renewal has had the chance to notice."""
+    server, bucket = moto_bucket
+    storage = make_s3(server, bucket)
+    upload = storage.begin("a.tar", claim="a")
+    upload.write(b"data")
+    for claim in upload.claims:
+        claim._stop.set()  # the renewals stop with the process
+    time.sleep(storage.lease_seconds + 0.5)
+    with pytest.raises(StorageError, match="was not renewed for 2s"):
+        upload.commit()
+    assert names(storage) == []
+
+
+def _answer_lost(storage: S3Storage, operation: str, raised: type[OSError]) -> list[str]:
+    """Make ``operation`` land on the server but report ``raised``, as a client does
+    whose first attempt landed, whose answer was lost, and whose retry was refused."""
+    real_call = storage._call
+    lost: list[str] = []
+
+    def call(op: str, name: str | None = None, **params: Any) -> dict[str, Any]:
+        response = real_call(op, name, **params)
+        if op == operation and ("IfNoneMatch" in params) and not lost:
+            lost.append(str(name))
+            raise raised(17, "condition failed (PreconditionFailed)", name)
+        return response
+
+    storage._call = call  # type: ignore[method-assign]
+    return lost
+
+
+@pytest.mark.parametrize(
+    ("operation", "raised", "size"),
+    [("put_object", FileExistsError, 100), ("complete_multipart_upload", FileNotFoundError, PART + 1)],
+)
+def test_a_commit_whose_answer_was_lost_is_still_a_commit(
+    moto_bucket: tuple[S3Server, str], operation: str, raised: type[OSError], size: int
+) -> None:
+    server, bucket = moto_bucket
+    storage = make_s3(server, bucket, part_size=PART)
+    data = os.urandom(size)
+    upload = storage.begin("a.tar", claim="a")
+    upload.write(data)
+    lost = _answer_lost(storage, operation, raised)
+    upload.commit()
+    assert lost == ["a.tar"]
+    assert read_object(storage, "a.tar") == data
+
+
+def test_a_lock_whose_answer_was_lost_is_still_taken(moto_bucket: tuple[S3Server, str]) -> None:
+    server, bucket = moto_bucket
+    storage = make_s3(server, bucket)
+    storage.check_conditional_writes()
+    lost = _answer_lost(storage, "put_object", FileExistsError)
+    with storage.lock(0):
+        assert lost == [".obs-backup.lock"]
+        put_object(storage, "a.tar")
+    assert names(storage) == ["a.tar"]
+
+
+def test_a_store_that_ignores_range_is_not_believed(moto_bucket: tuple[S3Server, str]) -> None:
+    """Sent the whole object for a ranged read (simulated: no Content-Range), the read
+    fails instead of taking the object's first bytes for the ones asked for."""
+    server, bucket = moto_bucket
+    storage = make_s3(server, bucket)
+    put_object(storage, "a.tar", bytes(range(256)) * 10)
+    real_call = storage._call
+
+    def call(op: str, name: str | None = None, **params: Any) -> dict[str, Any]:
+        response = real_call(op, name, **params)
+        if op == "get_object" and "Range" in params:
+            response.pop("ContentRange", None)
+        return response
+
+    storage._call = call  # type: ignore[method-assign]
+    with pytest.raises(StorageError, match="asked for bytes from 100, the object store sent the whole object"):
+        storage.open_read("a.tar", 100, 10).read()
+
+
+def test_a_record_that_cannot_be_read_is_an_error_not_an_empty_record(moto_bucket: tuple[S3Server, str]) -> None:
+    """Else the next run's state would be written over everything the record held."""
+    server, bucket = moto_bucket
+    storage = make_s3(server, bucket)
+    storage.write_record(".obs-backup-state.json", b'{"runs": 1}')
+    real_call = storage._call
+
+    def call(op: str, name: str | None = None, **params: Any) -> dict[str, Any]:
+        if op == "get_object":
+            raise StorageError(f"{name}: get_object failed: InternalError")
+        return real_call(op, name, **params)
+
+    storage._call = call  # type: ignore[method-assign]
+    with pytest.raises(StorageError, match="InternalError"):
+        storage.read_record(".obs-backup-state.json")
+    storage._call = real_call  # type: ignore[method-assign]
+    assert storage.read_record(".obs-backup-state.json") == b'{"runs": 1}'
+    assert storage.read_record(".missing") is None
