@@ -25,7 +25,7 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
-# Kill-and-restore soak; SOAK_ARGS="--cycles 10" for a quick run.
+# Kill-and-restore soak; SOAK_ARGS="--cycles 10" for a quick run, "--s3" against SeaweedFS.
 soak: setup
 	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
 

@@ -9,6 +9,7 @@ to the tree as it was when that backup was taken.
 
     python benchmarks/soak.py                  # a few hundred cycles, a few minutes
     python benchmarks/soak.py --cycles 8       # tiny, for CI
+    python benchmarks/soak.py --s3             # the same, backing up to SeaweedFS on 127.0.0.1
 
 Exit status 1 on any loss, mismatch or leftover; the summary line says what was checked.
 """
@@ -85,14 +86,17 @@ def obs(*args: str) -> list[str]:
     return [sys.executable, "-m", "backup", *args]
 
 
-def run_maybe_killed(argv: list[str], rng: random.Random, kill_probability: float) -> tuple[bool, int, str]:
-    """Run a command; with the given probability SIGKILL it after a random delay.
+def run_maybe_killed(
+    argv: list[str], rng: random.Random, kill_probability: float, window: float = 0.35
+) -> tuple[bool, int, str]:
+    """Run a command; with the given probability SIGKILL it after a random delay of up
+    to ``window`` seconds.
 
     Return (killed, exit code, stdout).
     """
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if rng.random() < kill_probability:
-        time.sleep(rng.uniform(0.0, 0.35))
+        time.sleep(rng.uniform(0.0, window))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             process.communicate()
@@ -103,9 +107,25 @@ def run_maybe_killed(argv: list[str], rng: random.Random, kill_probability: floa
     return False, process.returncode, out.decode()
 
 
-def listed(backup_dir: Path) -> list[str]:
-    out = subprocess.run(obs("list", str(backup_dir), "--json"), capture_output=True, text=True, check=True).stdout
-    return [row["backup_id"] for row in json.loads(out)]
+def listed_archives(backup_dir: str) -> dict[str, str]:
+    """Return {backup id: archive path or URL} of the complete backups ``list`` shows."""
+    out = subprocess.run(obs("list", backup_dir, "--json"), capture_output=True, text=True, check=True).stdout
+    return {row["backup_id"]: row["archive_path"] for row in json.loads(out)}
+
+
+def listed(backup_dir: str) -> list[str]:
+    return list(listed_archives(backup_dir))
+
+
+def s3_leftovers(location: str) -> list[str]:
+    """The claims and multipart uploads a clean run should have removed."""
+    from backup.storage import S3Storage
+
+    storage = S3Storage(location)
+    client, bucket, prefix = storage.client, storage.s3.bucket, storage.s3.key("")
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+    uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+    return [k for k in keys if k.endswith((".claim", ".writing"))] + [f"upload of {u['Key']}" for u in uploads]
 
 
 def load_expected(directory: Path, backup_id: str) -> Snapshot:
@@ -129,14 +149,37 @@ def main() -> int:
     parser.add_argument("--workdir", default="bench-output/soak")
     parser.add_argument("--kill-probability", type=float, default=0.25)
     parser.add_argument("--max-seconds", type=float, default=600.0, help="stop starting new cycles after this long")
+    parser.add_argument(
+        "--s3", action="store_true", help="back up to SeaweedFS (started on 127.0.0.1), not a directory"
+    )
     args = parser.parse_args()
+    if not args.s3:
+        return soak(args, None)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from support.s3servers import start_seaweedfs
 
+    workdir = Path(args.workdir).absolute()
+    shutil.rmtree(workdir, ignore_errors=True)
+    with start_seaweedfs(workdir.parent / (workdir.name + "-seaweedfs")) as server:
+        os.environ.update(server.env())
+        # A short lease, so that killed runs' claims and locks go stale within the soak.
+        return soak(args, f"s3://{server.make_bucket()}/soak?lease=2&grace=0")
+
+
+def soak(args: argparse.Namespace, remote: str | None) -> int:
+    """Run the soak, backing up into a directory of the work directory, or ``remote``."""
     rng = random.Random(args.seed)
     work = Path(args.workdir).absolute()
     shutil.rmtree(work, ignore_errors=True)
-    source, backups, expected_dir, scratch = work / "source", work / "backups", work / "expected", work / "scratch"
+    source, expected_dir, scratch = work / "source", work / "expected", work / "scratch"
     for directory in (source, expected_dir, scratch):
         directory.mkdir(parents=True)
+    backups = remote or str(work / "backups")
+    window = 1.5 if remote else 0.35  # a client of an object store takes longer to start
+
+    def exists() -> bool:
+        return remote is not None or Path(backups).exists()
+
     counts = {"cycles": 0, "create_kills": 0, "prune_kills": 0, "restore_kills": 0, "backups": 0, "restores_checked": 0}
     failures: list[str] = []
     known: set[str] = set()
@@ -148,10 +191,13 @@ def main() -> int:
         counts["cycles"] += 1
         mutate(source, rng)
         state = snapshot(source)
-        before = set(listed(backups)) if backups.exists() else set()
+        before = set(listed(backups)) if exists() else set()
         compression = rng.choice(COMPRESSIONS)
         killed, code, out = run_maybe_killed(
-            obs("create", str(source), str(backups), "--compression", compression, "--json"), rng, args.kill_probability
+            obs("create", str(source), backups, "--compression", compression, "--json"),
+            rng,
+            args.kill_probability,
+            window,
         )
         counts["create_kills"] += killed
         if not killed and code != 0:
@@ -167,19 +213,19 @@ def main() -> int:
 
         if rng.random() < 0.2:
             killed, code, _ = run_maybe_killed(
-                obs("prune", str(backups), "--keep-last", str(rng.randint(2, 6))), rng, args.kill_probability
+                obs("prune", backups, "--keep-last", str(rng.randint(2, 6))), rng, args.kill_probability, window
             )
             counts["prune_kills"] += killed
             if not killed and code != 0:
                 failures.append(f"cycle {cycle}: prune failed")
 
-        current = listed(backups)
+        current = listed_archives(backups)
         if current and rng.random() < 0.3:
-            chosen = rng.choice(current)
-            archive = next(p for p in backups.iterdir() if p.name.startswith(chosen + ".tar"))
+            chosen = rng.choice(sorted(current))
+            archive = current[chosen]
             # One target name throughout: a restore cleans up what a killed one left.
             target = scratch / "target"
-            killed, code, _ = run_maybe_killed(obs("restore", str(archive), str(target)), rng, args.kill_probability)
+            killed, code, _ = run_maybe_killed(obs("restore", archive, str(target)), rng, args.kill_probability, window)
             counts["restore_kills"] += killed
             if killed:
                 if target.exists():
@@ -197,26 +243,30 @@ def main() -> int:
             shutil.rmtree(target, ignore_errors=True)
 
     # One clean run afterwards must succeed and leave no leftovers of the killed ones.
-    final = subprocess.run(obs("create", str(source), str(backups), "--json"), capture_output=True, text=True)
+    if remote:
+        time.sleep(3.5)  # past the 2 s lease: the killed runs' claims and lock are stale
+    final = subprocess.run(obs("create", str(source), backups, "--json"), capture_output=True, text=True)
     if final.returncode != 0:
         failures.append(f"final create failed: {final.stderr.strip()}")
     else:
         backup_id = json.loads(final.stdout)["backup_id"]
         (expected_dir / f"{backup_id}.json").write_text(json.dumps(snapshot(source)))
         known.add(backup_id)
-    leftovers = [p.name for p in backups.iterdir() if p.name.endswith(".partial")]
+    if remote:
+        leftovers = s3_leftovers(remote)
+    else:
+        leftovers = [p.name for p in Path(backups).iterdir() if p.name.endswith(".partial")]
     if leftovers:
         failures.append(f"leftovers after a clean run: {leftovers}")
     verified = 0
     compared_bytes = 0
-    for backup_id in listed(backups):
-        archive = next(p for p in backups.iterdir() if p.name.startswith(backup_id + ".tar"))
-        check = subprocess.run(obs("verify", str(archive), "--json"), capture_output=True, text=True)
+    for backup_id, archive in listed_archives(backups).items():
+        check = subprocess.run(obs("verify", archive, "--json"), capture_output=True, text=True)
         if check.returncode != 0:
             failures.append(f"{backup_id}: verify failed: {check.stdout.strip()[:300]}")
             continue
         target = scratch / "target"
-        restored = subprocess.run(obs("restore", str(archive), str(target)), capture_output=True, text=True)
+        restored = subprocess.run(obs("restore", archive, str(target)), capture_output=True, text=True)
         if restored.returncode != 0:
             failures.append(f"{backup_id}: restore failed: {restored.stderr.strip()}")
             continue
@@ -230,7 +280,7 @@ def main() -> int:
     if stray:
         failures.append(f"left in the restore area after the last restore: {stray}")
     print(
-        f"soak: {counts['cycles']} cycles, {counts['backups']} backups made, kills: "
+        f"soak{' (S3)' if remote else ''}: {counts['cycles']} cycles, {counts['backups']} backups made, kills: "
         f"{counts['create_kills']} create / {counts['prune_kills']} prune / {counts['restore_kills']} restore, "
         f"{counts['restores_checked']} mid-run restores checked, {verified} complete backups verified and restored, "
         f"{compared_bytes} bytes compared, {len(failures)} failures, {time.monotonic() - started:.0f}s"
