@@ -289,11 +289,16 @@ class LocalStorage:
         return removed
 
     def read_record(self, name: str) -> bytes | None:
+        """Return the record, or None if there is none; raise StorageError if it cannot
+        be read (then nothing may be written over it as if it were empty)."""
         try:
             with self.open_read(name) as handle:
                 return handle.read()
-        except OSError:
+        except FileNotFoundError:
             return None
+        except OSError as exc:
+            path = self.directory / name
+            raise StorageError(f"{path}: cannot read: {exc.strerror or exc}", path) from exc
 
     def write_record(self, name: str, data: bytes) -> None:
         if not name.startswith(".") or "/" in name or "\x00" in name or name in (".", ".."):

@@ -376,11 +376,6 @@ def test_records_are_replaced_atomically(store: LocalStorage) -> None:
     assert listdir(store) == [".obs-backup-state.json"]
 
 
-def test_an_unreadable_record_reads_as_none(store: LocalStorage) -> None:
-    (store.directory / ".obs-backup-state.json").mkdir()
-    assert store.read_record(".obs-backup-state.json") is None
-
-
 def test_the_lock_file_names_its_holder_and_is_not_an_object(store: LocalStorage) -> None:
     with store.lock():
         holder = json.loads((store.directory / LOCK_NAME).read_text())
@@ -421,3 +416,13 @@ def test_locate_an_archive_by_its_path(tmp_path: Path) -> None:
     relative = locate("b/x.tar")
     assert (relative.label, relative.sibling("x.manifest.json").label) == ("b/x.tar", "b/x.manifest.json")
     assert isinstance(relative, ObjectRef)
+
+
+def test_a_record_that_cannot_be_read_is_an_error_not_an_empty_record(tmp_path: Path) -> None:
+    """A directory where the state file should be: reading it fails, naming it, instead of
+    reading as "no runs yet" and being written over by the next run's state."""
+    storage = LocalStorage(tmp_path)
+    (tmp_path / ".obs-backup-state.json").mkdir()
+    with pytest.raises(StorageError, match=r"\.obs-backup-state\.json: cannot read: Is a directory"):
+        storage.read_record(".obs-backup-state.json")
+    assert storage.read_record(".missing") is None
