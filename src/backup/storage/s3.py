@@ -175,7 +175,6 @@ class S3Storage:
         self._client_lock = threading.Lock()
         self._conditions_checked = False
         self._server_offset: float | None = None
-        self._lost: str | None = None  # why the lock was lost, if it was
         self._held: list[_Lease] = []  # the leases this process holds on the location
 
     # --- the connection --------------------------------------------------------------
@@ -611,12 +610,8 @@ class S3Storage:
 
     def _lock_problem(self) -> str | None:
         """Why the lock this process took may no longer be its own, or None."""
-        return self._lost or next((problem for lease in self._held if (problem := lease.problem())), None)
+        return next((problem for lease in list(self._held) if (problem := lease.problem())), None)
 
-    def lose(self, why: str) -> None:
-        """Record that the lock was lost: no commit or delete happens after this."""
-        self._lost = why
-        log.error("%s: %s", self.s3, why)
 
 
 def _sign_with_known_digest(client: BaseClient) -> None:
@@ -1097,6 +1092,7 @@ class _Lease:
         self.etag: str | None = None
         self.since = ""
         self.token = uuid.uuid4().hex
+        self.lost: str | None = None
         self.renewed = 0.0  # when the lease was last written (monotonic)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -1142,7 +1138,6 @@ class _Lease:
                     holder_pid=pid if isinstance(pid, int) else None,
                 )
             sleep(min(_POLL_SECONDS, max(deadline - monotonic(), 0.01)))
-        storage._lost = None
         storage._held.append(self)
         self.renewed = time.monotonic()
         self._stop.clear()
@@ -1173,9 +1168,17 @@ class _Lease:
             except Exception:  # a bug must not end the renewals silently
                 log.exception("%s: renewing the lock's lease failed", self.storage.s3)
 
+    def lose(self, why: str) -> None:
+        """Record that the lock is no longer this holder's: while it is held, the
+        storage makes no commit and no delete."""
+        self.lost = why
+        log.error("%s: %s", self.storage.s3, why)
+
     def problem(self) -> str | None:
-        """Why the lock may no longer be this holder's: not renewed for a whole lease
-        (the process was stopped, the network was down), or None."""
+        """Why the lock may no longer be this holder's: taken over, or not renewed for a
+        whole lease (the process was stopped, the network was down), or None."""
+        if self.lost:
+            return self.lost
         if self.etag is not None and time.monotonic() - self.renewed > self.storage.lease_seconds:
             return f"the lock's lease was not renewed for {self.storage.lease_seconds:g}s"
         return None
@@ -1190,14 +1193,14 @@ class _Lease:
             self.etag = self.storage._put(self.key, self._body(), if_match=etag, name=LOCK_NAME)
         except (FileExistsError, FileNotFoundError):
             self.etag = None
-            self.storage.lose("the lock was taken over by another process (its lease was not renewed in time)")
+            self.lose("the lock was taken over by another process (its lease was not renewed in time)")
             return False
         except _CALL_FAILED as exc:
             log.warning("%s: cannot renew the lock's lease: %s", self.storage.s3, exc)
             if time.monotonic() - self.renewed > self.storage.lease_seconds:
                 # Another process may have taken it over by now: act as if it had.
                 self.etag = None
-                self.storage.lose(f"the lock's lease could not be renewed for {self.storage.lease_seconds:g}s")
+                self.lose(f"the lock's lease could not be renewed for {self.storage.lease_seconds:g}s")
                 return False
             return True
         self.renewed = time.monotonic()
