@@ -613,7 +613,6 @@ class S3Storage:
         return next((problem for lease in list(self._held) if (problem := lease.problem())), None)
 
 
-
 def _sign_with_known_digest(client: BaseClient) -> None:
     """Over plain HTTP the request signature covers the body's SHA-256; every body we
     send already carries that digest (as ``x-amz-checksum-sha256``), so it is reused
