@@ -260,8 +260,6 @@ class BackupScheduler(TimeAwareMixin):
             message = str(exc) if isinstance(exc, BackupError) else f"{exc.filename or target.location}: {exc}"
             log.error("copy to %s failed: %s", target.location, message)
             return f"copy to {target.location} failed: {message}"
-        for backup_id in copied.copied:
-            log.info("copied %s to %s", backup_id, target.location)
         for error in copied.errors:
             log.error("copy to %s: %s", target.location, error)
         if copied.errors:
