@@ -514,3 +514,29 @@ def test_a_config_file_names_the_bucket_its_endpoint_and_the_off_site_copy(
     # The scheduler copies its own prefix's backups (scheduled_backup_...), not create's.
     [copied] = list_backups(config.parent / "local-copy")
     assert copied.prefix == "scheduled_backup"
+
+
+def test_copy_refuses_what_object_storage_cannot_hold_and_what_is_half_there(
+    moto_bucket: tuple[S3Server, str], s3_env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A source backup without a manifest cannot become a backup in a bucket, and a
+    backup the bucket holds only part of is named and left alone; the rest is copied."""
+    server, name = moto_bucket
+    s3_env(server)
+    source = make_source(tmp_path / "src")
+    local = tmp_path / "backups"
+    assert run_cli(capsys, "create", str(source), str(local), "--no-manifest", "--prefix", "bare")[0] == 0
+    assert run_cli(capsys, "create", str(source), str(local), "--prefix", "full")[0] == 0
+    assert run_cli(capsys, "create", str(source), str(local), "--prefix", "half")[0] == 0
+    url = f"s3://{name}/site"
+    [half] = list_backups(local, prefix="half")
+    server.client().put_object(Bucket=name, Key=f"site/{half.archive.name}", Body=b"an earlier, cut-off copy")
+    code, out, err = run_cli(capsys, "copy", str(local), url)
+    assert code == 1 and "copied 1 backup " in out
+    [bare] = list_backups(local, prefix="bare")
+    assert f"{bare.backup_id}: not copied: {bare.archive.label}: has no manifest, and in object storage" in err
+    assert f"the destination has part of {half.backup_id} but not a complete backup; left alone" in err
+    assert [b.prefix for b in list_backups(url)] == ["full"]
+    assert server.client().get_object(Bucket=name, Key=f"site/{half.archive.name}")["Body"].read() == (
+        b"an earlier, cut-off copy"
+    )

@@ -326,23 +326,19 @@ class S3Storage:
         try:
             token = uuid.uuid4().hex
             self._create_own(key, json.dumps({"token": token}).encode(), token, probe)
-            try:
-                self._put(key, b"2", if_none_match=True, name=probe)
-                ignored = "If-None-Match: *"
-            except FileExistsError:
-                pass
-            if ignored is None:
+            # Each must be refused (412): the probe exists, and its ETag is not this one.
+            attempts: tuple[tuple[str, Callable[[], object]], ...] = (
+                ("If-None-Match: *", lambda: self._put(key, b"2", if_none_match=True, name=probe)),
+                ("If-Match", lambda: self._put(key, b"3", if_match=_NO_SUCH_ETAG, name=probe)),
+                ("If-Match on deletes", lambda: self._call("delete_object", probe, Key=key, IfMatch=_NO_SUCH_ETAG)),
+            )
+            for condition, attempt in attempts:
                 try:
-                    self._put(key, b"3", if_match=_NO_SUCH_ETAG, name=probe)
-                    ignored = "If-Match"
+                    attempt()
                 except FileExistsError:
-                    pass
-            if ignored is None:
-                try:
-                    self._call("delete_object", probe, Key=key, IfMatch=_NO_SUCH_ETAG)
-                    ignored = "If-Match on deletes"
-                except FileExistsError:
-                    pass
+                    continue
+                ignored = condition
+                break
         except StorageError as exc:
             if "NotImplemented" in str(exc):
                 ignored = "conditional writes"

@@ -496,3 +496,21 @@ def test_a_record_that_cannot_be_read_is_an_error_not_an_empty_record(moto_bucke
     storage._call = real_call  # type: ignore[method-assign]
     assert storage.read_record(".obs-backup-state.json") == b'{"runs": 1}'
     assert storage.read_record(".missing") is None
+
+
+def test_a_store_that_does_not_implement_conditional_writes_is_refused(moto_bucket: tuple[S3Server, str]) -> None:
+    """A store answering 501 NotImplemented to a conditional header (simulated at the
+    storage's one call site) is refused like one that ignores it, and no probe is left."""
+    server, bucket = moto_bucket
+    storage = make_s3(server, bucket)
+    real_put = storage._put
+
+    def put(key: str, data: bytes, **options: Any) -> str:
+        if options.get("if_none_match"):
+            raise StorageError(f"{key}: put_object failed: NotImplemented: A header you provided is not implemented")
+        return real_put(key, data, **options)
+
+    storage._put = put  # type: ignore[method-assign]
+    with pytest.raises(StorageError, match="does not honour conditional writes"):
+        storage.ensure()
+    assert _keys(server, bucket) == []
