@@ -11,6 +11,7 @@ The tree::
     ├── ManifestError               a manifest is missing, not JSON, or of an unknown version
     ├── VerificationError           restored or archived bytes disagree with the manifest
     ├── RestoreConflictError        restore would replace existing files without ``overwrite``
+    ├── IdentityError               an encrypted backup needs an identity not given, or not read
     └── LockError                   another process holds the backup directory's lock
 
 Each carries the ``path`` it concerns (an archive, a source file, a member name) so
@@ -25,6 +26,7 @@ __all__ = [
     "ArchiveError",
     "BackupError",
     "ConfigError",
+    "IdentityError",
     "LockError",
     "ManifestError",
     "RestoreConflictError",
@@ -73,6 +75,11 @@ class VerificationError(BackupError):
 
 class RestoreConflictError(BackupError):
     """Restoring would replace existing files and ``overwrite`` was not given."""
+
+
+class IdentityError(BackupError):
+    """An encrypted backup cannot be decrypted: no identity was given, none given is one
+    it was encrypted to, or the identity file cannot be read."""
 
 
 class LockError(BackupError):

@@ -3,6 +3,10 @@
     create:  tar -> compress -> [encrypt] -> hash and count -> storage upload
     read:    storage -> hash and count -> [decrypt] -> decompress -> tar
 
+Encryption (``backup.stream.encryption``) is below compression: ciphertext does not
+compress, and the checksum a manifest records is then the ciphertext's, which anyone
+can check without a key.
+
 Each layer is one object with ``wrap_writer`` and ``wrap_reader`` (see
 ``CompressionLayer``); ``archive_layers`` lists them, top (nearest the tar stream)
 first. A new transformation of the archive bytes (encryption, say) is one more layer
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from .compression import COMPRESSIONS
+from .encryption import AgeLayer
 from .layers import HashingSink, HashingSource
 
 __all__ = ["ArchiveInput", "ArchiveOutput", "CompressionLayer", "Layer", "archive_layers"]
@@ -48,9 +53,14 @@ class CompressionLayer:
         return COMPRESSIONS[self.compression].reader(below)
 
 
-def archive_layers(compression: str, level: int = 0, size_hint: int | None = None) -> list[Layer]:
+def archive_layers(
+    compression: str, level: int = 0, size_hint: int | None = None, encryption: AgeLayer | None = None
+) -> list[Layer]:
     """Given an archive's settings, return its layers, top (nearest the tar stream) first."""
-    return [CompressionLayer(compression, level, size_hint)]
+    layers: list[Layer] = [CompressionLayer(compression, level, size_hint)]
+    if encryption is not None:
+        layers.append(encryption)
+    return layers
 
 
 class ArchiveOutput:
