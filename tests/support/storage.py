@@ -69,10 +69,11 @@ class _MemoryUpload:
     stays taken until ``clean_partials`` removes it.
     """
 
-    def __init__(self, storage: MemoryStorage, name: str, key: str) -> None:
+    def __init__(self, storage: MemoryStorage, name: str, key: str, mark: str | None = None) -> None:
         self.name = name
         self._storage = storage
         self._key = key
+        self._mark = mark
         self._buffer = io.BytesIO()
         self._done = False
         self.abandoned = False
@@ -98,7 +99,7 @@ class _MemoryUpload:
     def commit(self) -> None:
         self._check_alive()
         try:
-            self._storage._commit(self.name, self._buffer.getvalue())
+            self._storage._commit(self.name, self._buffer.getvalue(), self._mark)
         except BaseException:
             self.abort()
             raise
@@ -126,6 +127,7 @@ class _MemoryUpload:
 class _Stored:
     data: bytes
     modified: float
+    mark: str | None = None
 
 
 class MemoryStorage:
@@ -203,7 +205,9 @@ class MemoryStorage:
         end = None if length is None else offset + length
         return io.BytesIO(item.data[offset:end])
 
-    def begin(self, name: str, claim: str | None = None, size_hint: int | None = None) -> _MemoryUpload:
+    def begin(
+        self, name: str, claim: str | None = None, size_hint: int | None = None, mark: str | None = None
+    ) -> _MemoryUpload:
         _check_name(name)
         if claim is not None:
             _check_name(claim)
@@ -216,16 +220,22 @@ class MemoryStorage:
             claim is not None and any(other.startswith(claim + ".") for other in self._objects)
         ):
             raise FileExistsError(17, os.strerror(17), self.describe(name))
-        upload = _MemoryUpload(self, name, key)
+        upload = _MemoryUpload(self, name, key, mark)
         self._writers[key] = weakref.ref(upload)
         return upload
 
-    def _commit(self, name: str, data: bytes) -> None:
+    def _commit(self, name: str, data: bytes, mark: str | None = None) -> None:
         if not self._exists:
             raise self._missing(name)
         if name in self._objects:
             raise FileExistsError(17, os.strerror(17), self.describe(name))
-        self._objects[name] = _Stored(data, self._clock())
+        self._objects[name] = _Stored(data, self._clock(), mark)
+
+    def marked(self, name: str) -> str | None:
+        item = self._objects.get(name)
+        if item is None:
+            raise self._missing(name)
+        return item.mark
 
     def claimed(self, key: str) -> bool:
         return key in self._writers
@@ -458,9 +468,15 @@ class FaultyStorage:
         self._check("open_read", name)
         return self.inner.open_read(name, offset, length)
 
-    def begin(self, name: str, claim: str | None = None, size_hint: int | None = None) -> _FaultyUpload:
+    def begin(
+        self, name: str, claim: str | None = None, size_hint: int | None = None, mark: str | None = None
+    ) -> _FaultyUpload:
         self._check("begin", name)
-        return _FaultyUpload(self, self.inner.begin(name, claim=claim, size_hint=size_hint))
+        return _FaultyUpload(self, self.inner.begin(name, claim=claim, size_hint=size_hint, mark=mark))
+
+    def marked(self, name: str) -> str | None:
+        self._check("marked", name)
+        return self.inner.marked(name)
 
     def claimed(self, key: str) -> bool:
         self._check("claimed", key)

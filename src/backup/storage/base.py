@@ -20,6 +20,11 @@ The contract:
   get different ids. ``claimed(key)`` says whether a writer holds the key (or a dead
   one left it held, until ``clean_partials()``).
 * **Reading** streams too, from any offset: ``open_read(name, offset, length)``.
+* **Marks.** ``begin(..., mark=backup_id)`` asks the storage to keep the backup id with
+  the object; ``marked(name)`` returns it. An object store keeps it (as object
+  metadata), so that an encrypted object cut off before its commit point, whose bytes
+  prove nothing, is still known to be ours. A storage whose commit order needs no
+  marks (a directory) may keep none and return None.
 * ``clean_partials()`` removes what dead writers left, and nothing a live one holds.
 * **Records** are small internal objects (the run state) under names starting with
   ``.``, replaced atomically by ``write_record`` and never listed.
@@ -112,9 +117,15 @@ class BackupStorage(Protocol):
         to the end); raise FileNotFoundError, or IsADirectoryError for what is not an
         object."""
 
-    def begin(self, name: str, claim: str | None = None, size_hint: int | None = None) -> Upload:
-        """Start writing ``name`` (about ``size_hint`` bytes, if known); raise
-        FileExistsError if it or the claim is taken."""
+    def begin(
+        self, name: str, claim: str | None = None, size_hint: int | None = None, mark: str | None = None
+    ) -> Upload:
+        """Start writing ``name`` (about ``size_hint`` bytes, if known, marked with the
+        backup id ``mark``); raise FileExistsError if it or the claim is taken."""
+
+    def marked(self, name: str) -> str | None:
+        """Return the backup id a committed object was marked with, or None (no mark,
+        or a storage that keeps none); raise FileNotFoundError if there is no object."""
 
     def claimed(self, key: str) -> bool:
         """Return whether a writer (live, or dead and not yet cleaned) holds ``key``."""

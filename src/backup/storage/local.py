@@ -219,7 +219,9 @@ class LocalStorage:
             return handle
         return cast(BinaryIO, _Limited(handle, length))
 
-    def begin(self, name: str, claim: str | None = None, size_hint: int | None = None) -> _LocalUpload:
+    def begin(
+        self, name: str, claim: str | None = None, size_hint: int | None = None, mark: str | None = None
+    ) -> _LocalUpload:
         self._check_name(name)
         if claim is not None:
             self._check_name(claim)
@@ -251,6 +253,11 @@ class LocalStorage:
             os.close(fd)
             raise
         return _LocalUpload(self.directory, name, temp, fd)
+
+    def marked(self, name: str) -> str | None:
+        """A directory keeps no marks: its commit order leaves nothing that needs one."""
+        self.stat(name)
+        return None
 
     def claimed(self, key: str) -> bool:
         return os.path.lexists(self.directory / partial_name(key))

@@ -68,6 +68,8 @@ LOCK_NAME = ".obs-backup.lock"
 CLAIM_PREFIX = ".obs-backup."
 CLAIM_SUFFIX = ".claim"
 WRITING_SUFFIX = ".writing"
+# The object metadata (x-amz-meta-obs-backup-id) that carries an object's mark.
+MARK_METADATA = "obs-backup-id"
 DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_GRACE_SECONDS = 3600.0
 _POLL_SECONDS = 0.5
@@ -414,8 +416,10 @@ class S3Storage:
         if_none_match: bool = False,
         if_match: str | None = None,
         name: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> str:
         params: dict[str, Any] = {"Key": key, "Body": data, "ChecksumSHA256": _b64(hashlib.sha256(data).digest())}
+        params.update(extra or {})
         if if_none_match:
             params["IfNoneMatch"] = "*"
         if if_match is not None:
@@ -443,7 +447,9 @@ class S3Storage:
     def _claim_key(self, key: str, suffix: str = CLAIM_SUFFIX) -> str:
         return self.s3.key(f"{CLAIM_PREFIX}{key}{suffix}")
 
-    def begin(self, name: str, claim: str | None = None, size_hint: int | None = None) -> _S3Upload:
+    def begin(
+        self, name: str, claim: str | None = None, size_hint: int | None = None, mark: str | None = None
+    ) -> _S3Upload:
         self._check_name(name)
         if claim is not None:
             self._check_name(claim)
@@ -466,7 +472,7 @@ class S3Storage:
             for claim_object in held:
                 claim_object.release()
             raise
-        return _S3Upload(self, name, held, self.part_size or part_size_for(size_hint))
+        return _S3Upload(self, name, held, self.part_size or part_size_for(size_hint), mark)
 
     def _exists(self, name: str) -> bool:
         try:
@@ -474,6 +480,11 @@ class S3Storage:
         except FileNotFoundError:
             return False
         return True
+
+    def marked(self, name: str) -> str | None:
+        self._check_name(name)
+        value = self._head(name).get("Metadata", {}).get(MARK_METADATA)
+        return None if value is None else str(value)
 
     def claimed(self, key: str) -> bool:
         try:
@@ -734,6 +745,7 @@ class _S3Upload:
     name: str
     claims: list[_Claim]
     part_size: int
+    mark: str | None = None
     _part: bytearray | None = None  # the part being filled, allocated whole
     _fill: int = 0
     _parts: list[_Part] = field(default_factory=list)
@@ -786,7 +798,11 @@ class _S3Upload:
             self._fail(f"{storage.describe(self.name)}: {self._claim_lost()}")
         if self._upload_id is None:
             response = storage._call(
-                "create_multipart_upload", self.name, Key=storage.s3.key(self.name), ChecksumAlgorithm="SHA256"
+                "create_multipart_upload",
+                self.name,
+                Key=storage.s3.key(self.name),
+                ChecksumAlgorithm="SHA256",
+                **self._metadata(),
             )
             self._upload_id = str(response["UploadId"])
             for claim in self.claims:
@@ -823,6 +839,9 @@ class _S3Upload:
         )
         return str(response["ETag"]), digest
 
+    def _metadata(self) -> dict[str, Any]:
+        return {} if self.mark is None else {"Metadata": {MARK_METADATA: self.mark}}
+
     def _claim_lost(self) -> str | None:
         return next((problem for claim in self.claims if (problem := claim.problem())), None)
 
@@ -845,7 +864,9 @@ class _S3Upload:
                 data = bytes(self._rest())
                 expected = _b64(hashlib.sha256(data).digest())
                 try:
-                    storage._put(storage.s3.key(self.name), data, if_none_match=True, name=self.name)
+                    storage._put(
+                        storage.s3.key(self.name), data, if_none_match=True, name=self.name, extra=self._metadata()
+                    )
                 except FileExistsError:
                     # An object sent whole has its MD5 for ETag, on stores that do not
                     # report the checksum back.

@@ -65,6 +65,9 @@ class StorageContract:
 
     # How far an object's modification time may stray from this machine's clock.
     clock_slack: float = 2.0
+    # Whether the storage keeps the mark an object was written with (an object store
+    # must: its commit order leaves objects that only their mark proves ours).
+    keeps_marks: bool = False
 
     @pytest.fixture
     def make_storage(self) -> StorageFactory:
@@ -468,3 +471,14 @@ class StorageContract:
             storage.delete(name)
         assert storage.claimed("ok.tar") is False
         assert storage.list_objects() == []
+
+    def test_marks_are_kept_with_their_objects_or_not_at_all(self, storage: BackupStorage) -> None:
+        """An object written with a mark reads it back (or None where marks are not kept);
+        one written without has none; and no object, no mark."""
+        for name, mark in (("b_20240101_000000.tar.gz.age", "b_20240101_000000"), ("plain.tar", None)):
+            upload = storage.begin(name, claim=mark, mark=mark)
+            upload.write(b"x" * 10)
+            upload.commit()
+            assert storage.marked(name) == (mark if self.keeps_marks else None)
+        with pytest.raises(FileNotFoundError):
+            storage.marked("absent.tar")

@@ -15,6 +15,8 @@ from .contract import StorageContract, StorageFactory
 
 
 class TestFaultyStorageWithoutFaults(StorageContract):
+    keeps_marks = True
+
     @pytest.fixture
     def make_storage(self) -> StorageFactory:
         def make(*, created: bool = True) -> BackupStorage:
@@ -86,7 +88,7 @@ def test_the_bytes_before_a_full_disk_reach_the_wrapped_upload() -> None:
     written: list[bytes] = []
 
     class Recording(MemoryStorage):
-        def begin(self, name: str, claim: str | None = None, size_hint: int | None = None):  # type: ignore[no-untyped-def]
+        def begin(self, name: str, claim: str | None = None, size_hint: int | None = None, mark: str | None = None):  # type: ignore[no-untyped-def]
             upload = super().begin(name, claim)
             real = upload.write
 

@@ -16,6 +16,8 @@ from .contract import StorageContract, StorageFactory
 
 
 class TestMemoryStorage(StorageContract):
+    keeps_marks = True
+
     @pytest.fixture
     def make_storage(self) -> StorageFactory:
         def make(*, created: bool = True) -> BackupStorage:

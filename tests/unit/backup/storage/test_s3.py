@@ -42,6 +42,8 @@ def wait_until_stale(storage: S3Storage) -> None:
 
 
 class _S3Contract(StorageContract):
+    keeps_marks = True
+
     clock_slack = 5.0
     server_fixture = ""
 
