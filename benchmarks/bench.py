@@ -336,6 +336,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "create, one huge file, zst", "zst", [*TAR_CREATE, "--zstd", "-cf"], big, "peak RSS flat", ".tar.zst"
         )
         big_row.target = "peak RSS like the corpus"
+    if any(wanted(name) for name in AGE_ROWS):
+        rows.extend(encryption_rows(args, obs, work, corpus, None if args.skip_big else big, wanted))
     if not args.skip_s3 and any(wanted(name) for name in S3_ROWS):
         rows.extend(s3_rows(args, obs, work, corpus, None if args.skip_big else big, wanted))
     shutil.rmtree(out, ignore_errors=True)
@@ -355,6 +357,66 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+AGE_ROWS = ("create, zst, encrypted", "restore, zst, encrypted", "create, one huge file, zst, encrypted")
+
+
+def encryption_rows(
+    args: argparse.Namespace, obs: list[str], work: Path, corpus: Path, big: Path | None, wanted: Any
+) -> list[Row]:
+    """The encryption rows: each times obs-backup encrypting to an age recipient (or
+    decrypting with its identity) against the same command without encryption (the
+    anchor), on the same corpus, alternating."""
+    from pyrage import x25519
+
+    identity = x25519.Identity.generate()
+    recipient = str(identity.to_public())
+    key = work / "age-key.txt"
+    key.write_text(f"{identity}\n")
+    out = work / "age-out"
+    rows: list[Row] = []
+
+    def create_row(name: str, source: Path, target: str) -> Row:
+        row = Row(name, "obs-backup create SRC DIR --encrypt-to age1...", "obs-backup create SRC DIR", target=target)
+        for _ in range(args.repeats):
+            sealed = fresh(out / "sealed")
+            row.ours.append(
+                timed(
+                    [*obs, "create", str(source), str(sealed), "--compression", "zst", "--encrypt-to", recipient, "-q"]
+                )
+            )
+            row.ours_size = only_file(sealed, "*.tar.zst.age").stat().st_size
+            plain = fresh(out / "plain")
+            row.anchor.append(timed([*obs, "create", str(source), str(plain), "--compression", "zst", "-q"]))
+            row.anchor_size = only_file(plain, "*.tar.zst").stat().st_size
+        return row
+
+    if wanted("create, zst, encrypted"):
+        rows.append(create_row("create, zst, encrypted", corpus, "<= 1.15 x unencrypted"))
+    if wanted("restore, zst, encrypted"):
+        sealed, plain = fresh(out / "keep-sealed"), fresh(out / "keep-plain")
+        timed([*obs, "create", str(corpus), str(sealed), "--compression", "zst", "--encrypt-to", recipient, "-q"])
+        timed([*obs, "create", str(corpus), str(plain), "--compression", "zst", "-q"])
+        row = Row(
+            "restore, zst, encrypted",
+            "obs-backup restore ARCHIVE.age DIR --identity KEY",
+            "obs-backup restore ARCHIVE DIR",
+            target="<= 1.15 x unencrypted",
+        )
+        for _ in range(args.repeats):
+            target = out / "r-sealed"
+            archive = only_file(sealed, "*.tar.zst.age")
+            row.ours.append(timed([*obs, "restore", str(archive), str(target), "--identity", str(key), "-q"]))
+            shutil.rmtree(target)
+            target = out / "r-plain"
+            row.anchor.append(timed([*obs, "restore", str(only_file(plain, "*.tar.zst")), str(target), "-q"]))
+            shutil.rmtree(target)
+        rows.append(row)
+    if big is not None and wanted("create, one huge file, zst, encrypted"):
+        rows.append(create_row("create, one huge file, zst, encrypted", big, "peak RSS flat, like unencrypted"))
+    shutil.rmtree(out, ignore_errors=True)
+    return rows
 
 
 S3_ROWS = ("create to S3, zst", "restore from S3, zst", "create to S3, one huge file, zst")

@@ -128,6 +128,16 @@ def s3_leftovers(location: str) -> list[str]:
     return [k for k in keys if k.endswith((".claim", ".writing"))] + [f"upload of {u['Key']}" for u in uploads]
 
 
+def stored_names(backups: str, remote: str | None) -> list[str]:
+    """The names of the objects in the backup location (not the hidden ones: claims,
+    locks, the state file)."""
+    if remote is None:
+        return [p.name for p in Path(backups).iterdir() if not p.name.startswith(".")]
+    from backup.storage import S3Storage
+
+    return [info.name for info in S3Storage(remote).list_objects()]
+
+
 def load_expected(directory: Path, backup_id: str) -> Snapshot:
     data = json.loads((directory / f"{backup_id}.json").read_text())
     return {path: (kind, value, mode) for path, (kind, value, mode) in data.items()}
@@ -152,6 +162,7 @@ def main() -> int:
     parser.add_argument(
         "--s3", action="store_true", help="back up to SeaweedFS (started on 127.0.0.1), not a directory"
     )
+    parser.add_argument("--encrypt", action="store_true", help="encrypt every backup to an age recipient")
     args = parser.parse_args()
     if not args.s3:
         return soak(args, None)
@@ -176,6 +187,14 @@ def soak(args: argparse.Namespace, remote: str | None) -> int:
         directory.mkdir(parents=True)
     backups = remote or str(work / "backups")
     window = 1.5 if remote else 0.35  # a client of an object store takes longer to start
+    sealing: list[str] = []  # what create is given to encrypt
+    opening: list[str] = []  # what restore and verify are given to decrypt
+    if args.encrypt:
+        from pyrage import x25519
+
+        identity = x25519.Identity.generate()
+        (work / "key.txt").write_text(f"{identity}\n")
+        sealing, opening = ["--encrypt-to", str(identity.to_public())], ["--identity", str(work / "key.txt")]
 
     def exists() -> bool:
         return remote is not None or Path(backups).exists()
@@ -194,7 +213,7 @@ def soak(args: argparse.Namespace, remote: str | None) -> int:
         before = set(listed(backups)) if exists() else set()
         compression = rng.choice(COMPRESSIONS)
         killed, code, out = run_maybe_killed(
-            obs("create", str(source), backups, "--compression", compression, "--json"),
+            obs("create", str(source), backups, "--compression", compression, "--json", *sealing),
             rng,
             args.kill_probability,
             window,
@@ -225,7 +244,9 @@ def soak(args: argparse.Namespace, remote: str | None) -> int:
             archive = current[chosen]
             # One target name throughout: a restore cleans up what a killed one left.
             target = scratch / "target"
-            killed, code, _ = run_maybe_killed(obs("restore", archive, str(target)), rng, args.kill_probability, window)
+            killed, code, _ = run_maybe_killed(
+                obs("restore", archive, str(target), *opening), rng, args.kill_probability, window
+            )
             counts["restore_kills"] += killed
             if killed:
                 if target.exists():
@@ -245,7 +266,7 @@ def soak(args: argparse.Namespace, remote: str | None) -> int:
     # One clean run afterwards must succeed and leave no leftovers of the killed ones.
     if remote:
         time.sleep(3.5)  # past the 2 s lease: the killed runs' claims and lock are stale
-    final = subprocess.run(obs("create", str(source), backups, "--json"), capture_output=True, text=True)
+    final = subprocess.run(obs("create", str(source), backups, "--json", *sealing), capture_output=True, text=True)
     if final.returncode != 0:
         failures.append(f"final create failed: {final.stderr.strip()}")
     else:
@@ -256,17 +277,20 @@ def soak(args: argparse.Namespace, remote: str | None) -> int:
         leftovers = s3_leftovers(remote)
     else:
         leftovers = [p.name for p in Path(backups).iterdir() if p.name.endswith(".partial")]
+    # Every object left belongs to a complete backup: the killed runs' parts are gone.
+    complete = set(listed(backups))
+    leftovers += [name for name in stored_names(backups, remote) if name.split(".", 1)[0] not in complete]
     if leftovers:
         failures.append(f"leftovers after a clean run: {leftovers}")
     verified = 0
     compared_bytes = 0
     for backup_id, archive in listed_archives(backups).items():
-        check = subprocess.run(obs("verify", archive, "--json"), capture_output=True, text=True)
+        check = subprocess.run(obs("verify", archive, "--json", *opening), capture_output=True, text=True)
         if check.returncode != 0:
             failures.append(f"{backup_id}: verify failed: {check.stdout.strip()[:300]}")
             continue
         target = scratch / "target"
-        restored = subprocess.run(obs("restore", archive, str(target)), capture_output=True, text=True)
+        restored = subprocess.run(obs("restore", archive, str(target), *opening), capture_output=True, text=True)
         if restored.returncode != 0:
             failures.append(f"{backup_id}: restore failed: {restored.stderr.strip()}")
             continue
@@ -280,7 +304,7 @@ def soak(args: argparse.Namespace, remote: str | None) -> int:
     if stray:
         failures.append(f"left in the restore area after the last restore: {stray}")
     print(
-        f"soak{' (S3)' if remote else ''}: {counts['cycles']} cycles, {counts['backups']} backups made, kills: "
+        f"soak{' (S3)' if remote else ''}{' (encrypted)' if args.encrypt else ''}: {counts['cycles']} cycles, {counts['backups']} backups made, kills: "
         f"{counts['create_kills']} create / {counts['prune_kills']} prune / {counts['restore_kills']} restore, "
         f"{counts['restores_checked']} mid-run restores checked, {verified} complete backups verified and restored, "
         f"{compared_bytes} bytes compared, {len(failures)} failures, {time.monotonic() - started:.0f}s"

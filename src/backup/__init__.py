@@ -12,6 +12,7 @@ from .errors import (
     ArchiveError,
     BackupError,
     ConfigError,
+    IdentityError,
     LockError,
     ManifestError,
     RestoreConflictError,
@@ -21,6 +22,7 @@ from .errors import (
     VerificationError,
 )
 from .hooks import Hooks, run_with_hooks
+from .keys import Identities, Recipients, load_identities, load_recipients
 from .listing import clean_leftovers, list_backups
 from .manifest import ArchiveInfo, BackupManifest, ManifestEntry, create_manifest, load_manifest
 from .monitor import PruneRecord, RunRecord, load_state, record_prune, record_run
@@ -58,6 +60,11 @@ __all__ = [
     "ManifestEntry",
     "create_manifest",
     "load_manifest",
+    # Encryption (age)
+    "Identities",
+    "Recipients",
+    "load_identities",
+    "load_recipients",
     # Checksum
     "calculate_checksum",
     "verify_checksum",
@@ -106,4 +113,5 @@ __all__ = [
     "VerificationError",
     "RestoreConflictError",
     "LockError",
+    "IdentityError",
 ]

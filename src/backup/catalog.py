@@ -1,7 +1,9 @@
 """The records of a backup location: backup ids, what one backup is, and what proves a
 file is ours. Pure: nothing here reads or writes; ``backup.listing`` does, using these.
 
-A backup is ``<backup_id><suffix>`` (the archive) plus ``<backup_id>.manifest.json``.
+A backup is ``<backup_id><suffix>`` (the archive) plus ``<backup_id>.manifest.json``;
+an encrypted one is ``<backup_id><suffix>.age``, ``<backup_id>.manifest.json.age`` and
+its plaintext sidecar ``<backup_id>.sidecar.json`` (``backup.manifest.sidecar``).
 Ids are ``<prefix>_<YYYYmmdd>_<HHMMSS>`` in UTC, with ``-2``, ``-3`` ... appended when
 several backups start in the same second.
 
@@ -14,28 +16,41 @@ is what retention deletes. So a file counts as ours only when it proves it:
   that id plus one of our archive suffixes;
 * an archive is ours when its manifest is ours and names it, or, for an archive made
   without a manifest, when its first header carries our mark naming the id its file
-  name gives.
+  name gives;
+* an encrypted backup's three objects are ours when its sidecar parses as ours, its
+  ``backup_id`` is its file name minus ``.sidecar.json``, and it names the archive and
+  manifest that id gives, plus ``.age``.
+
+The objects of one backup are committed in an order that makes it exist at one moment
+(``commit_order``): what proves the others are ours first in a directory, where the
+archive linked last is the commit point; the other way round in an object store, where
+the last manifest written is.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import ManifestError
-from .manifest.model import MANIFEST_FORMAT, BackupManifest
+from .manifest.model import MANIFEST_FORMAT, MANIFEST_SUFFIX, BackupManifest
+from .manifest.sidecar import ENCRYPTED_SUFFIX, Sidecar
 from .storage.base import ObjectRef
 from .stream.compression import archive_suffix, split_archive_name
 
 __all__ = [
     "BackupInfo",
+    "commit_order",
+    "encrypted_archive_name",
     "format_backup_id",
     "oldest_first_key",
     "own_archive_name",
     "own_manifest",
+    "own_sidecar",
     "parse_backup_id",
 ]
 
@@ -67,6 +82,40 @@ def own_archive_name(name: str) -> tuple[str, str] | None:
     if split is None or name != split[0] + archive_suffix(split[1]):
         return None
     return split
+
+
+def encrypted_archive_name(name: str) -> tuple[str, str] | None:
+    """Given a file name, return ``(backup id, compression)`` if it is spelled the way
+    this tool names encrypted archives (an archive's name plus ``.age``)."""
+    if not name.endswith(ENCRYPTED_SUFFIX):
+        return None
+    return own_archive_name(name[: -len(ENCRYPTED_SUFFIX)])
+
+
+def own_sidecar(raw: bytes, backup_id: str) -> tuple[Sidecar | None, str | None]:
+    """Given a sidecar file's bytes and the backup id its name gives, return
+    ``(sidecar, None)`` if it is ours (see the module docstring), else ``(None, why not)``."""
+    try:
+        sidecar = Sidecar.from_json(raw)
+    except ManifestError as exc:
+        return None, str(exc)
+    if sidecar.backup_id != backup_id:
+        return None, f"it is the sidecar of {sidecar.backup_id!r}"
+    split = encrypted_archive_name(sidecar.archive.name)
+    if split is None or split[0] != backup_id:
+        return None, f"it names the archive {sidecar.archive.name!r}"
+    if sidecar.manifest.name != backup_id + MANIFEST_SUFFIX + ENCRYPTED_SUFFIX:
+        return None, f"it names the manifest {sidecar.manifest.name!r}"
+    return sidecar, None
+
+
+def commit_order(manifest_commits: bool, archive: str, manifests: Sequence[str]) -> list[str]:
+    """Given whether the storage's commit point is a manifest, a backup's archive and its
+    manifests (the one that proves the others ours first: the sidecar of an encrypted
+    backup), return the order to commit them in; removal goes the other way."""
+    if manifest_commits:
+        return [archive, *reversed(manifests)]
+    return [*manifests, archive]
 
 
 def own_manifest(raw: bytes, backup_id: str) -> tuple[BackupManifest | None, str | None]:
@@ -108,6 +157,22 @@ class BackupInfo:
     problem: str | None = None
     # The archive's modification time in its storage (POSIX seconds, by its clock).
     stored_at: float | None = None
+    # An encrypted backup's plaintext sidecar, and the recipients it was encrypted to.
+    sidecar: ObjectRef | None = None
+    recipients: tuple[str, ...] = ()
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the backup is encrypted (its manifest too)."""
+        return self.sidecar is not None
+
+    def objects(self) -> list[ObjectRef]:
+        """Return the backup's objects in the order they were committed (see
+        ``commit_order``); removing them goes the other way."""
+        manifests = [ref for ref in (self.sidecar, self.manifest) if ref is not None]
+        by_name = {ref.name: ref for ref in (self.archive, *manifests)}
+        order = commit_order(self.archive.storage.manifest_commits, self.archive.name, [r.name for r in manifests])
+        return [by_name[name] for name in order]
 
     @property
     def archive_path(self) -> Path | None:
@@ -130,6 +195,8 @@ class BackupInfo:
             "size_bytes": self.size_bytes,
             "file_count": self.file_count,
             "compression": self.compression,
+            "encrypted_to": list(self.recipients),
+            "sidecar_path": None if self.sidecar is None else self.sidecar.label,
             "problem": self.problem,
         }
 

@@ -49,16 +49,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from .catalog import BackupInfo, own_archive_name, own_manifest, parse_backup_id
+from .catalog import BackupInfo, encrypted_archive_name, own_archive_name, own_manifest, parse_backup_id
 from .errors import ConfigError, ManifestError, StorageError
+from .keys import Identities
 from .listing import list_backups
 from .manifest import MANIFEST_SUFFIX, read_manifest
-from .manifest.files import MAX_MANIFEST_BYTES
+from .manifest.files import MAX_MANIFEST_BYTES, read_sidecar
+from .manifest.sidecar import SIDECAR_SUFFIX
 from .progress import ProgressCallback, format_size
 from .storage import Location, open_storage
 from .storage.base import BackupStorage, ObjectRef
 from .stream.tarreader import read_archive_marker
-from .verify import VerifyReport, verify_archive, verify_backup
+from .verify import VerifyReport, verify_archive, verify_backup, verify_ciphertext
 
 __all__ = [
     "DAMAGED_STATUSES",
@@ -74,6 +76,7 @@ __all__ = [
 CheckStatus = Literal[
     "ok",
     "ok, no checksums",
+    "ok, ciphertext",
     "no manifest",
     "being written",
     "incomplete",
@@ -160,6 +163,7 @@ class CheckReport:
         counts = Counter(row.status for row in self.rows)
         parts = [f"{counts['ok']} OK"]
         for label, count in (
+            ("encrypted, ciphertext only", counts["ok, ciphertext"]),
             ("without manifest", counts["no manifest"] + counts["ok, no checksums"]),
             ("damaged", len(self.damaged)),
             ("being written", counts["being written"]),
@@ -240,13 +244,16 @@ def check_backups(
     subset: tuple[int, int] | None = None,
     progress: CheckProgress | None = None,
     now: Callable[[], datetime] = _utc_now,
+    identities: Identities | None = None,
 ) -> CheckReport:
     """Given a backup location, return what a check of its backups found (see the
     module docstring); write nothing.
 
     With ``prefix`` only that prefix's backups are checked. ``read_data`` reads every
     archive; ``subset=(n, m)`` reads those of part n of m only (and implies
-    ``read_data``). ``now`` stamps the report. Damage is reported, never raised; raise
+    ``read_data``). ``now`` stamps the report. Encrypted backups are decrypted with
+    ``identities`` when they are among their recipients; otherwise their ciphertext is
+    checked against their sidecars. Damage is reported, never raised; raise
     ConfigError for a bad subset, StorageError if the location is missing or cannot be
     listed.
     """
@@ -265,8 +272,12 @@ def check_backups(
     for backup in backups:
         read = read_data and (subset is None or subset_part(backup.backup_id, subset[1]) == subset[0])
         on_progress = None if progress is None else functools.partial(progress, backup.backup_id)
-        rows.append(_check_backup(backup, read, on_progress))
+        if backup.sidecar is not None:
+            rows.append(_check_encrypted(backup, read, on_progress, identities))
+        else:
+            rows.append(_check_backup(backup, read, on_progress))
     rows += _check_manifests_without_archive(storage, {backup.backup_id for backup in backups}, prefix)
+    rows += _check_encrypted_leftovers(storage, {backup.backup_id for backup in backups}, prefix)
     if storage.manifest_commits:
         rows += _check_archives_without_manifest(storage, {backup.backup_id for backup in backups}, prefix)
     rows.sort(key=_oldest_first)
@@ -315,6 +326,127 @@ def _check_backup(backup: BackupInfo, read: bool, progress: ProgressCallback | N
     if not archive.exists():
         return row("removed while checking", f"{archive.label}: removed while its data was read")
     return row("damaged", _cause(report), True, problems=tuple(report.lines()))
+
+
+def _check_encrypted(
+    backup: BackupInfo, read: bool, progress: ProgressCallback | None, identities: Identities | None
+) -> CheckRow:
+    """Check one encrypted backup: its objects against its sidecar and, with an identity
+    among its recipients, its manifest; then (if ``read``) all of its data, decrypted
+    with that identity, or else its ciphertext against the sidecar's checksums."""
+    archive, manifest_ref, sidecar_ref = backup.archive, backup.manifest, backup.sidecar
+    assert sidecar_ref is not None
+    if manifest_ref is None:
+        return CheckRow(backup.backup_id, "bad manifest", backup.problem or "", archive=archive.label)
+    row = functools.partial(CheckRow, backup.backup_id, archive=archive.label, manifest=manifest_ref.label)
+    try:
+        size = archive.storage.stat(archive.name).size
+        manifest_size = manifest_ref.storage.stat(manifest_ref.name).size
+    except FileNotFoundError as exc:
+        return row("removed while checking", f"{exc.filename or archive.label}: removed since the listing")
+    except OSError as exc:
+        return row("damaged", f"{archive.label}: cannot read: {exc.strerror or exc}")
+    row = functools.partial(row, size=size)
+    try:
+        sidecar = read_sidecar(sidecar_ref)
+    except ManifestError as exc:
+        if not sidecar_ref.exists():
+            return row("removed while checking", f"{sidecar_ref.label}: removed since the listing")
+        return row("bad manifest", str(exc))
+    if sidecar.archive.size != size:
+        return row("damaged", f"{archive.label}: archive is {size} bytes, sidecar says {sidecar.archive.size}")
+    if sidecar.manifest.size != manifest_size:
+        return row(
+            "damaged", f"{manifest_ref.label}: manifest is {manifest_size} bytes, sidecar says {sidecar.manifest.size}"
+        )
+    decrypt = identities is not None and identities.matching(sidecar.recipients)
+    note = ""
+    if identities is not None and not decrypt:
+        note = f"not decrypted: no identity in {identities.source} is one of its recipients; "
+    if decrypt:
+        try:
+            manifest = read_manifest(manifest_ref, identities)
+        except ManifestError as exc:
+            return row("bad manifest", str(exc))
+        recorded = manifest.archive
+        if recorded is None or recorded.name != archive.name or manifest.backup_id != backup.backup_id:
+            return row("bad manifest", f"{manifest_ref.label}: no longer names this archive")
+        if not read:
+            return row("ok")
+        report = verify_backup(archive, manifest_ref, progress=progress, identities=identities)
+        status: CheckStatus = "ok"
+        detail = ""
+    else:
+        if not read:
+            return row("ok", note + "encrypted: sizes match its sidecar")
+        report = verify_ciphertext(sidecar_ref, progress=progress)
+        status = "ok, ciphertext"
+        detail = note + "encrypted: its ciphertext matches its sidecar; the files need --identity to be checked"
+    if report.ok:
+        return row(status, detail, True)
+    if not archive.exists():
+        return row("removed while checking", f"{archive.label}: removed while its data was read")
+    return row("damaged", _cause(report), True, problems=tuple(report.lines()))
+
+
+def _check_encrypted_leftovers(storage: BackupStorage, listed: set[str], prefix: str | None) -> list[CheckRow]:
+    """Return a row for each encrypted backup of ours that is not complete: in a
+    directory, a sidecar whose archive is not there; in an object store, an encrypted
+    archive, marked ours, whose sidecar is not."""
+    try:
+        objects = {info.name: info for info in storage.list_objects()}
+    except OSError as exc:
+        raise StorageError(f"{storage.location}: cannot list: {exc.strerror or exc}", storage.location) from exc
+    rows = []
+    for name, info in objects.items():
+        if storage.manifest_commits:
+            split = encrypted_archive_name(name)
+            if split is None or split[0] in listed or split[0] + SIDECAR_SUFFIX in objects:
+                continue
+            backup_id = split[0]
+        elif name.endswith(SIDECAR_SUFFIX):
+            backup_id = name[: -len(SIDECAR_SUFFIX)]
+        else:
+            continue
+        parsed = parse_backup_id(backup_id)
+        if backup_id in listed or (prefix is not None and (parsed is None or parsed[0] != prefix)):
+            continue
+        sidecar_name = backup_id + SIDECAR_SUFFIX
+        try:
+            if storage.manifest_commits:
+                if storage.marked(name) != backup_id:
+                    continue  # not provably ours
+                archive_name = name
+            else:
+                archive_name = read_sidecar(ObjectRef(storage, name, storage.describe(name))).archive.name
+        except (OSError, ManifestError):
+            continue  # gone since the listing, or not ours
+        row = functools.partial(
+            CheckRow,
+            backup_id,
+            archive=storage.describe(archive_name),
+            manifest=storage.describe(sidecar_name),
+            size=info.size if storage.manifest_commits else None,
+        )
+        if storage.claimed(backup_id) or storage.claimed(archive_name) or storage.claimed(sidecar_name):
+            rows.append(row("being written", "an encrypted backup whose last object is not written yet"))
+        elif storage.manifest_commits:
+            rows.append(
+                row(
+                    "incomplete",
+                    "an encrypted archive without its sidecar: its run was cut off before completing the backup; "
+                    "not a backup, and removed by the next run once older than the grace period",
+                )
+            )
+        elif not ObjectRef(storage, archive_name, "").exists():
+            rows.append(
+                row(
+                    "missing archive",
+                    f"{storage.describe(archive_name)}: archive not found, though its sidecar names it "
+                    "(lost, or its run was cut off before committing it)",
+                )
+            )
+    return rows
 
 
 def _bad_manifest(

@@ -32,6 +32,7 @@ from . import __version__
 from .config import BackupConfig, BackupResult, SchedulerConfig
 from .core import execute_plan
 from .errors import BackupError, ConfigError, StorageError
+from .keys import Identities, load_identities
 from .listing import list_backups
 from .locations import as_location, with_endpoint
 from .manifest import display_name
@@ -444,6 +445,11 @@ def _record_run(args: argparse.Namespace, result: BackupResult, started: datetim
         print(f"obs-backup: warning: cannot record the run (state file or metrics): {exc}", file=sys.stderr)
 
 
+def _identities(args: argparse.Namespace) -> Identities | None:
+    """Return the identities of --identity (or its environment variable), if given."""
+    return None if args.identity is None else load_identities(args.identity)
+
+
 def _cmd_restore(args: argparse.Namespace) -> int:
     selected = find_backup(args.archive, args.backup_dir, args.prefix, endpoint_url=args.endpoint_url)
     plan = plan_restore(
@@ -458,6 +464,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         numeric_owner=args.numeric_owner,
         include=args.include or (),
         exclude=args.restore_exclude or (),
+        identities=_identities(args),
     )
     if args.dry_run:
         _print_restore_plan(plan, args)
@@ -469,14 +476,21 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     selected = find_backup(args.archive, args.backup_dir, args.prefix, endpoint_url=args.endpoint_url)
+    identities = _identities(args)
     total = 0
     if selected.manifest is not None and _draws_progress(args):  # the bar's total, read only for it
         try:
-            total = selected.read_manifest().total_size
+            total = selected.read_manifest(identities).total_size
         except BackupError:
             pass  # verify reports it
     with _progress(args, "verifying", total) as progress:
-        report = verify_backup(selected.archive, selected.manifest, progress=progress, check_owners=args.check_owners)
+        report = verify_backup(
+            selected.archive,
+            selected.manifest,
+            progress=progress,
+            check_owners=args.check_owners,
+            identities=identities,
+        )
     return _print_report(report, args)
 
 
@@ -523,7 +537,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     selected = find_backup(
         args.archive, args.backup_dir, args.prefix, archive_required=False, endpoint_url=args.endpoint_url
     )
-    manifest = selected.read_manifest()
+    manifest = selected.read_manifest(_identities(args))
     if args.json:
         _print_json(
             {
@@ -552,12 +566,13 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
+    identities = _identities(args)
     first = find_backup(
         args.archive, args.backup_dir, args.prefix, archive_required=False, endpoint_url=args.endpoint_url
-    ).read_manifest()
+    ).read_manifest(identities)
     second = find_backup(
         args.other, args.backup_dir, args.prefix, archive_required=False, endpoint_url=args.endpoint_url
-    ).read_manifest()
+    ).read_manifest(identities)
     before, after = first.entry_map(), second.entry_map()
     added = [path for path in after if path not in before]
     removed = [path for path in before if path not in after]
@@ -618,7 +633,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     subset = parse_subset(args.read_data_subset) if args.read_data_subset else None
     storage = _existing_storage(args.backup_dir)
-    report = check_backups(storage, prefix=args.prefix, read_data=args.read_data, subset=subset)
+    report = check_backups(
+        storage, prefix=args.prefix, read_data=args.read_data, subset=subset, identities=_identities(args)
+    )
     return _print_report(report, args)
 
 

@@ -44,7 +44,9 @@ class BackupConfig:
     ``compression`` is ``"gz"``, ``"bz2"``, ``"xz"``, ``"zst"`` or ``""`` for none;
     ``compression_level`` None means the format's default. ``on_read_error`` decides
     what a source file that cannot be read does: ``"fail"`` the backup, or ``"skip"``
-    it and record the problem in the result and the manifest.
+    it and record the problem in the result and the manifest. With ``encrypt_to``
+    (age recipients, ``age1...``) or ``recipients_file`` (files of them), the archive
+    and manifest are encrypted to those recipients (see ``backup.manifest.sidecar``).
     """
 
     # Defaults are read from the settings table once, at import; all are immutable.
@@ -58,6 +60,8 @@ class BackupConfig:
     checksum_algorithm: str = field_default("checksum_algorithm")
     on_read_error: ReadErrorPolicy = field_default("on_read_error")  # noqa: RUF009
     sqlite_snapshot: bool = field_default("sqlite_snapshot")
+    encrypt_to: Sequence[str] = field_default("encrypt_to")
+    recipients_file: Sequence[Path] = field_default("recipients_file")
 
     def __post_init__(self) -> None:
         self.source_dir = Path(self.source_dir)
@@ -65,6 +69,16 @@ class BackupConfig:
         if isinstance(self.exclude, str):
             self.exclude = (self.exclude,)
         self.exclude = tuple(self.exclude)
+        if isinstance(self.encrypt_to, str):
+            self.encrypt_to = (self.encrypt_to,)
+        self.encrypt_to = tuple(self.encrypt_to)
+        files: Any = self.recipients_file
+        self.recipients_file = (Path(files),) if isinstance(files, str | os.PathLike) else tuple(map(Path, files))
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether backups are encrypted (to recipients given, or named in files)."""
+        return bool(self.encrypt_to or self.recipients_file)
 
     def validated(self) -> BackupConfig:
         """Return a copy with canonical compression and level; raise ConfigError if invalid."""
@@ -124,6 +138,8 @@ class SchedulerConfig:
     include_manifest: bool = field_default("include_manifest", "schedule")
     checksum_algorithm: str = field_default("checksum_algorithm", "schedule")
     sqlite_snapshot: bool = field_default("sqlite_snapshot", "schedule")
+    encrypt_to: Sequence[str] = field_default("encrypt_to", "schedule")
+    recipients_file: Sequence[Path] = field_default("recipients_file", "schedule")
     before_backup: Sequence[str] = field_default("before_backup", "schedule")
     after_backup: Sequence[str] = field_default("after_backup", "schedule")
     on_error: Sequence[str] = field_default("on_error", "schedule")

@@ -4,7 +4,8 @@ Only complete backups of ours are copied (``backup.listing``), and only those th
 destination lacks: a backup id the destination already holds is never written again.
 Each archive streams from the source to the destination while its size and checksum
 are computed, and is committed only if both match what its manifest records; the
-manifest is copied byte for byte. Archive and manifest are committed in the order
+manifest is copied byte for byte. An encrypted backup is copied as ciphertext, checked
+against its sidecar, and needs no identity. Archive and manifest are committed in the order
 that makes the copy exist at one moment (``backup.create.commit_backup``), so a copy
 that fails or is killed leaves nothing that is listed as a backup.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .catalog import BackupInfo, own_manifest
@@ -20,10 +22,12 @@ from .create import commit_backup
 from .errors import BackupError
 from .hashing import DEFAULT_ALGORITHM, new_hasher
 from .listing import list_backups
-from .manifest.model import MANIFEST_SUFFIX
+from .manifest.files import read_sidecar
+from .manifest.model import MANIFEST_SUFFIX, ArchiveInfo
+from .manifest.sidecar import Sidecar
 from .progress import ProgressCallback
 from .storage import Location, open_storage
-from .storage.base import BackupStorage, Upload
+from .storage.base import BackupStorage, ObjectRef, Upload
 
 __all__ = ["CopyResult", "copy_backups"]
 
@@ -86,7 +90,7 @@ def copy_backups(
         if backup.backup_id in present:
             result.present.append(backup.backup_id)
             continue
-        if backup.archive.name in taken or backup.backup_id + MANIFEST_SUFFIX in taken:
+        if any(ref.name in taken for ref in backup.objects()) or backup.backup_id + MANIFEST_SUFFIX in taken:
             result.errors.append(
                 f"{dst.describe(backup.archive.name)}: the destination has part of {backup.backup_id} "
                 "but not a complete backup; left alone (run check, or prune, there)"
@@ -110,9 +114,17 @@ def _copy_one(backup: BackupInfo, dst: BackupStorage, progress: ProgressCallback
     ``done`` and the bytes copied (``before`` this one, plus its own). Raise
     BackupError or OSError."""
     raw = None
-    expected = None
+    expected: ArchiveInfo | None = None
     algorithm = DEFAULT_ALGORITHM
-    if backup.manifest is not None:
+    sealed: tuple[bytes, Sidecar] | None = None
+    if backup.sidecar is not None:
+        sidecar = read_sidecar(backup.sidecar)
+        with backup.sidecar.storage.open_read(backup.sidecar.name) as handle:
+            sealed = handle.read(_MAX_MANIFEST_BYTES + 1), sidecar
+        if Sidecar.from_json(sealed[0]) != sidecar:
+            raise BackupError(f"{backup.sidecar.label}: changed while it was copied", backup.sidecar.label)
+        expected, algorithm = sidecar.archive, sidecar.checksum_algorithm
+    elif backup.manifest is not None:
         with backup.manifest.storage.open_read(backup.manifest.name) as handle:
             raw = handle.read(_MAX_MANIFEST_BYTES + 1)
         manifest, why_not = own_manifest(raw, backup.backup_id)
@@ -125,33 +137,63 @@ def _copy_one(backup: BackupInfo, dst: BackupStorage, progress: ProgressCallback
             f"{backup.archive.label}: has no manifest, and in object storage every backup needs one",
             backup.archive.label,
         )
-    archive: Upload | None = None
-    manifest_upload: Upload | None = None
+    mark = backup.backup_id
+    uploads: list[Upload] = []
     try:
-        archive = dst.begin(backup.archive.name, claim=backup.backup_id, size_hint=backup.size_bytes)
-        hasher = new_hasher(algorithm)
-        size = 0
-        with backup.archive.storage.open_read(backup.archive.name) as handle:
-            while chunk := handle.read(_CHUNK):
-                hasher.update(chunk)
-                archive.write(chunk)
-                size += len(chunk)
-                if progress is not None:
-                    progress(done, before + size)
-        if expected is not None:
-            digest = hasher.hexdigest()
-            if size != expected.size or not hmac.compare_digest(digest, expected.checksum.lower()):
-                raise BackupError(
-                    f"{backup.archive.label}: read {size} bytes with checksum {digest}, but the manifest records "
-                    f"{expected.size} bytes with {expected.checksum}; the source copy is damaged",
-                    backup.archive.label,
-                )
-        if raw is not None:
-            manifest_upload = dst.begin(backup.backup_id + MANIFEST_SUFFIX)
-            manifest_upload.write(raw)
-        commit_backup(dst, archive, manifest_upload)
+        archive = dst.begin(backup.archive.name, claim=backup.backup_id, size_hint=backup.size_bytes, mark=mark)
+        uploads.append(archive)
+
+        def report(size: int) -> None:
+            if progress is not None:
+                progress(done, before + size)
+
+        size = _stream(backup.archive, archive, expected, algorithm, report)
+        manifests: list[Upload] = []
+        if sealed is not None:
+            raw_sidecar, sidecar = sealed
+            assert backup.manifest is not None
+            manifests.append(dst.begin(backup.sidecar.name if backup.sidecar else "", mark=mark))
+            uploads.append(manifests[-1])
+            manifests[-1].write(raw_sidecar)
+            manifests.append(dst.begin(backup.manifest.name, mark=mark))
+            uploads.append(manifests[-1])
+            encrypted = ArchiveInfo(sidecar.manifest.name, sidecar.manifest.size, sidecar.manifest.checksum, "")
+            _stream(backup.manifest, manifests[-1], encrypted, algorithm, None)
+        elif raw is not None:
+            manifests.append(dst.begin(backup.backup_id + MANIFEST_SUFFIX, mark=mark))
+            uploads.append(manifests[-1])
+            manifests[-1].write(raw)
+        commit_backup(dst, archive, manifests)
     finally:
-        for pending in (manifest_upload, archive):
-            if pending is not None:
-                pending.abort()
+        for pending in reversed(uploads):
+            pending.abort()
+    return size
+
+
+def _stream(
+    source: ObjectRef,
+    upload: Upload,
+    expected: ArchiveInfo | None,
+    algorithm: str,
+    report: Callable[[int], None] | None,
+) -> int:
+    """Copy one object into ``upload``, checking its size and checksum against
+    ``expected`` (if known); return its size. Raise BackupError if they differ."""
+    hasher = new_hasher(algorithm)
+    size = 0
+    with source.storage.open_read(source.name) as handle:
+        while chunk := handle.read(_CHUNK):
+            hasher.update(chunk)
+            upload.write(chunk)
+            size += len(chunk)
+            if report is not None:
+                report(size)
+    if expected is not None:
+        digest = hasher.hexdigest()
+        if size != expected.size or not hmac.compare_digest(digest, expected.checksum.lower()):
+            raise BackupError(
+                f"{source.label}: read {size} bytes with checksum {digest}, but the backup records "
+                f"{expected.size} bytes with {expected.checksum}; the source copy is damaged",
+                source.label,
+            )
     return size

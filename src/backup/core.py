@@ -20,6 +20,7 @@ from .config import BackupConfig, BackupResult
 from .create import execute_backup
 from .errors import BackupError
 from .fstree import LOCAL_FILESYSTEM, FileSystem
+from .keys import Identities, load_identities
 from .plan import BackupPlan, RestorePlan, plan_backup, plan_restore, utc_now
 from .progress import ProgressCallback
 from .restore import execute_restore
@@ -91,6 +92,7 @@ def restore_backup(
     progress: ProgressCallback | None = None,
     same_owner: bool | None = None,
     numeric_owner: bool = False,
+    identity: str | os.PathLike[str] | Identities | None = None,
 ) -> BackupResult:
     """Given an archive and a target directory, restore the archive into it.
 
@@ -100,10 +102,13 @@ def restore_backup(
     Symlinks pointing outside the target are refused unless ``allow_external_links``.
     As root, entries get their archived owners (by name, or by number with
     ``numeric_owner``) unless ``same_owner=False``, as with GNU tar's
-    ``--no-same-owner``. Return the result; on failure ``restore_dir`` is unchanged.
+    ``--no-same-owner``. An encrypted backup is decrypted with ``identity`` (an age
+    identity file, or identities already loaded). Return the result; on failure
+    ``restore_dir`` is unchanged.
     """
     started = time.monotonic()
     try:
+        identities = load_identities(identity) if isinstance(identity, str | os.PathLike) else identity
         plan = plan_restore(
             archive_path,
             restore_dir,
@@ -114,6 +119,7 @@ def restore_backup(
             list_archive=False,  # no manifest: one pass, the restore itself, reads the archive
             same_owner=same_owner,
             numeric_owner=numeric_owner,
+            identities=identities,
         )
     except BackupError as exc:
         error = str(exc)

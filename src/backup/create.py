@@ -8,29 +8,33 @@ Order of events, and why:
 3. Entries stream through the archive pipeline (tar, compression, hashing) into the
    storage's upload; each file is read once.
 4. In a directory, the manifest (which records the archive's size and checksum) is
-   committed, then the archive. This is the moment the backup exists: an archive under
+   committed, then the archive; an encrypted backup commits its sidecar first. This is the moment the backup exists: an archive under
    its final name is always complete, and a manifest without its archive is a leftover
    that the next run removes.
    In an object store (``storage.manifest_commits``), where nothing can be linked into
    place at the end, the order is the other way: the archive is completed and its size
    and checksum confirmed, then the manifest is created, which is the moment the backup
-   exists. The manifest's writer holds its claim from before the archive lands, so an
+   exists (an encrypted backup's sidecar, created after its encrypted manifest). The manifest's writer holds its claim from before the archive lands, so an
    archive without its manifest is never taken for a leftover while it is being made.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from .catalog import commit_order
 from .config import BackupResult
 from .errors import BackupError, StorageError
 from .listing import clean_leftovers
 from .manifest.model import ArchiveInfo, BackupManifest, ManifestEntry, encode_json_text
+from .manifest.sidecar import Sidecar, StoredObject
 from .plan import BackupPlan
 from .progress import ProgressCallback
 from .sqlite_snapshot import COMPANION_SUFFIXES
 from .storage.base import BackupStorage, Upload
+from .stream.encryption import AgeLayer
 from .stream.pipeline import ArchiveOutput, archive_layers
 from .stream.tarwriter import write_entries
 
@@ -50,6 +54,7 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
     archive: Upload | None = None
     output: ArchiveOutput | None = None
     manifest_upload: Upload | None = None
+    sidecar_upload: Upload | None = None
     manifest_committed: str | None = None
     backup_id = plan.backup_id
     try:
@@ -58,9 +63,10 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
         backup_id, archive = _claim(storage, plan)
         archive_name = archive.name
         manifest_name = _renamed(plan.manifest_name, plan.backup_id, backup_id)
+        encryption = AgeLayer(plan.recipients) if plan.recipients is not None else None
         output = ArchiveOutput(
             archive,  # type: ignore[arg-type]
-            archive_layers(config.compression, config.compression_level or 0, size_hint=plan.total_bytes),
+            archive_layers(config.compression, config.compression_level or 0, plan.total_bytes, encryption),
             config.checksum_algorithm,
         )
         outcome = write_entries(
@@ -86,10 +92,27 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
             archive=ArchiveInfo(archive_name, archive_size, archive_digest, config.compression),
             warnings=_problems(plan, outcome.entries) + outcome.warnings,
         )
+        manifests: list[Upload] = []
         if manifest_name is not None:
-            manifest_upload = storage.begin(manifest_name)
-            _write_manifest(manifest_upload, manifest)
-        commit_backup(storage, archive, manifest_upload)
+            manifest_upload = storage.begin(manifest_name, mark=backup_id)
+            manifest_size, manifest_digest = _write_manifest(manifest_upload, manifest, encryption)
+            if plan.recipients is not None and plan.sidecar_name is not None and manifest.archive is not None:
+                sidecar = Sidecar(
+                    backup_id=backup_id,
+                    created_at=manifest.created_at,
+                    kind="scheduled" if "scheduler" in plan.metadata else "manual",
+                    source_size=manifest.total_size,
+                    checksum_algorithm=config.checksum_algorithm,
+                    archive=manifest.archive,
+                    manifest=StoredObject(manifest_upload.name, manifest_size, manifest_digest),
+                    recipients=plan.recipients.keys,
+                )
+                sidecar_name = _renamed(plan.sidecar_name, plan.backup_id, backup_id) or ""
+                sidecar_upload = storage.begin(sidecar_name, mark=backup_id)
+                sidecar_upload.write(sidecar.to_json().encode("utf-8"))
+                manifests.append(sidecar_upload)
+            manifests.append(manifest_upload)
+        commit_backup(storage, archive, manifests)
         manifest_committed = None if manifest_upload is None else manifest_upload.name
     except BackupError as exc:
         return _failed(started, str(exc), backup_id)
@@ -103,7 +126,7 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
     finally:
         if output is not None:
             output.abandon()  # failed mid-stream: the compressors' last words go nowhere
-        for pending in (manifest_upload, archive):
+        for pending in (sidecar_upload, manifest_upload, archive):
             if pending is not None:
                 pending.abort()
     return BackupResult(
@@ -121,27 +144,27 @@ def execute_backup(plan: BackupPlan, progress: ProgressCallback | None = None) -
     )
 
 
-def commit_backup(storage: BackupStorage, archive: Upload, manifest: Upload | None) -> None:
-    """Given a backup's archive and manifest, both written, commit them in the order
-    that makes the backup exist at one moment (see the module docstring): manifest
-    then archive in a directory, archive then manifest in an object store. If the
-    second fails, the first is removed again; raise what failed."""
-    if manifest is None:
-        archive.commit()
-        return
-    first, second = (archive, manifest) if storage.manifest_commits else (manifest, archive)
-    first.commit()
-    try:
-        second.commit()
-    except BaseException:
-        # In an object store the manifest's name is held by this writer alone: if it is
-        # there, it landed (its answer was lost), and the backup exists; keep it.
-        if not (storage.manifest_commits and _exists(storage, second.name)):
-            try:
-                storage.delete(first.name)
-            except (OSError, BackupError):
-                pass  # a leftover the next run removes (after the grace period)
-        raise
+def commit_backup(storage: BackupStorage, archive: Upload, manifests: Sequence[Upload]) -> None:
+    """Given a backup's archive and manifests, all written (for an encrypted backup the
+    sidecar, then the encrypted manifest), commit them in the order that makes the
+    backup exist at one moment (``backup.catalog.commit_order``). If one fails, those
+    committed before it are removed again; raise what failed."""
+    uploads = {upload.name: upload for upload in (archive, *manifests)}
+    committed: list[str] = []
+    for name in commit_order(storage.manifest_commits, archive.name, [upload.name for upload in manifests]):
+        try:
+            uploads[name].commit()
+        except BaseException:
+            # In an object store each name is held by this writer alone: if it is there,
+            # it landed (its answer was lost), and what came before it is kept.
+            if not (storage.manifest_commits and _exists(storage, name)):
+                for earlier in reversed(committed):
+                    try:
+                        storage.delete(earlier)
+                    except (OSError, BackupError):
+                        pass  # a leftover the next run removes (after the grace period)
+            raise
+        committed.append(name)
 
 
 def _exists(storage: BackupStorage, name: str) -> bool:
@@ -165,17 +188,24 @@ def _problems(plan: BackupPlan, archived: list[ManifestEntry]) -> list[str]:
     return [problem for problem in plan.problems if problem not in expected]
 
 
-def _write_manifest(upload: Upload, manifest: BackupManifest) -> None:
-    """Write the manifest's JSON in batches of about 1 MiB (flat memory for huge trees)."""
-    pending: list[str] = []
-    size = 0
-    for piece in manifest.iter_json():
-        pending.append(piece)
-        size += len(piece)
-        if size >= 1 << 20:
-            upload.write(encode_json_text("".join(pending)))
-            pending, size = [], 0
-    upload.write(encode_json_text("".join(pending)))
+def _write_manifest(upload: Upload, manifest: BackupManifest, encryption: AgeLayer | None) -> tuple[int, str]:
+    """Write the manifest's JSON (encrypted, if ``encryption``) in batches of about 1 MiB
+    (flat memory for huge trees); return the bytes stored and their digest."""
+    output = ArchiveOutput(upload, [] if encryption is None else [encryption], manifest.checksum_algorithm)  # type: ignore[arg-type]
+    try:
+        pending: list[str] = []
+        size = 0
+        for piece in manifest.iter_json():
+            pending.append(piece)
+            size += len(piece)
+            if size >= 1 << 20:
+                output.stream.write(encode_json_text("".join(pending)))
+                pending, size = [], 0
+        output.stream.write(encode_json_text("".join(pending)))
+        return output.finish()
+    except BaseException:
+        output.abandon()
+        raise
 
 
 def _renamed(name: str | None, planned_id: str, backup_id: str) -> str | None:
@@ -195,7 +225,7 @@ def _claim(storage: BackupStorage, plan: BackupPlan) -> tuple[str, Upload]:
         archive_name = _renamed(plan.archive_name, plan.backup_id, candidate)
         assert archive_name is not None
         try:
-            return candidate, storage.begin(archive_name, claim=candidate, size_hint=plan.size_estimate)
+            return candidate, storage.begin(archive_name, claim=candidate, size_hint=plan.size_estimate, mark=candidate)
         except FileExistsError:
             continue
     raise StorageError(

@@ -19,15 +19,18 @@ from typing import Any
 
 from .catalog import format_backup_id
 from .config import BackupConfig
-from .errors import ArchiveError, ConfigError, ManifestError, UnsafeArchiveError
+from .errors import ArchiveError, ConfigError, IdentityError, ManifestError, UnsafeArchiveError
 from .fstree import LOCAL_FILESYSTEM, FileSystem
+from .keys import IDENTITY_ENV, Identities, Recipients, load_recipients
 from .manifest import MANIFEST_SUFFIX, BackupManifest, manifest_name_for, read_manifest
+from .manifest.files import check_identities, read_sidecar, sidecar_for
+from .manifest.sidecar import ENCRYPTED_SUFFIX, SIDECAR_SUFFIX
 from .safety import DEVICE_KINDS, MemberChecker, Selection, is_selected, normalize_member_name, read_warnings
 from .scan import Exclusion, SourceEntry, scan_source
 from .storage import locate, open_storage
 from .storage.base import BackupStorage, ObjectRef
 from .stream.compression import archive_suffix
-from .stream.tarreader import ArchiveReader
+from .stream.tarreader import ArchiveReader, is_encrypted
 
 __all__ = [
     "BackupPlan",
@@ -73,6 +76,9 @@ class BackupPlan:
     # (a SQLite journal that comes and goes is expected when its database is copied
     # through a snapshot).
     vanished: tuple[tuple[str, str], ...] = ()
+    # An encrypted backup: the recipients, and the name of its plaintext sidecar.
+    recipients: Recipients | None = None
+    sidecar_name: str | None = None
 
     @property
     def archive_path(self) -> Path | None:
@@ -114,6 +120,7 @@ class BackupPlan:
             "archive_path": self.archive_label,
             "manifest_path": None if self.manifest_name is None else self.storage.describe(self.manifest_name),
             "compression": self.config.compression,
+            "encrypted_to": list(self.recipients.keys) if self.recipients else [],
             "file_count": self.file_count,
             "entry_count": len(self.entries),
             "total_bytes": self.total_bytes,
@@ -151,6 +158,11 @@ def plan_backup(
             "completes a backup); drop --no-manifest",
             storage.location,
         )
+    recipients = load_recipients(config.encrypt_to, config.recipients_file) if config.encrypted else None
+    if recipients is not None and not config.include_manifest:
+        raise ConfigError(
+            "an encrypted backup has a manifest (its sidecar records the manifest's checksum); drop --no-manifest"
+        )
     scan = scan_source(
         config.source_dir,
         files=files,
@@ -160,13 +172,16 @@ def plan_backup(
         filesystem=filesystem,
     )
     backup_id = format_backup_id(config.prefix, moment)
+    sealed = ENCRYPTED_SUFFIX if recipients is not None else ""
     return BackupPlan(
         config=config,
         backup_id=backup_id,
         created_at=moment.astimezone(),
         storage=storage,
-        archive_name=backup_id + archive_suffix(config.compression),
-        manifest_name=backup_id + MANIFEST_SUFFIX if config.include_manifest else None,
+        archive_name=backup_id + archive_suffix(config.compression) + sealed,
+        manifest_name=backup_id + MANIFEST_SUFFIX + sealed if config.include_manifest else None,
+        recipients=recipients,
+        sidecar_name=backup_id + SIDECAR_SUFFIX if recipients is not None else None,
         entries=scan.entries,
         excluded=scan.excluded,
         problems=scan.problems,
@@ -221,6 +236,8 @@ class RestorePlan:
     link_sources: frozenset[str] = frozenset()
     skipped: tuple[RestoreEntry, ...] = ()
     selection: Selection = field(default_factory=Selection)
+    # What decrypts an encrypted backup (checked against its recipients when planned).
+    identities: Identities | None = field(default=None, repr=False)
 
     @property
     def makes_devices(self) -> bool:
@@ -274,6 +291,7 @@ def plan_restore(
     numeric_owner: bool = False,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    identities: Identities | None = None,
 ) -> RestorePlan:
     """Given an archive and a target directory, return the restore plan; write nothing.
 
@@ -284,9 +302,11 @@ def plan_restore(
     restore to those paths and what is under them; ``include`` and ``exclude``
     patterns narrow it further (see ``backup.safety.Selection``). ``same_owner`` (default: whether
     this process is root) gives entries their archived owners, by name unless
-    ``numeric_owner``; it is refused for anyone but root.
+    ``numeric_owner``; it is refused for anyone but root. An encrypted backup is
+    decrypted with ``identities``.
     Raise ArchiveError if the archive is missing or unreadable, ManifestError if its
-    manifest is damaged while verification is on, ConfigError for a path not in the backup.
+    manifest is damaged while verification is on, ConfigError for a path not in the
+    backup, IdentityError if it is encrypted and no identity given is one of its recipients.
     """
     archive = locate(archive_path)
     restore_dir = Path(restore_dir)
@@ -300,9 +320,10 @@ def plan_restore(
     manifest_object: ObjectRef | None = archive.sibling(manifest_name_for(archive.name))
     manifest = None
     warnings: list[str] = []
+    identities = _identities_for(archive, identities, verify_checksums, warnings)
     if manifest_object is not None and manifest_object.exists():
         try:
-            manifest = read_manifest(manifest_object)
+            manifest = read_manifest(manifest_object, identities)
         except ManifestError as exc:
             if verify_checksums:
                 raise
@@ -326,7 +347,7 @@ def plan_restore(
         )
     elif list_archive or selection.paths is not None or selection.patterns:
         links: dict[str, str] = {}
-        entries = _list_archive(archive, allow_external_links, selection, warnings, links)
+        entries = _list_archive(archive, allow_external_links, selection, warnings, links, identities)
         # As from a manifest: the first name of a file whose later name is restored
         # without it is held aside for that name.
         link_sources = frozenset(target for name, target in links.items() if selection(name) and not selection(target))
@@ -359,7 +380,35 @@ def plan_restore(
         link_sources=link_sources,
         skipped=skipped,
         selection=selection,
+        identities=identities,
     )
+
+
+def _identities_for(
+    archive: ObjectRef, identities: Identities | None, verify_checksums: bool, warnings: list[str]
+) -> Identities | None:
+    """Given an archive and the identities given, return those that decrypt it (None if
+    it is not encrypted); raise IdentityError if it is encrypted and none of them is
+    one of the recipients its sidecar names (or none was given)."""
+    sidecar_ref = sidecar_for(archive)
+    if sidecar_ref is None and not is_encrypted(archive):
+        return None
+    if sidecar_ref is None or not sidecar_ref.exists():
+        if identities is None:
+            raise IdentityError(
+                f"{archive.label}: archive is age-encrypted, and no sidecar says to whom; give the identity "
+                f"file that decrypts it (--identity FILE, or {IDENTITY_ENV})",
+                archive.label,
+            )
+        return identities
+    try:
+        sidecar = read_sidecar(sidecar_ref)
+    except ManifestError as exc:
+        if verify_checksums or identities is None:
+            raise
+        warnings.append(f"{exc}; decrypting without it")
+        return identities
+    return check_identities(archive.label, sidecar.recipients, identities)
 
 
 def _data_size(kind: str, size: int, data_size: int | None) -> int:
@@ -386,13 +435,14 @@ def _list_archive(
     selection: Selection,
     warnings: list[str],
     links: dict[str, str] | None = None,
+    identities: Identities | None = None,
 ) -> list[RestoreEntry]:
     """Given an archive without a manifest, return the entries it would restore (a
     repeated file once, as its last copy) and add how it was read to ``warnings``; fill
     ``links`` with each hard link's name and the name it links to."""
     checker = MemberChecker(archive.label, allow_external_links, foreign=True)
     entries: dict[str, RestoreEntry] = {}
-    with ArchiveReader(archive) as reader:
+    with ArchiveReader(archive, identities=identities) as reader:
         for member in reader.members():
             safe = checker.check(member, writes=selection(normalize_member_name(member.name), member.isdir()))
             if safe is not None:

@@ -124,13 +124,11 @@ def execute_prune(backup_dir: Location, plan: RetentionPlan, dry_run: bool = Fal
     result.leftovers = clean_leftovers(open_storage(backup_dir))
     for decision in plan.remove:
         backup = decision.backup
-        first, second = backup.archive, backup.manifest
-        if second is not None and backup.archive.storage.manifest_commits:
-            first, second = second, first
         try:
-            _delete(first)
-            if second is not None:
-                _delete(second)
+            # The commit point first: what is left if this stops half way is a leftover,
+            # never a backup missing a part.
+            for ref in reversed(backup.objects()):
+                _delete(ref)
         except OSError as exc:
             result.errors.append(f"{exc.filename or backup.archive.label}: cannot remove: {exc.strerror or exc}")
             continue

@@ -433,7 +433,7 @@ def _extract(plan: RestorePlan, staging_fd: int, progress: ProgressCallback | No
     links: list[SafeMember] = []
     with (
         DirectoryChain(staging_fd, create=True) as chain,
-        ArchiveReader(plan.archive, algorithm, compression) as reader,
+        ArchiveReader(plan.archive, algorithm, compression, plan.identities) as reader,
     ):
         if progress is not None:
             reader.on_data = lambda done: progress(len(out.members), out.bytes_written + done)

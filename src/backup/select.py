@@ -16,9 +16,12 @@ from pathlib import Path
 
 from .catalog import BackupInfo, own_manifest
 from .errors import ArchiveError, ConfigError, ManifestError
+from .keys import Identities
 from .listing import list_backups
 from .manifest import BackupManifest, manifest_name_for, read_manifest
+from .manifest.files import read_sidecar, sidecar_for
 from .manifest.model import MANIFEST_SUFFIX
+from .manifest.sidecar import ENCRYPTED_SUFFIX
 from .retention import is_dated_in_future
 from .storage import Location, is_url, locate, open_storage, where
 from .storage.base import BackupStorage, ObjectRef
@@ -37,15 +40,19 @@ class Selected:
     archive: ObjectRef
     manifest: ObjectRef | None
     backup_id: str | None = None
+    # An encrypted backup's plaintext sidecar.
+    sidecar: ObjectRef | None = None
 
-    def read_manifest(self) -> BackupManifest:
-        """Return the manifest; raise ManifestError naming the archive if there is none."""
+    def read_manifest(self, identities: Identities | None = None) -> BackupManifest:
+        """Return the manifest (decrypted with ``identities``, if it is encrypted); raise
+        ManifestError naming the archive if there is none, IdentityError if it cannot
+        be decrypted."""
         if self.manifest is None:
             raise ManifestError(
                 f"{self.archive.label}: this backup has no manifest (made with --no-manifest, or by another tool)",
                 self.archive.label,
             )
-        return read_manifest(self.manifest)
+        return read_manifest(self.manifest, identities)
 
 
 def find_backup(
@@ -119,7 +126,7 @@ def find_backup(
 
 
 def _from_info(info: BackupInfo) -> Selected:
-    return Selected(info.archive, info.manifest, info.backup_id)
+    return Selected(info.archive, info.manifest, info.backup_id, info.sidecar)
 
 
 def _manifest_only(storage: BackupStorage, backup_id: str) -> Selected | None:
@@ -140,6 +147,21 @@ def _manifest_only(storage: BackupStorage, backup_id: str) -> Selected | None:
 
 
 def _from_ref(given: ObjectRef, path: str, archive_required: bool = True) -> Selected:
+    sidecar_ref = sidecar_for(given)
+    if sidecar_ref is not None:
+        # An encrypted backup, named by any of its three objects: its sidecar names the others.
+        if sidecar_ref is given or given.name.endswith(MANIFEST_SUFFIX + ENCRYPTED_SUFFIX):
+            sidecar = read_sidecar(sidecar_ref)
+            named = sidecar_ref.sibling(sidecar.archive.name)
+            if archive_required and not named.exists():
+                raise ArchiveError(f"{named.label}: archive not found (named by {path})", named.label)
+            return Selected(named, sidecar_ref.sibling(sidecar.manifest.name), sidecar.backup_id, sidecar_ref)
+        beside = given.sibling(manifest_name_for(given.name))
+        return Selected(
+            given,
+            beside if beside.exists() else None,
+            sidecar=sidecar_ref if sidecar_ref.exists() else None,
+        )
     if not given.name.endswith(MANIFEST_SUFFIX):
         beside = given.sibling(manifest_name_for(given.name))
         return Selected(given, beside if beside.exists() else None)

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ArchiveError, ManifestError, UnsafeArchiveError
-from .hashing import DEFAULT_ALGORITHM
+from .hashing import CHUNK_SIZE, DEFAULT_ALGORITHM, new_hasher
+from .keys import Identities
 from .manifest import BackupManifest, ManifestEntry, manifest_name_for, read_manifest
+from .manifest.files import read_sidecar, sidecar_for
 from .progress import ProgressCallback, format_count
 from .safety import DEVICE_KINDS, MemberChecker, SafeMember, Selection, is_selected
 from .storage import locate
@@ -31,6 +33,7 @@ __all__ = [
     "compare_with_manifest",
     "verify_archive",
     "verify_backup",
+    "verify_ciphertext",
 ]
 
 
@@ -66,6 +69,9 @@ class VerifyReport:
     duration_seconds: float = 0.0
     cause: str | None = None
     checksums: bool = True
+    # An encrypted backup checked without its identity: only the ciphertext's size and
+    # checksum (archive and manifest), against its sidecar.
+    ciphertext_only: bool = False
     # Where the archive is, for people: its path, or its URL in an object store.
     archive_label: str = ""
     manifest_label: str | None = None
@@ -82,6 +88,11 @@ class VerifyReport:
     def summary(self) -> str:
         """Return one line describing the outcome."""
         read = f"{format_count(self.checked_entries, 'entry', 'entries')}, {self.checked_bytes} bytes"
+        if self.ok and self.ciphertext_only:
+            return (
+                f"{self.label}: OK, ciphertext intact ({self.checked_bytes} bytes of archive and manifest match "
+                "the sidecar's checksums); the files were not checked: give --identity to decrypt and check them"
+            )
         if self.ok and not self.checksums:
             return f"{self.label}: OK, no checksums (no manifest): {read} read; tar and compression intact"
         if self.ok:
@@ -130,6 +141,7 @@ class VerifyReport:
             "problems": self.problems,
             "cause": self.cause,
             "checksums": self.checksums,
+            "ciphertext_only": self.ciphertext_only,
             "duration_seconds": round(self.duration_seconds, 3),
         }
 
@@ -225,21 +237,28 @@ def verify_backup(
     *,
     progress: ProgressCallback | None = None,
     check_owners: bool = False,
+    identities: Identities | None = None,
 ) -> VerifyReport:
     """Given an archive (and optionally its manifest), return what a full check found.
 
     With ``check_owners`` the owners the archive gives are compared with the manifest's
-    too. Never raises for a bad archive or manifest: each problem is in the report.
+    too. An encrypted backup is decrypted with ``identities``; without them, only its
+    ciphertext is checked against its sidecar (see ``verify_ciphertext``). Never raises
+    for a bad archive or manifest: each problem is in the report. Raise IdentityError if
+    the identities given are not among an encrypted backup's recipients.
     """
     started = time.monotonic()
     archive = locate(archive_path)
     manifest_ref = locate(manifest_path) if manifest_path else archive.sibling(manifest_name_for(archive.name))
+    sidecar_ref = sidecar_for(archive)
+    if sidecar_ref is not None and identities is None:
+        return verify_ciphertext(sidecar_ref, progress=progress)
     report = VerifyReport(
         Path(archive.label), Path(manifest_ref.label), archive_label=archive.label, manifest_label=manifest_ref.label
     )
     manifest: BackupManifest | None = None
     try:
-        manifest = read_manifest(manifest_ref)
+        manifest = read_manifest(manifest_ref, identities)
     except ManifestError as exc:
         if manifest_ref.exists():
             report.problems.append(str(exc))
@@ -253,7 +272,15 @@ def verify_backup(
     size = digest = None
     try:
         size, digest = _read_members(
-            archive, algorithm, compression, members, digests, report, progress, foreign=manifest is None
+            archive,
+            algorithm,
+            compression,
+            members,
+            digests,
+            report,
+            progress,
+            foreign=manifest is None,
+            identities=identities,
         )
     except ArchiveError as exc:
         report.cause = str(exc)
@@ -279,6 +306,7 @@ def _read_members(
     progress: ProgressCallback | None,
     *,
     foreign: bool = False,
+    identities: Identities | None = None,
 ) -> tuple[int, str]:
     """Read the whole archive, filling ``members`` and ``digests`` as it goes (so a
     damaged archive still reports what came before the damage); return its size and
@@ -288,7 +316,7 @@ def _read_members(
     links to /etc/ssl/certs verifies (only restoring such a link needs permission).
     """
     checker = MemberChecker(archive.label, foreign=foreign)
-    with ArchiveReader(archive, algorithm, compression) as reader:
+    with ArchiveReader(archive, algorithm, compression, identities) as reader:
         if progress is not None:
             reader.on_data = lambda done: progress(report.checked_entries, report.checked_bytes + done)
         for member in reader.members():
@@ -313,6 +341,53 @@ def _read_members(
         except UnsafeArchiveError as exc:
             report.problems.append(str(exc))
         return reader.finish()
+
+
+def verify_ciphertext(sidecar_ref: ObjectRef, *, progress: ProgressCallback | None = None) -> VerifyReport:
+    """Given an encrypted backup's sidecar, return what reading its archive and its
+    encrypted manifest found: whether each has the size and checksum the sidecar
+    records. Needs no identity, and checks no file. Never raises: each problem is in the
+    report (a sidecar that cannot be read, too).
+    """
+    started = time.monotonic()
+    report = VerifyReport(Path(sidecar_ref.label), None, ciphertext_only=True, archive_label=sidecar_ref.label)
+    try:
+        sidecar = read_sidecar(sidecar_ref)
+    except ManifestError as exc:
+        report.cause = str(exc)
+        return report
+    archive, manifest = sidecar_ref.sibling(sidecar.archive.name), sidecar_ref.sibling(sidecar.manifest.name)
+    report.archive_path, report.archive_label = Path(archive.label), archive.label
+    report.manifest_path, report.manifest_label = Path(manifest.label), manifest.label
+    expected = (
+        (archive, "archive", sidecar.archive.size, sidecar.archive.checksum),
+        (manifest, "manifest", sidecar.manifest.size, sidecar.manifest.checksum),
+    )
+    for ref, what, size, checksum in expected:
+        hasher = new_hasher(sidecar.checksum_algorithm)
+        read = 0
+        try:
+            with ref.storage.open_read(ref.name) as handle:
+                while chunk := handle.read(CHUNK_SIZE):
+                    hasher.update(chunk)
+                    read += len(chunk)
+                    if progress is not None:
+                        progress(report.checked_entries, report.checked_bytes + read)
+        except FileNotFoundError:
+            report.problems.append(f"{ref.label}: {what} not found (named by {sidecar_ref.label})")
+            continue
+        except OSError as exc:
+            report.problems.append(f"{ref.label}: cannot read {what}: {exc.strerror or exc}")
+            continue
+        report.checked_bytes += read
+        report.checked_entries += 1
+        digest = hasher.hexdigest()
+        if read != size:
+            report.problems.append(f"{ref.label}: {what} is {read} bytes, sidecar says {size}")
+        elif not hmac.compare_digest(digest, checksum.lower()):
+            report.problems.append(f"{ref.label}: {what} checksum {digest}, sidecar says {checksum}")
+    report.duration_seconds = time.monotonic() - started
+    return report
 
 
 def verify_archive(

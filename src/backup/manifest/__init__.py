@@ -5,7 +5,15 @@ manifests from storage and files and builds one from a directory. Everything pub
 is importable from here, as it always was.
 """
 
-from .files import create_manifest, load_manifest, manifest_name_for, read_manifest
+from .files import (
+    check_identities,
+    create_manifest,
+    load_manifest,
+    manifest_name_for,
+    read_manifest,
+    read_sidecar,
+    sidecar_for,
+)
 from .model import (
     MANIFEST_FORMAT,
     MANIFEST_SUFFIX,
@@ -25,6 +33,7 @@ __all__ = [
     "ArchiveInfo",
     "BackupManifest",
     "ManifestEntry",
+    "check_identities",
     "create_manifest",
     "display_name",
     "encode_json_text",
@@ -32,4 +41,6 @@ __all__ = [
     "load_manifest",
     "manifest_name_for",
     "read_manifest",
+    "read_sidecar",
+    "sidecar_for",
 ]

@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, BinaryIO, cast
 
-from ..errors import ArchiveError
+from ..errors import ArchiveError, IdentityError
 from ..hashing import CHUNK_SIZE, DEFAULT_ALGORITHM, new_hasher
+from ..keys import IDENTITY_ENV, Identities
+from ..manifest.sidecar import ENCRYPTED_SUFFIX
 from ..progress import PROGRESS_STEP
 from ..storage.base import ObjectRef
 from .compression import (
@@ -26,10 +28,11 @@ from .compression import (
     detect_compression,
     unsupported_compression,
 )
+from .encryption import AGE_MAGIC, AgeLayer, DecryptionError
 from .pipeline import ArchiveInput, archive_layers
 from .tarformat import TarFormatError, TarStreamReader, backup_id_from_comment
 
-__all__ = ["ArchiveReader", "digest_regions", "read_archive_marker", "sniff_compression"]
+__all__ = ["ArchiveReader", "digest_regions", "is_encrypted", "read_archive_marker", "sniff_compression"]
 
 _READ_AHEAD = 64 * 1024
 # A writer's mark is the archive's first header: it decodes from the first block of a
@@ -38,19 +41,58 @@ _READ_AHEAD = 64 * 1024
 _MARK_STORED_BYTES = 2 << 20
 _MARK_BYTES = 64 * 1024
 _SHOWN_WARNINGS = 5
-_READ_ERRORS: tuple[type[BaseException], ...] = (TarFormatError, *DECOMPRESSION_ERRORS, OSError, ValueError)
+_READ_ERRORS: tuple[type[BaseException], ...] = (
+    TarFormatError,
+    *DECOMPRESSION_ERRORS,
+    OSError,
+    ValueError,
+    IdentityError,
+)
 
 
-def sniff_compression(archive: ObjectRef) -> str:
-    """Given an archive of unknown origin, return its compression from its first bytes;
-    raise ArchiveError naming a compression obs-backup does not read."""
+def _head(raw: BinaryIO) -> bytes:
+    data = b""
+    while len(data) < SNIFF_BYTES:
+        more = raw.read(SNIFF_BYTES - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def is_encrypted(archive: ObjectRef) -> bool:
+    """Given an archive, return whether it is age-encrypted (by its name, or else its
+    first bytes)."""
+    if archive.name.endswith(ENCRYPTED_SUFFIX):
+        return True
+    with archive.storage.open_read(archive.name, 0, len(AGE_MAGIC)) as head:
+        return head.read(len(AGE_MAGIC)) == AGE_MAGIC
+
+
+def sniff_compression(archive: ObjectRef, identities: Identities | None = None) -> str:
+    """Given an archive of unknown origin, return its compression from its first bytes
+    (decrypted with ``identities``, if it is age-encrypted); raise ArchiveError naming a
+    compression obs-backup does not read, IdentityError if it is encrypted and no
+    identity was given."""
     with archive.storage.open_read(archive.name, 0, SNIFF_BYTES) as head:
-        data = b""
-        while len(data) < SNIFF_BYTES:
-            more = head.read(SNIFF_BYTES - len(data))
-            if not more:
-                break
-            data += more
+        data = _head(head)
+    if data.startswith(AGE_MAGIC):
+        if identities is None:
+            raise IdentityError(
+                f"{archive.label}: archive is age-encrypted; give the identity file that decrypts it "
+                f"(--identity FILE, or {IDENTITY_ENV})",
+                archive.label,
+            )
+        with archive.storage.open_read(archive.name) as raw:
+            plain = AgeLayer(identities=identities).wrap_reader(raw)
+            try:
+                data = _head(plain)
+            except IdentityError as exc:
+                raise IdentityError(f"{archive.label}: {exc}", archive.label) from None
+            except DecryptionError as exc:
+                raise ArchiveError(f"{archive.label}: {exc}", archive.label) from None
+            finally:
+                plain.close()
     unsupported = unsupported_compression(data)
     if unsupported is not None:
         raise ArchiveError(
@@ -67,14 +109,30 @@ class ArchiveReader:
     :meth:`chunks` before moving on (data not read is skipped), then call
     :meth:`finish` to drain the stream and learn the archive's size and checksum.
     ``compression`` is the archive's compression when known (from its manifest: our
-    own archives are never guessed at); None recognises it by its first bytes.
+    own archives are never guessed at); None recognises it by its first bytes. An
+    age-encrypted archive is decrypted with ``identities``.
     """
 
-    def __init__(self, archive: ObjectRef, algorithm: str = DEFAULT_ALGORITHM, compression: str | None = None) -> None:
+    def __init__(
+        self,
+        archive: ObjectRef,
+        algorithm: str = DEFAULT_ALGORITHM,
+        compression: str | None = None,
+        identities: Identities | None = None,
+    ) -> None:
         self.archive = archive
         self.label = archive.label
         try:
-            self.compression = sniff_compression(archive) if compression is None else compression
+            self.compression = sniff_compression(archive, identities) if compression is None else compression
+            encryption = None
+            if is_encrypted(archive):
+                if identities is None:
+                    raise IdentityError(
+                        f"{self.label}: archive is age-encrypted; give the identity file that decrypts it "
+                        f"(--identity FILE, or {IDENTITY_ENV})",
+                        self.label,
+                    )
+                encryption = AgeLayer(identities=identities)
             self._raw: BinaryIO = archive.storage.open_read(archive.name)
         except FileNotFoundError as exc:
             raise ArchiveError(f"{self.label}: archive not found", self.label) from exc
@@ -82,7 +140,7 @@ class ArchiveReader:
             raise ArchiveError(f"{self.label}: is a directory, not an archive", self.label) from exc
         except OSError as exc:
             raise ArchiveError(f"{self.label}: cannot read archive: {exc.strerror or exc}", self.label) from exc
-        self._input = ArchiveInput(self._raw, archive_layers(self.compression), algorithm)
+        self._input = ArchiveInput(self._raw, archive_layers(self.compression, encryption=encryption), algorithm)
         # Headers are read a block at a time; through a read-ahead buffer each costs a
         # copy instead of a call down every layer. Large reads bypass the buffer.
         self._stream = cast(BinaryIO, io.BufferedReader(cast(io.RawIOBase, self._input.stream), _READ_AHEAD))
@@ -122,6 +180,10 @@ class ArchiveReader:
             return exc
         label = self.label
         text = str(exc) or type(exc).__name__
+        if isinstance(exc, DecryptionError | IdentityError):
+            # Its identity was checked against its recipients first: a header that does
+            # not open with it is damaged too.
+            return ArchiveError(f"{label}: archive is damaged: {text}", label)
         if self._tar.count == 0 and isinstance(exc, TarFormatError):
             return ArchiveError(f"{label}: not a valid tar archive ({text})", label)
         if isinstance(exc, EOFError) or "unexpected end" in text or "truncated" in text:

@@ -14,13 +14,17 @@ import pytest
 
 from backup.catalog import (
     BackupInfo,
+    commit_order,
+    encrypted_archive_name,
     format_backup_id,
     oldest_first_key,
     own_archive_name,
     own_manifest,
+    own_sidecar,
     parse_backup_id,
 )
 from backup.manifest import ArchiveInfo, BackupManifest, ManifestEntry, manifest_name_for
+from backup.manifest.sidecar import Sidecar, StoredObject
 from backup.storage import LocalStorage, ObjectRef
 from support.storage import MemoryStorage
 
@@ -269,6 +273,8 @@ def test_backup_info_to_dict(tmp_path: Path) -> None:
         "size_bytes": 1234,
         "file_count": 3,
         "compression": "gz",
+        "encrypted_to": [],
+        "sidecar_path": None,
         "problem": None,
     }
     remote = backup_info(MemoryStorage("memory://b"), "b_20240101_000000", None, manifest=False).to_dict()
@@ -313,3 +319,88 @@ def test_oldest_first_puts_unknown_times_first_and_compares_instants() -> None:
         "a_20240101_000000",
         "b_20240101_000000",
     ]
+
+
+# --- encrypted backups: names, sidecars, commit order -------------------------------------
+
+
+def _sidecar(backup_id: str = "b_20240101_000000", **changes: object) -> Sidecar:
+    values: dict[str, object] = {
+        "backup_id": backup_id,
+        "created_at": "2024-01-01T00:00:00+00:00",
+        "kind": "manual",
+        "source_size": 10,
+        "checksum_algorithm": "sha256",
+        "archive": ArchiveInfo(f"{backup_id}.tar.zst.age", 300, "ab" * 32, "zst"),
+        "manifest": StoredObject(f"{backup_id}.manifest.json.age", 200, "cd" * 32),
+        "recipients": ("age1example",),
+    }
+    values.update(changes)
+    return Sidecar(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("b_20240101_000000.tar.zst.age", ("b_20240101_000000", "zst")),
+        ("b_20240101_000000.tar.age", ("b_20240101_000000", "")),
+        ("b_20240101_000000.tar.zst", None),  # not encrypted
+        ("b_20240101_000000.tgz.age", None),  # not our spelling
+        ("b_20240101_000000.manifest.json.age", None),
+        (".tar.gz.age", None),
+    ],
+)
+def test_encrypted_archive_names(name: str, expected: tuple[str, str] | None) -> None:
+    assert encrypted_archive_name(name) == expected
+    if name.endswith(".age"):
+        assert own_archive_name(name) is None  # an encrypted archive is never taken for a plain one
+
+
+def test_a_sidecar_round_trips_through_json() -> None:
+    sidecar = _sidecar()
+    assert Sidecar.from_json(sidecar.to_json().encode()) == sidecar
+    assert own_sidecar(sidecar.to_json().encode(), "b_20240101_000000") == (sidecar, None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"\xff", "not valid JSON"),
+        (b"[]", 'no "format"'),
+        (b'{"format": "obs-backup-manifest"}', 'no "format"'),
+        (b'{"format": "obs-backup-sidecar", "version": 9}', "unsupported sidecar version 9"),
+        (b'{"format": "obs-backup-sidecar", "version": 1}', "malformed"),
+    ],
+)
+def test_what_is_not_a_sidecar_says_why(raw: bytes, why: str) -> None:
+    sidecar, reason = own_sidecar(raw, "b_20240101_000000")
+    assert sidecar is None and reason is not None and why in reason
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"backup_id": "b_20240102_000000"}, "it is the sidecar of 'b_20240102_000000'"),
+        ({"archive": ArchiveInfo("other_20240101_000000.tar.zst.age", 1, "00", "zst")}, "it names the archive"),
+        ({"archive": ArchiveInfo("b_20240101_000000.tar.zst", 1, "00", "zst")}, "it names the archive"),
+        ({"manifest": StoredObject("b_20240101_000000.manifest.json", 1, "00")}, "it names the manifest"),
+        ({"recipients": ()}, "names no age-encryption.org/v1 recipients"),
+        ({"source_size": -1}, "malformed"),
+        ({"kind": 7}, "malformed"),
+    ],
+)
+def test_a_sidecar_is_ours_only_when_it_names_its_own_objects(changes: dict[str, object], why: str) -> None:
+    raw = _sidecar(**{"backup_id": "b_20240101_000000", **changes}).to_json().encode()  # type: ignore[arg-type]
+    sidecar, reason = own_sidecar(raw, "b_20240101_000000")
+    assert sidecar is None and reason is not None and why in reason
+
+
+def test_commit_order_puts_the_commit_point_last() -> None:
+    """In a directory the archive, linked last, completes a backup, and the sidecar
+    (which proves the others ours) comes first; in an object store the other way round."""
+    archive, sidecar, manifest = "a.tar.zst.age", "a.sidecar.json", "a.manifest.json.age"
+    assert commit_order(False, archive, [sidecar, manifest]) == [sidecar, manifest, archive]
+    assert commit_order(True, archive, [sidecar, manifest]) == [archive, manifest, sidecar]
+    assert commit_order(False, "a.tar", ["a.manifest.json"]) == ["a.manifest.json", "a.tar"]
+    assert commit_order(True, "a.tar", ["a.manifest.json"]) == ["a.tar", "a.manifest.json"]
+    assert commit_order(True, "a.tar", []) == ["a.tar"]

@@ -408,6 +408,8 @@ def test_list_to_dict_gives_labels(where: Where) -> None:
         "size_bytes": len(marked("backup_20240101_000000")),
         "file_count": None,
         "compression": "gz",
+        "encrypted_to": [],
+        "sidecar_path": None,
         "problem": None,
     }
 

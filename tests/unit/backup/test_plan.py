@@ -96,6 +96,8 @@ def test_a_plan_is_data_and_its_paths_are_derived() -> None:
         "filesystem",
         "notices",
         "vanished",
+        "recipients",
+        "sidecar_name",
     ]
     assert isinstance(BackupPlan.archive_path, property)
     assert isinstance(BackupPlan.manifest_path, property)
