@@ -25,7 +25,8 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
-# Kill-and-restore soak; SOAK_ARGS="--cycles 10" for a quick run, "--s3" against SeaweedFS.
+# Kill-and-restore soak; SOAK_ARGS="--cycles 10" for a quick run, "--s3" against SeaweedFS,
+# "--encrypt" with every backup encrypted to an age recipient.
 soak: setup
 	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
 
