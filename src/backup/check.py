@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -50,12 +51,13 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from .catalog import BackupInfo, encrypted_archive_name, own_archive_name, own_manifest, parse_backup_id
-from .errors import ConfigError, ManifestError, StorageError
+from .errors import ConfigError, IdentityError, ManifestError, StorageError
+from .hashing import new_hasher
 from .keys import Identities
 from .listing import list_backups
 from .manifest import MANIFEST_SUFFIX, read_manifest
 from .manifest.files import MAX_MANIFEST_BYTES, read_sidecar
-from .manifest.sidecar import SIDECAR_SUFFIX
+from .manifest.sidecar import SIDECAR_SUFFIX, Sidecar
 from .progress import ProgressCallback, format_size
 from .storage import Location, open_storage
 from .storage.base import BackupStorage, ObjectRef
@@ -364,9 +366,12 @@ def _check_encrypted(
     if identities is not None and not decrypt:
         note = f"not decrypted: no identity in {identities.source} is one of its recipients; "
     if decrypt:
+        damage = _changed_since_sealed(manifest_ref, sidecar)
+        if damage is not None:
+            return row("bad manifest", damage)
         try:
             manifest = read_manifest(manifest_ref, identities)
-        except ManifestError as exc:
+        except (ManifestError, IdentityError) as exc:
             return row("bad manifest", str(exc))
         recorded = manifest.archive
         if recorded is None or recorded.name != archive.name or manifest.backup_id != backup.backup_id:
@@ -387,6 +392,21 @@ def _check_encrypted(
     if not archive.exists():
         return row("removed while checking", f"{archive.label}: removed while its data was read")
     return row("damaged", _cause(report), True, problems=tuple(report.lines()))
+
+
+def _changed_since_sealed(manifest_ref: ObjectRef, sidecar: Sidecar) -> str | None:
+    """Return what is wrong with an encrypted manifest's bytes (their checksum is not
+    the sidecar's, or they cannot be read), or None: damage found before decrypting."""
+    hasher = new_hasher(sidecar.checksum_algorithm)
+    try:
+        with manifest_ref.storage.open_read(manifest_ref.name) as handle:
+            while chunk := handle.read(1 << 20):
+                hasher.update(chunk)
+    except OSError as exc:
+        return f"{manifest_ref.label}: cannot read manifest: {exc.strerror or exc}"
+    if not hmac.compare_digest(hasher.hexdigest(), sidecar.manifest.checksum.lower()):
+        return f"{manifest_ref.label}: manifest checksum {hasher.hexdigest()}, sidecar says {sidecar.manifest.checksum}"
+    return None
 
 
 def _check_encrypted_leftovers(storage: BackupStorage, listed: set[str], prefix: str | None) -> list[CheckRow]:

@@ -36,7 +36,7 @@ from .keys import Identities, load_identities
 from .listing import list_backups
 from .locations import as_location, with_endpoint
 from .manifest import display_name
-from .monitor import PruneRecord, RunRecord, record_prune, record_run
+from .monitor import PruneRecord, RunRecord, error_to_record, record_prune, record_run
 from .plan import BackupPlan, RestorePlan, plan_backup, plan_restore
 from .progress import ProgressBar, ProgressCallback, format_count, format_size
 from .prune import PruneResult, execute_prune, plan_prune
@@ -434,7 +434,7 @@ def _record_run(args: argparse.Namespace, result: BackupResult, started: datetim
         archive_path=result.archive,
         archive_size=result.archive_size,
         file_count=manifest.file_count if manifest else 0,
-        error=result.error,
+        error=error_to_record(result.error, bool(args.encrypt_to or args.recipients_file)),
         warnings=len(result.warnings),
         changed_files=len(result.changed_files),
     )

@@ -118,6 +118,8 @@ def _copy_one(backup: BackupInfo, dst: BackupStorage, progress: ProgressCallback
     algorithm = DEFAULT_ALGORITHM
     sealed: tuple[bytes, Sidecar] | None = None
     if backup.sidecar is not None:
+        if backup.manifest is None:
+            raise BackupError(f"{backup.problem or backup.archive.label}; not copied", backup.archive.label)
         sidecar = read_sidecar(backup.sidecar)
         with backup.sidecar.storage.open_read(backup.sidecar.name) as handle:
             sealed = handle.read(_MAX_MANIFEST_BYTES + 1), sidecar
@@ -149,10 +151,9 @@ def _copy_one(backup: BackupInfo, dst: BackupStorage, progress: ProgressCallback
 
         size = _stream(backup.archive, archive, expected, algorithm, report)
         manifests: list[Upload] = []
-        if sealed is not None:
+        if sealed is not None and backup.sidecar is not None and backup.manifest is not None:
             raw_sidecar, sidecar = sealed
-            assert backup.manifest is not None
-            manifests.append(dst.begin(backup.sidecar.name if backup.sidecar else "", mark=mark))
+            manifests.append(dst.begin(backup.sidecar.name, mark=mark))
             uploads.append(manifests[-1])
             manifests[-1].write(raw_sidecar)
             manifests.append(dst.begin(backup.manifest.name, mark=mark))

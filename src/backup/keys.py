@@ -72,7 +72,7 @@ def load_recipients(keys: Sequence[str] = (), files: Sequence[str | os.PathLike[
     """Given recipients (``age1...``) and recipients files, return them all, each once,
     in the order given; raise ConfigError naming the key or the file and line that is
     not a recipient (an identity given by mistake is named as such)."""
-    found: list[tuple[str, str]] = [(key.strip(), f"{key.strip()!r}") for key in keys]
+    found: list[tuple[str, str]] = [(key.strip(), _shown(key.strip())) for key in keys]
     for file in files:
         lines = _key_lines(Path(file), "recipients")
         if not lines:
@@ -80,7 +80,7 @@ def load_recipients(keys: Sequence[str] = (), files: Sequence[str | os.PathLike[
         found += [(text, f"{file} line {number}") for number, text in lines]
     keys_seen: dict[str, x25519.Recipient] = {}
     for text, where in found:
-        if text.upper().startswith(_IDENTITY_PREFIX):
+        if _IDENTITY_PREFIX in text.upper():
             raise ConfigError(
                 f"{where}: is a secret key (an identity), not a recipient; give its public key, "
                 "which 'age-keygen -y KEYFILE' prints; the secret key should not be on this machine"
@@ -118,6 +118,14 @@ def load_identities(file: str | os.PathLike[str]) -> Identities:
                 str(path),
             ) from None
     return Identities(str(path), tuple(parsed), tuple(str(identity.to_public()) for identity in parsed))
+
+
+def _shown(text: str) -> str:
+    """A value from the command line as an error may show it: never a secret key, never
+    more than one short line."""
+    if _IDENTITY_PREFIX in text.upper():
+        return "a value given"
+    return repr(text) if len(text) <= 80 else repr(text[:40]) + "…"
 
 
 def _key_lines(

@@ -20,10 +20,33 @@ from typing import Any
 from .storage import Location, open_storage
 from .storage.durable import atomic_write_bytes
 
-__all__ = ["STATE_NAME", "PruneRecord", "RunRecord", "load_state", "record_prune", "record_run", "render_metrics"]
+__all__ = [
+    "STATE_NAME",
+    "PruneRecord",
+    "RunRecord",
+    "error_to_record",
+    "load_state",
+    "record_prune",
+    "record_run",
+    "render_metrics",
+]
 
 STATE_NAME = ".obs-backup-state.json"
 METRICS_MODE = 0o644  # the collector usually runs as another user
+
+
+# What the state file says of a failed encrypted backup, instead of its error.
+SEALED_ERROR = (
+    "backup failed; its error names source files, which an encrypted backup location does not hold "
+    "in plaintext: see the log or the command's output"
+)
+
+
+def error_to_record(error: str | None, encrypted: bool) -> str | None:
+    """Given a run's error and whether its backups are encrypted, return the error to keep
+    in the state file, which lives in the backup location: for encrypted backups, not
+    the error itself, which may name a source file."""
+    return SEALED_ERROR if encrypted and error else error
 
 
 @dataclass

@@ -330,6 +330,14 @@ def plan_restore(
             warnings.append(f"{exc}; restoring without it")
             manifest_object = None
     else:
+        if verify_checksums and sidecar_for(archive) is not None:
+            # An encrypted backup always has its manifest: without it nothing checks the files.
+            label = archive.sibling(manifest_name_for(archive.name)).label
+            raise ManifestError(
+                f"{label}: encrypted manifest not found, so the files cannot be checked; "
+                "restore with --no-verify to restore them unchecked",
+                label,
+            )
         manifest_object = None
     if same_owner is None:
         same_owner = os.geteuid() == 0
@@ -400,13 +408,16 @@ def _identities_for(
                 f"file that decrypts it (--identity FILE, or {IDENTITY_ENV})",
                 archive.label,
             )
+        if sidecar_ref is not None:
+            warnings.append(f"{sidecar_ref.label}: sidecar not found; decrypting with the identity given")
         return identities
     try:
         sidecar = read_sidecar(sidecar_ref)
     except ManifestError as exc:
-        if verify_checksums or identities is None:
+        if identities is None:
             raise
-        warnings.append(f"{exc}; decrypting without it")
+        # Only the recipients are lost with it: the manifest, decrypted, still checks every file.
+        warnings.append(f"{exc}; decrypting with the identity given")
         return identities
     return check_identities(archive.label, sidecar.recipients, identities)
 

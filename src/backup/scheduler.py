@@ -47,7 +47,7 @@ from .errors import BackupError
 from .hooks import Hooks, run_with_hooks
 from .listing import list_backups
 from .locations import S3Location
-from .monitor import RunRecord, record_run
+from .monitor import RunRecord, error_to_record, record_run
 from .prune import PruneResult, execute_prune, plan_prune
 from .retention import is_dated_in_future
 from .storage import open_storage
@@ -320,7 +320,7 @@ class BackupScheduler(TimeAwareMixin):
             archive_path=result.archive,
             archive_size=result.archive_size,
             file_count=result.manifest.file_count if result.manifest else 0,
-            error=result.error,
+            error=error_to_record(result.error, bool(self.config.encrypt_to or self.config.recipients_file)),
             removed=list(outcome.prune.removed) if outcome.prune else [],
             future_dated_backups=len(outcome.prune.plan.future) if outcome.prune else None,
             warnings=len(result.warnings),  # an after_backup hook's failure among them

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ArchiveError, ManifestError, UnsafeArchiveError
+from .errors import ArchiveError, IdentityError, ManifestError, UnsafeArchiveError
 from .hashing import CHUNK_SIZE, DEFAULT_ALGORITHM, new_hasher
 from .keys import Identities
 from .manifest import BackupManifest, ManifestEntry, manifest_name_for, read_manifest
@@ -282,7 +282,7 @@ def verify_backup(
             foreign=manifest is None,
             identities=identities,
         )
-    except ArchiveError as exc:
+    except (ArchiveError, IdentityError) as exc:
         report.cause = str(exc)
     except Exception as exc:  # a bug: reported, never raised
         report.problems.append(f"{archive.label}: verify failed: internal error: {type(exc).__name__}: {exc}")
@@ -403,7 +403,7 @@ def verify_archive(
     report = VerifyReport(Path(archive.label), None, checksums=False, archive_label=archive.label)
     try:
         _read_members(archive, DEFAULT_ALGORITHM, compression, {}, {}, report, progress, foreign=True)
-    except ArchiveError as exc:
+    except (ArchiveError, IdentityError) as exc:
         report.cause = str(exc)
     except Exception as exc:  # a bug: reported, never raised
         report.problems.append(f"{archive.label}: verify failed: internal error: {type(exc).__name__}: {exc}")

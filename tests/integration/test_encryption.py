@@ -512,3 +512,122 @@ def test_a_real_store_keeps_the_mark_of_a_multipart_upload(
     restored = restore_backup(backup.archive, tmp_path / "t", identity=key.identity_file)
     assert restored.success, restored.error
     assert snapshot(tmp_path / "t") == snapshot(source)
+
+
+def _dated_backups(tmp_path: Path, key: AgeKey, count: int, size: int = 10) -> Path:
+    source = tmp_path / "src"
+    source.mkdir(exist_ok=True)
+    (source / "a.bin").write_bytes(os.urandom(size))
+    backups = tmp_path / "b"
+    config = BackupConfig(source, backups, compression="zst", encrypt_to=[key.recipient])
+    for day in range(1, count + 1):
+        result = create_backup(config, now=fixed_now(utc(2026, 3, day)))
+        assert result.success, result.error
+    return backups
+
+
+def test_a_foreign_age_file_named_like_an_archive_breaks_nothing(key: AgeKey, tmp_path: Path) -> None:
+    """Another program's encrypted dump under one of our archive names (or one of our
+    encrypted archives renamed) is not ours, and listing, pruning and cleaning go on."""
+    backups = _dated_backups(tmp_path, key, 1)
+    foreign = backups / "db_20240101_000000.tar.gz"
+    subprocess.run(["age", "-r", key.recipient, "-o", str(foreign)], input=b"a dump", check=True)
+    assert [b.backup_id for b in list_backups(backups)] == ["backup_20260301_000000"]
+    assert clean_leftovers(backups) == []
+    assert foreign.exists()
+    report = verify_backup(foreign)
+    assert not report.ok and "age-encrypted" in (report.cause or "")  # one line, not an internal error
+
+
+def test_copy_of_an_encrypted_backup_missing_its_manifest_is_one_line_and_the_others_go_on(
+    key: AgeKey, tmp_path: Path
+) -> None:
+    from backup.copy import copy_backups
+
+    backups = _dated_backups(tmp_path, key, 2)
+    (backups / "backup_20260301_000000.manifest.json.age").unlink()
+    result = copy_backups(backups, tmp_path / "dst")
+    assert result.copied == ["backup_20260302_000000"]
+    [error] = result.errors
+    assert "encrypted manifest not found" in error and "not copied" in error and "\n" not in error
+
+
+def test_a_damaged_manifest_header_is_damage_for_check_and_verify_not_an_abort(key: AgeKey, tmp_path: Path) -> None:
+    from backup.check import check_backups
+
+    backups = _dated_backups(tmp_path, key, 2)
+    manifest = backups / "backup_20260301_000000.manifest.json.age"
+    data = bytearray(manifest.read_bytes())
+    at = data.index(b"X25519 ") + 10
+    data[at] = ord("A") if data[at] != ord("A") else ord("B")
+    manifest.write_bytes(bytes(data))
+    identities = load_identities(key.identity_file)
+    for read_data in (False, True):
+        report = check_backups(backups, identities=identities, read_data=read_data)
+        assert [(row.backup_id, row.status) for row in report.rows] == [
+            ("backup_20260301_000000", "bad manifest"),
+            ("backup_20260302_000000", "ok"),
+        ]
+    report = verify_backup(backups / "backup_20260301_000000.tar.zst.age", identities=identities)
+    assert not report.ok and "cannot decrypt manifest" in " ".join(report.problems)
+
+
+def test_an_archive_reader_closed_early_stops_its_decrypt_thread(key: AgeKey, tmp_path: Path) -> None:
+    import threading
+
+    from backup.storage import locate
+    from backup.stream.tarreader import ArchiveReader
+
+    backups = _dated_backups(tmp_path, key, 1, size=8_000_000)
+    archive = backups / "backup_20260301_000000.tar.zst.age"
+    with ArchiveReader(locate(archive), identities=load_identities(key.identity_file)) as reader:
+        next(iter(reader.members()))  # the thread goes on filling the pipe, then waits
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("age-")]
+
+
+def test_a_lost_sidecar_does_not_stop_a_verified_restore_with_the_identity(key: AgeKey, tmp_path: Path) -> None:
+    backups = _dated_backups(tmp_path, key, 1)
+    (backups / "backup_20260301_000000.sidecar.json").unlink()
+    archive = backups / "backup_20260301_000000.tar.zst.age"
+    without = restore_backup(archive, tmp_path / "none")
+    assert not without.success and "no sidecar says to whom" in (without.error or "")
+    result = restore_backup(archive, tmp_path / "out", identity=key.identity_file)
+    assert result.success and result.verified, result.error
+    assert any("sidecar not found" in warning for warning in result.warnings), result.warnings
+
+
+def test_a_lost_encrypted_manifest_is_refused_unless_no_verify(key: AgeKey, tmp_path: Path) -> None:
+    backups = _dated_backups(tmp_path, key, 1)
+    (backups / "backup_20260301_000000.manifest.json.age").unlink()
+    archive = backups / "backup_20260301_000000.tar.zst.age"
+    refused = restore_backup(archive, tmp_path / "t", identity=key.identity_file)
+    assert not refused.success and "encrypted manifest not found" in (refused.error or "")
+    assert not (tmp_path / "t").exists()
+    unchecked = restore_backup(archive, tmp_path / "t", verify_checksums=False, identity=key.identity_file)
+    assert unchecked.success and not unchecked.verified
+
+
+def test_a_failed_encrypted_run_keeps_no_source_name_in_the_backup_location(
+    key: AgeKey, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state file lives in the backup location: for encrypted backups it records
+    that a run failed, not the error, which names a source file. (An unreadable file is
+    simulated by failing its open: the tests run as root.)"""
+    from backup import fstree
+
+    source = make_source(tmp_path / "src")
+    backups = tmp_path / "backups"
+    real_open = fstree.LOCAL_FILESYSTEM.open_file
+
+    def refuse(path: object, *args: object, **kwargs: object) -> object:
+        if SECRET_NAME in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fstree.LOCAL_FILESYSTEM, "open_file", refuse)
+    code, _, err = run_cli(capsys, "create", str(source), str(backups), "--encrypt-to", key.recipient)
+    assert code != 0 and SECRET_NAME in err  # the person running it is told
+    state = json.loads((backups / ".obs-backup-state.json").read_text())
+    assert "encrypted backup location" in json.dumps(state)
+    for name in os.listdir(backups):
+        assert SECRET_NAME.encode() not in (backups / name).read_bytes(), name

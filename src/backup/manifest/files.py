@@ -104,9 +104,16 @@ def read_manifest(manifest: ObjectRef, identities: Identities | None = None) -> 
     sidecar_ref = sidecar_for(manifest)
     try:
         if sidecar_ref is not None:
-            sidecar = read_sidecar(sidecar_ref)
-            keys = check_identities(manifest.label, sidecar.recipients, identities)
-            raw = _read_encrypted(manifest, keys)
+            try:
+                recipients: tuple[str, ...] | None = read_sidecar(sidecar_ref).recipients
+            except ManifestError:
+                if identities is None:
+                    raise
+                recipients = None  # lost or damaged: the identity given is tried as it is
+            if recipients is not None:
+                identities = check_identities(manifest.label, recipients, identities)
+            assert identities is not None
+            raw = _read_encrypted(manifest, identities, checked=recipients is not None)
         else:
             with manifest.storage.open_read(manifest.name) as handle:
                 raw = handle.read(MAX_MANIFEST_BYTES + 1)
@@ -128,8 +135,9 @@ def read_manifest(manifest: ObjectRef, identities: Identities | None = None) -> 
         raise ManifestError(f"{manifest.label}: {exc}", manifest.label) from exc
 
 
-def _read_encrypted(manifest: ObjectRef, identities: Identities) -> bytes:
-    """Return an encrypted manifest's plaintext (up to one byte past the limit)."""
+def _read_encrypted(manifest: ObjectRef, identities: Identities, checked: bool) -> bytes:
+    """Return an encrypted manifest's plaintext (up to one byte past the limit).
+    ``checked``: the identities are known to be among its recipients."""
     with manifest.storage.open_read(manifest.name) as raw:
         plain = AgeLayer(identities=identities).wrap_reader(raw)
         try:
@@ -138,6 +146,9 @@ def _read_encrypted(manifest: ObjectRef, identities: Identities) -> bytes:
             while len(data) <= MAX_MANIFEST_BYTES and (count := plain.readinto(chunk)):  # type: ignore[attr-defined]
                 data += chunk[:count]
         except IdentityError as exc:
+            if checked:
+                # One of its recipients' identities was given: its header is damaged.
+                raise DecryptionError(str(exc)) from None
             raise IdentityError(f"{manifest.label}: {exc}", manifest.label) from None
         finally:
             plain.close()

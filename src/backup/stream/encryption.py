@@ -151,9 +151,9 @@ class _EncryptingWriter(io.RawIOBase):
             os.close(self._write_fd)
             self._write_fd = -1
         self._thread.join()
+        # Raised again by every later call: a stream that failed never finishes cleanly.
         error = self._below.error or self._error
         if error is not None:
-            self._below.error = self._error = None
             if isinstance(error, OSError | ValueError):
                 raise error
             raise OSError(f"age encryption failed: {error}") from error

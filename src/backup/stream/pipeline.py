@@ -99,10 +99,18 @@ class ArchiveInput:
 
     def __init__(self, raw: BinaryIO, layers: list[Layer], algorithm: str) -> None:
         self._source = HashingSource(raw, algorithm)
+        self._streams: list[BinaryIO] = []
         above: BinaryIO = self._source  # type: ignore[assignment]
         for layer in reversed(layers):
             above = layer.wrap_reader(above)
+            self._streams.append(above)
         self.stream = above
+
+    def close(self) -> None:
+        """Close every layer, top first (a layer's reader leaves the one below open);
+        what is stored, below them, is its owner's to close."""
+        for stream in reversed(self._streams):
+            stream.close()
 
     @property
     def stored_bytes_read(self) -> int:

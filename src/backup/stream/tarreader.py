@@ -172,8 +172,11 @@ class ArchiveReader:
         return self._tar.global_records
 
     def close(self) -> None:
-        """Release the archive."""
-        self._raw.close()
+        """Release the archive, and every layer reading it (a decrypting layer's thread)."""
+        try:
+            self._input.close()
+        finally:
+            self._raw.close()
 
     def _error(self, exc: BaseException) -> ArchiveError:
         if isinstance(exc, ArchiveError):
@@ -324,8 +327,8 @@ def read_archive_marker(archive: ObjectRef) -> str | None:
         compression = sniff_compression(archive)
         with archive.storage.open_read(archive.name, 0, _MARK_STORED_BYTES) as raw:
             stored = raw.read(_MARK_STORED_BYTES)
-    except (ArchiveError, OSError):
-        return None
+    except (ArchiveError, IdentityError, OSError):
+        return None  # unreadable, or encrypted (an encrypted archive's mark is its sidecar)
     tar = TarStreamReader(io.BytesIO(decode_prefix(compression, stored, _MARK_BYTES)))
     try:
         tar.next()

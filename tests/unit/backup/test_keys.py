@@ -99,3 +99,19 @@ def test_short_recipient_keeps_both_ends() -> None:
     key = "age1" + "q" * 54 + "abcdef"
     assert short_recipient(key) == "age1qqqqqq…abcdef"
     assert short_recipient("age1short") == "age1short"
+
+
+def test_a_secret_key_given_on_the_command_line_is_never_echoed(tmp_path: Path) -> None:
+    key = new_key(tmp_path)
+    whole = key.identity_file.read_text()  # --encrypt-to "$(cat key.txt)"
+    secret = whole.splitlines()[-1]
+    for given in (secret, whole, secret.lower()):
+        with pytest.raises(ConfigError) as caught:
+            load_recipients([given])
+        assert secret.lower() not in str(caught.value).lower() and "\n" not in str(caught.value)
+
+
+def test_a_long_bad_recipient_is_shown_shortened() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_recipients(["x" * 500])
+    assert len(str(caught.value)) < 200
