@@ -1,0 +1,405 @@
+"""Mutation testing of the pure and format modules: how many small faults the tests catch.
+
+Each mutant is the module with one change: a comparison, arithmetic or boolean operator
+flipped (``<`` to ``<=``, ``+`` to ``-``, ``and`` to ``or``), a ``not`` dropped, a
+constant changed (``n`` to ``n + 1``, ``True`` to ``False``), or one statement removed
+(replaced by ``pass``). Mutants are run in two stages, in a copy of the tree so the
+checkout is never touched:
+
+1. against the module's own unit tests (``-x``: the first failure kills it);
+2. the survivors against every test of the whole suite that runs the mutated line (as
+   recorded by one coverage run of the suite, per test), which is the whole suite as far
+   as that line is concerned, in a fraction of its time.
+
+A mutant whose tests time out counts as killed (an infinite loop is caught). The
+survivors of both stages are printed with their line, for a person to judge: a test
+is missing, or the mutant is equivalent (no input can tell it from the original), in
+which case it belongs in ``EQUIVALENT`` below with a one-line reason.
+
+    python benchmarks/mutate.py                     # every module, 150 mutants each
+    python benchmarks/mutate.py --modules catalog   # one module
+    python benchmarks/mutate.py --max-mutants 20    # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+UNIT = "tests/unit/backup"
+
+# module: (source file, its unit tests)
+MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "retention": ("src/backup/retention.py", (f"{UNIT}/test_retention.py",)),
+    "safety": ("src/backup/safety.py", (f"{UNIT}/test_safety.py",)),
+    "catalog": ("src/backup/catalog.py", (f"{UNIT}/test_catalog.py",)),
+    "listing": ("src/backup/listing.py", (f"{UNIT}/test_listing.py",)),
+    "manifest": ("src/backup/manifest/model.py", (f"{UNIT}/test_manifest.py",)),
+    "tarformat": ("src/backup/stream/tarformat.py", (f"{UNIT}/stream/test_tarformat.py",)),
+    "storage": ("src/backup/storage/local.py", (f"{UNIT}/storage/test_local.py",)),
+}
+
+# Survivors judged equivalent: (module, line, mutation) -> why no input tells them apart.
+EQUIVALENT: dict[tuple[str, int, str], str] = {}
+
+_COMPARE_SWAPS: dict[type[ast.cmpop], type[ast.cmpop]] = {
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+}
+_BINOP_SWAPS: dict[type[ast.operator], type[ast.operator]] = {
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.FloorDiv,
+    ast.FloorDiv: ast.Mult,
+    ast.Div: ast.Mult,
+    ast.Mod: ast.FloorDiv,
+    ast.LShift: ast.RShift,
+    ast.RShift: ast.LShift,
+    ast.BitAnd: ast.BitOr,
+    ast.BitOr: ast.BitAnd,
+}
+
+
+@dataclass(frozen=True)
+class Site:
+    """One place to mutate: the node's position in a walk of the tree, and how."""
+
+    index: int
+    line: int
+    kind: str  # "compare", "binop", "boolop", "not", "constant", "statement"
+    description: str
+
+
+@dataclass
+class Outcome:
+    module: str
+    line: int
+    description: str
+    killed_by: str  # "unit", "suite", "timeout", "" (survived), "equivalent"
+    seconds: float
+    source_line: str = ""
+    reason: str = ""
+
+
+@dataclass
+class ModuleScore:
+    module: str
+    mutants: int = 0
+    unit_killed: int = 0
+    suite_killed: int = 0
+    equivalent: int = 0
+    survivors: list[Outcome] = field(default_factory=list)
+
+    def score(self, killed: int) -> float:
+        judged = self.mutants - self.equivalent
+        return 100.0 * killed / judged if judged else 100.0
+
+
+def _is_docstring(node: ast.AST, parent: ast.AST | None) -> bool:
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+        and parent is not None
+        and isinstance(parent, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and getattr(parent, "body", [None])[0] is node
+    )
+
+
+def _walk(tree: ast.AST) -> Iterator[tuple[ast.AST, ast.AST | None]]:
+    """Every node with its parent, in a fixed order."""
+    stack: list[tuple[ast.AST, ast.AST | None]] = [(tree, None)]
+    while stack:
+        node, parent = stack.pop()
+        yield node, parent
+        children = list(ast.iter_child_nodes(node))
+        stack.extend((child, node) for child in reversed(children))
+
+
+def _skipped(node: ast.AST, parent: ast.AST | None) -> bool:
+    """What is not mutated: docstrings, imports, ``__all__``, annotations, type-only code."""
+    if _is_docstring(node, parent):
+        return True
+    if isinstance(node, ast.Import | ast.ImportFrom):
+        return True
+    if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+        return True
+    return False
+
+
+def find_sites(tree: ast.Module) -> list[Site]:
+    """Return every mutation site of a module, in a fixed order."""
+    sites: list[Site] = []
+    skip: set[int] = set()
+    for index, (node, parent) in enumerate(_walk(tree)):
+        if id(node) in skip or _skipped(node, parent):
+            for inner in ast.walk(node):
+                skip.add(id(inner))
+            continue
+        if isinstance(node, ast.AnnAssign | ast.arg | ast.FunctionDef) and getattr(node, "annotation", None):
+            for inner in ast.walk(node.annotation):  # type: ignore[attr-defined]
+                skip.add(id(inner))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns is not None:
+            for inner in ast.walk(node.returns):
+                skip.add(id(inner))
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Compare) and type(node.ops[0]) in _COMPARE_SWAPS:
+            swapped = _COMPARE_SWAPS[type(node.ops[0])]
+            sites.append(Site(index, line, "compare", f"{type(node.ops[0]).__name__} -> {swapped.__name__}"))
+        elif isinstance(node, ast.BinOp) and type(node.op) in _BINOP_SWAPS:
+            swapped_op = _BINOP_SWAPS[type(node.op)]
+            sites.append(Site(index, line, "binop", f"{type(node.op).__name__} -> {swapped_op.__name__}"))
+        elif isinstance(node, ast.BoolOp):
+            other = "Or" if isinstance(node.op, ast.And) else "And"
+            sites.append(Site(index, line, "boolop", f"{type(node.op).__name__} -> {other}"))
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            sites.append(Site(index, line, "not", "not x -> x"))
+        elif isinstance(node, ast.Constant) and type(node.value) in (int, bool):
+            if isinstance(node.value, bool):
+                sites.append(Site(index, line, "constant", f"{node.value} -> {not node.value}"))
+            else:
+                sites.append(Site(index, line, "constant", f"{node.value} -> {node.value + 1}"))
+        elif isinstance(node, ast.stmt) and not isinstance(
+            node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Pass | ast.Global | ast.Nonlocal
+        ):
+            sites.append(Site(index, line, "statement", f"remove {type(node).__name__}"))
+    return sites
+
+
+def mutate(tree: ast.Module, site: Site) -> str:
+    """Return the module's source with the one change ``site`` names."""
+    mutant = copy.deepcopy(tree)
+    for index, (node, parent) in enumerate(_walk(mutant)):
+        if index != site.index:
+            continue
+        if site.kind == "compare":
+            assert isinstance(node, ast.Compare)
+            node.ops[0] = _COMPARE_SWAPS[type(node.ops[0])]()
+        elif site.kind == "binop":
+            assert isinstance(node, ast.BinOp)
+            node.op = _BINOP_SWAPS[type(node.op)]()
+        elif site.kind == "boolop":
+            assert isinstance(node, ast.BoolOp)
+            node.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+        elif site.kind == "not":
+            assert isinstance(node, ast.UnaryOp) and parent is not None
+            _replace(parent, node, node.operand)
+        elif site.kind == "constant":
+            assert isinstance(node, ast.Constant)
+            node.value = (not node.value) if isinstance(node.value, bool) else node.value + 1
+        else:
+            assert parent is not None
+            _replace(parent, node, ast.Pass())
+        return ast.unparse(ast.fix_missing_locations(mutant))
+    raise ValueError(f"no node {site.index}")
+
+
+def _replace(parent: ast.AST, old: ast.AST, new: ast.AST) -> None:
+    for name, value in ast.iter_fields(parent):
+        if value is old:
+            setattr(parent, name, new)
+            return
+        if isinstance(value, list) and old in value:
+            value[value.index(old)] = new
+            return
+    raise ValueError("node not found under its parent")
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+def make_copy(workdir: Path, name: str) -> Path:
+    """A copy of the tracked tree (sources and tests) to mutate in."""
+    target = workdir / name
+    shutil.rmtree(target, ignore_errors=True)
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for relative in filter(None, files.decode().split("\0")):
+        source = ROOT / relative
+        if source.is_file() and not source.is_symlink():
+            destination = target / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination)
+    return target
+
+
+def run_tests(tree: Path, tests: list[str], timeout: float) -> tuple[bool, float]:
+    """Run the given tests in ``tree``; return (all passed, seconds). A timeout fails."""
+    environment = {**os.environ, "PYTHONPATH": f"{tree / 'src'}{os.pathsep}{tree / 'tests'}"}
+    started = time.monotonic()
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *tests]
+    try:
+        finished = subprocess.run(command, cwd=tree, env=environment, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, time.monotonic() - started
+    return finished.returncode == 0, time.monotonic() - started
+
+
+def coverage_map(workdir: Path, modules: list[str], refresh: bool) -> dict[str, dict[int, list[str]]]:
+    """Run the whole suite once under coverage, recording which tests run each line of
+    the modules; return ``{source file: {line: [test ids]}}``. Cached in ``workdir``."""
+    cache = workdir / "coverage-map.json"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    if cache.exists() and not refresh:
+        cached = json.loads(cache.read_text())
+        if cached.get("head") == head and set(modules) <= set(cached["modules"]):
+            return cached["lines"]  # type: ignore[no-any-return]
+    tree = make_copy(workdir, "coverage")
+    sources = [MODULES[name][0] for name in modules]
+    rc = tree / ".coveragerc"
+    rc.write_text(
+        "[run]\ndynamic_context = test_function\n"
+        "include =\n" + "".join(f"    {tree / source}\n" for source in sources) + f"data_file = {tree / '.coverage'}\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": f"{tree / 'src'}{os.pathsep}{tree / 'tests'}"}
+    print("coverage: running the whole suite once, recording which tests run each line ...", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "coverage", "run", f"--rcfile={rc}", "-m", "pytest", "-q", "-p", "no:randomly"],
+        cwd=tree,
+        env=environment,
+        capture_output=True,
+    )
+    from coverage import CoverageData
+
+    data = CoverageData(basename=str(tree / ".coverage"))
+    data.read()
+    lines: dict[str, dict[int, list[str]]] = {}
+    for source in sources:
+        contexts = data.contexts_by_lineno(str(tree / source))
+        lines[source] = {line: sorted({_test_id(c) for c in found if c}) for line, found in contexts.items()}
+    cache.write_text(json.dumps({"head": head, "modules": modules, "lines": lines}))
+    shutil.rmtree(tree, ignore_errors=True)
+    return {source: {int(k): v for k, v in found.items()} for source, found in lines.items()}
+
+
+def _test_id(context: str) -> str:
+    """``tests.unit.backup.test_x.TestY.test_z`` -> ``tests/unit/backup/test_x.py::TestY::test_z``."""
+    parts = context.split(".")
+    for cut in range(len(parts), 0, -1):
+        for base in (Path(), Path("tests")):
+            candidate = base / Path(*parts[:cut]).with_suffix(".py")
+            if (ROOT / candidate).is_file():
+                return "::".join([str(candidate), *parts[cut:]])
+    return context
+
+
+def run_module(name: str, args: argparse.Namespace, workdir: Path, covered: dict[int, list[str]]) -> ModuleScore:
+    source_path, unit_tests = MODULES[name]
+    original = (ROOT / source_path).read_text()
+    tree = ast.parse(original)
+    sites = find_sites(tree)
+    if len(sites) > args.max_mutants:
+        sites = sorted(random.Random(f"{args.seed}:{name}").sample(sites, args.max_mutants), key=lambda s: s.index)
+    lines = original.splitlines()
+    score = ModuleScore(name, mutants=len(sites))
+    copies = [make_copy(workdir, f"{name}-{worker}") for worker in range(args.jobs)]
+    free = list(copies)
+    _, baseline = run_tests(copies[0], list(unit_tests), timeout=600)
+    timeout = max(30.0, baseline * 5)
+    print(f"{name}: {len(sites)} mutants, unit tests take {baseline:.1f}s", flush=True)
+
+    def one(site: Site) -> Outcome:
+        copy_root = free.pop()
+        try:
+            target = copy_root / source_path
+            target.write_text(mutate(tree, site))
+            shown = lines[site.line - 1].strip() if 0 < site.line <= len(lines) else ""
+            judged = EQUIVALENT.get((name, site.line, site.description))
+            passed, seconds = run_tests(copy_root, list(unit_tests), timeout)
+            if not passed:
+                return Outcome(name, site.line, site.description, "unit", seconds, shown)
+            others = [t for t in covered.get(site.line, []) if not t.startswith(unit_tests)]
+            if others:
+                passed, more = run_tests(copy_root, others, max(timeout, 120.0))
+                seconds += more
+                if not passed:
+                    return Outcome(name, site.line, site.description, "suite", seconds, shown)
+            if judged is not None:
+                return Outcome(name, site.line, site.description, "equivalent", seconds, shown, judged)
+            return Outcome(name, site.line, site.description, "", seconds, shown)
+        finally:
+            (copy_root / source_path).write_text(original)
+            free.append(copy_root)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for outcome in pool.map(one, sites):
+            if outcome.killed_by == "unit":
+                score.unit_killed += 1
+            elif outcome.killed_by == "suite":
+                score.suite_killed += 1
+            elif outcome.killed_by == "equivalent":
+                score.equivalent += 1
+                score.survivors.append(outcome)
+            else:
+                score.survivors.append(outcome)
+    for copy_root in copies:
+        shutil.rmtree(copy_root, ignore_errors=True)
+    return score
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modules", default=",".join(MODULES), help="comma-separated: " + ", ".join(MODULES))
+    parser.add_argument("--max-mutants", type=int, default=150, help="per module (a fixed random sample)")
+    parser.add_argument("--seed", default="2026", help="the sample's seed")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants run at once")
+    parser.add_argument("--workdir", default="bench-output/mutate")
+    parser.add_argument("--json", default="bench-output/mutate.json")
+    parser.add_argument("--floor", type=float, default=95.0, help="percent of non-equivalent mutants to kill")
+    parser.add_argument("--refresh-coverage", action="store_true", help="re-run the suite under coverage")
+    parser.add_argument("--unit-only", action="store_true", help="skip stage 2 (a quick look)")
+    args = parser.parse_args()
+    names = [name.strip() for name in args.modules.split(",") if name.strip()]
+    unknown = [name for name in names if name not in MODULES]
+    if unknown:
+        parser.error(f"unknown modules: {', '.join(unknown)}")
+    workdir = Path(args.workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    lines = {} if args.unit_only else coverage_map(workdir, names, args.refresh_coverage)
+    scores = [run_module(name, args, workdir, lines.get(MODULES[name][0], {})) for name in names]
+
+    print(f"\n{'module':<10} {'mutants':>7} {'unit':>7} {'+suite':>7} {'equiv':>6} {'survive':>7}  score")
+    below = []
+    for score in scores:
+        killed = score.unit_killed + score.suite_killed
+        unit_pct = score.score(score.unit_killed)
+        total_pct = score.score(killed)
+        alive = len(score.survivors) - score.equivalent
+        print(
+            f"{score.module:<10} {score.mutants:>7} {unit_pct:>6.0f}% {total_pct:>6.0f}% {score.equivalent:>6} "
+            f"{alive:>7}  {'ok' if total_pct >= args.floor else 'BELOW ' + str(args.floor) + '%'}"
+        )
+        if total_pct < args.floor:
+            below.append(score.module)
+    for score in scores:
+        for survivor in score.survivors:
+            status = f"equivalent: {survivor.reason}" if survivor.killed_by == "equivalent" else "SURVIVED"
+            print(f"{survivor.module}:{survivor.line}: {survivor.description}: {survivor.source_line}  [{status}]")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps([asdict(score) for score in scores], indent=2) + "\n")
+    print(f"JSON: {args.json}")
+    return 1 if below else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
