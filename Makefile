@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench soak clean
+.PHONY: setup demo test lint bench soak mutate clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ bench: setup
 # "--encrypt" with every backup encrypted to an age recipient.
 soak: setup
 	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
+
+# Mutation testing of the pure and format modules (slow: about an hour);
+# MUTATE_ARGS="--modules catalog --max-mutants 20" for a quick look.
+mutate: setup
+	$(BIN)/python benchmarks/mutate.py $(MUTATE_ARGS)
 
 lint: setup
 	$(BIN)/pip install --quiet mypy ruff

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import hashlib
 import json
 import os
 import random
@@ -52,8 +53,10 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "storage": ("src/backup/storage/local.py", (f"{UNIT}/storage/test_local.py",)),
 }
 
-# Survivors judged equivalent: (module, line, mutation) -> why no input tells them apart.
-EQUIVALENT: dict[tuple[str, int, str], str] = {}
+# Survivors judged equivalent: (module, the mutated line's text, mutation) -> why no
+# input tells the mutant from the original. Keyed by text, not number, so that edits
+# elsewhere in the module do not unmoor the judgement.
+EQUIVALENT: dict[tuple[str, str, str], str] = {}
 
 _COMPARE_SWAPS: dict[type[ast.cmpop], type[ast.cmpop]] = {
     ast.Lt: ast.LtE,
@@ -89,6 +92,7 @@ class Site:
     line: int
     kind: str  # "compare", "binop", "boolop", "not", "constant", "statement"
     description: str
+    statement_line: int = 0  # where the statement holding it starts (coverage's line for it)
 
 
 @dataclass
@@ -152,7 +156,12 @@ def find_sites(tree: ast.Module) -> list[Site]:
     """Return every mutation site of a module, in a fixed order."""
     sites: list[Site] = []
     skip: set[int] = set()
+    statement_of: dict[int, int] = {}
     for index, (node, parent) in enumerate(_walk(tree)):
+        if isinstance(node, ast.stmt):
+            statement_of[id(node)] = node.lineno
+        elif parent is not None:
+            statement_of[id(node)] = statement_of.get(id(parent), 0)
         if id(node) in skip or _skipped(node, parent):
             for inner in ast.walk(node):
                 skip.add(id(inner))
@@ -164,26 +173,30 @@ def find_sites(tree: ast.Module) -> list[Site]:
             for inner in ast.walk(node.returns):
                 skip.add(id(inner))
         line = getattr(node, "lineno", 0)
+
+        def add(kind: str, description: str, index: int = index, line: int = line, node: ast.AST = node) -> None:
+            sites.append(Site(index, line, kind, description, statement_of.get(id(node), line)))
+
         if isinstance(node, ast.Compare) and type(node.ops[0]) in _COMPARE_SWAPS:
             swapped = _COMPARE_SWAPS[type(node.ops[0])]
-            sites.append(Site(index, line, "compare", f"{type(node.ops[0]).__name__} -> {swapped.__name__}"))
+            add("compare", f"{type(node.ops[0]).__name__} -> {swapped.__name__}")
         elif isinstance(node, ast.BinOp) and type(node.op) in _BINOP_SWAPS:
             swapped_op = _BINOP_SWAPS[type(node.op)]
-            sites.append(Site(index, line, "binop", f"{type(node.op).__name__} -> {swapped_op.__name__}"))
+            add("binop", f"{type(node.op).__name__} -> {swapped_op.__name__}")
         elif isinstance(node, ast.BoolOp):
             other = "Or" if isinstance(node.op, ast.And) else "And"
-            sites.append(Site(index, line, "boolop", f"{type(node.op).__name__} -> {other}"))
+            add("boolop", f"{type(node.op).__name__} -> {other}")
         elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-            sites.append(Site(index, line, "not", "not x -> x"))
+            add("not", "not x -> x")
         elif isinstance(node, ast.Constant) and type(node.value) in (int, bool):
             if isinstance(node.value, bool):
-                sites.append(Site(index, line, "constant", f"{node.value} -> {not node.value}"))
+                add("constant", f"{node.value} -> {not node.value}")
             else:
-                sites.append(Site(index, line, "constant", f"{node.value} -> {node.value + 1}"))
+                add("constant", f"{node.value} -> {node.value + 1}")
         elif isinstance(node, ast.stmt) and not isinstance(
             node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Pass | ast.Global | ast.Nonlocal
         ):
-            sites.append(Site(index, line, "statement", f"remove {type(node).__name__}"))
+            add("statement", f"remove {type(node).__name__}")
     return sites
 
 
@@ -244,7 +257,9 @@ def make_copy(workdir: Path, name: str) -> Path:
 
 
 def run_tests(tree: Path, tests: list[str], timeout: float) -> tuple[bool, float]:
-    """Run the given tests in ``tree``; return (all passed, seconds). A timeout fails."""
+    """Run the given tests in ``tree``; return (all passed, seconds). A failing test, a
+    module that no longer imports and a timeout all fail; pytest refusing its arguments
+    (exit 4 or 5) is this runner's mistake, and stops it."""
     environment = {**os.environ, "PYTHONPATH": f"{tree / 'src'}{os.pathsep}{tree / 'tests'}"}
     started = time.monotonic()
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *tests]
@@ -252,6 +267,11 @@ def run_tests(tree: Path, tests: list[str], timeout: float) -> tuple[bool, float
         finished = subprocess.run(command, cwd=tree, env=environment, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return False, time.monotonic() - started
+    if finished.returncode in (4, 5):
+        raise SystemExit(
+            f"mutate: pytest refused the tests it was given (exit {finished.returncode}):\n"
+            + finished.stdout.decode(errors="replace")[-2000:]
+        )
     return finished.returncode == 0, time.monotonic() - started
 
 
@@ -259,22 +279,36 @@ def coverage_map(workdir: Path, modules: list[str], refresh: bool) -> dict[str, 
     """Run the whole suite once under coverage, recording which tests run each line of
     the modules; return ``{source file: {line: [test ids]}}``. Cached in ``workdir``."""
     cache = workdir / "coverage-map.json"
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    sources = [MODULES[name][0] for name in modules]
+    # Line numbers belong to the sources as they are: a changed module needs a new map
+    # (tests added since only add to what is caught; --refresh-coverage counts them too).
+    key = hashlib.sha256(b"map 2\0" + b"".join((ROOT / source).read_bytes() for source in sources)).hexdigest()
     if cache.exists() and not refresh:
         cached = json.loads(cache.read_text())
-        if cached.get("head") == head and set(modules) <= set(cached["modules"]):
-            return cached["lines"]  # type: ignore[no-any-return]
+        if cached.get("key") == key and cached.get("modules") == modules:
+            return {source: {int(k): v for k, v in found.items()} for source, found in cached["lines"].items()}
     tree = make_copy(workdir, "coverage")
-    sources = [MODULES[name][0] for name in modules]
     rc = tree / ".coveragerc"
     rc.write_text(
-        "[run]\ndynamic_context = test_function\n"
-        "include =\n" + "".join(f"    {tree / source}\n" for source in sources) + f"data_file = {tree / '.coverage'}\n"
+        "[run]\ninclude =\n"
+        + "".join(f"    {tree / source}\n" for source in sources)
+        + f"data_file = {tree / '.coverage'}\n"
     )
     environment = {**os.environ, "PYTHONPATH": f"{tree / 'src'}{os.pathsep}{tree / 'tests'}"}
     print("coverage: running the whole suite once, recording which tests run each line ...", flush=True)
     subprocess.run(
-        [sys.executable, "-m", "coverage", "run", f"--rcfile={rc}", "-m", "pytest", "-q", "-p", "no:randomly"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:randomly",
+            f"--cov={tree / 'src' / 'backup'}",
+            f"--cov-config={rc}",
+            "--cov-context=test",
+            "--cov-report=",
+        ],
         cwd=tree,
         env=environment,
         capture_output=True,
@@ -286,21 +320,15 @@ def coverage_map(workdir: Path, modules: list[str], refresh: bool) -> dict[str, 
     lines: dict[str, dict[int, list[str]]] = {}
     for source in sources:
         contexts = data.contexts_by_lineno(str(tree / source))
-        lines[source] = {line: sorted({_test_id(c) for c in found if c}) for line, found in contexts.items()}
-    cache.write_text(json.dumps({"head": head, "modules": modules, "lines": lines}))
+        # A context is a pytest node id and the phase: "tests/x.py::test_y[1]|run". A
+        # test is run with all its parameters (their ids can hold anything).
+        lines[source] = {
+            line: sorted({c.rsplit("|", 1)[0].split("[", 1)[0] for c in found if c.endswith("|run")})
+            for line, found in contexts.items()
+        }
+    cache.write_text(json.dumps({"key": key, "modules": modules, "lines": lines}))
     shutil.rmtree(tree, ignore_errors=True)
     return {source: {int(k): v for k, v in found.items()} for source, found in lines.items()}
-
-
-def _test_id(context: str) -> str:
-    """``tests.unit.backup.test_x.TestY.test_z`` -> ``tests/unit/backup/test_x.py::TestY::test_z``."""
-    parts = context.split(".")
-    for cut in range(len(parts), 0, -1):
-        for base in (Path(), Path("tests")):
-            candidate = base / Path(*parts[:cut]).with_suffix(".py")
-            if (ROOT / candidate).is_file():
-                return "::".join([str(candidate), *parts[cut:]])
-    return context
 
 
 def run_module(name: str, args: argparse.Namespace, workdir: Path, covered: dict[int, list[str]]) -> ModuleScore:
@@ -324,11 +352,12 @@ def run_module(name: str, args: argparse.Namespace, workdir: Path, covered: dict
             target = copy_root / source_path
             target.write_text(mutate(tree, site))
             shown = lines[site.line - 1].strip() if 0 < site.line <= len(lines) else ""
-            judged = EQUIVALENT.get((name, site.line, site.description))
+            judged = EQUIVALENT.get((name, shown, site.description))
             passed, seconds = run_tests(copy_root, list(unit_tests), timeout)
             if not passed:
                 return Outcome(name, site.line, site.description, "unit", seconds, shown)
-            others = [t for t in covered.get(site.line, []) if not t.startswith(unit_tests)]
+            running = set(covered.get(site.line, [])) | set(covered.get(site.statement_line, []))
+            others = sorted(t for t in running if not t.startswith(unit_tests))
             if others:
                 passed, more = run_tests(copy_root, others, max(timeout, 120.0))
                 seconds += more
