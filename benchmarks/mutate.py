@@ -276,26 +276,35 @@ def run_tests(tree: Path, tests: list[str], timeout: float) -> tuple[bool, float
 
 
 def coverage_map(workdir: Path, modules: list[str], refresh: bool) -> dict[str, dict[int, list[str]]]:
-    """Run the whole suite once under coverage, recording which tests run each line of
-    the modules; return ``{source file: {line: [test ids]}}``. Cached in ``workdir``."""
-    cache = workdir / "coverage-map.json"
-    sources = [MODULES[name][0] for name in modules]
-    # Line numbers belong to the sources as they are: a changed module needs a new map
-    # (tests added since only add to what is caught; --refresh-coverage counts them too).
-    key = hashlib.sha256(b"map 2\0" + b"".join((ROOT / source).read_bytes() for source in sources)).hexdigest()
-    if cache.exists() and not refresh:
-        cached = json.loads(cache.read_text())
-        if cached.get("key") == key and cached.get("modules") == modules:
-            return {source: {int(k): v for k, v in found.items()} for source, found in cached["lines"].items()}
+    """Return ``{source file: {line: [test ids]}}``: which tests of the whole suite run
+    each line of the modules. Each module's map is cached in ``workdir`` under its
+    source's hash, since line numbers belong to the source as it is; tests added since
+    only add to what is caught (``refresh`` records them too). The modules without a
+    map are recorded together, in one run of the whole suite under coverage."""
+    maps: dict[str, dict[int, list[str]]] = {}
+    missing = []
+    for name in modules:
+        source = MODULES[name][0]
+        cache = workdir / f"coverage-{name}.json"
+        key = hashlib.sha256(b"map 3\0" + (ROOT / source).read_bytes()).hexdigest()
+        if cache.exists() and not refresh:
+            cached = json.loads(cache.read_text())
+            if cached.get("key") == key:
+                maps[source] = {int(line): tests for line, tests in cached["lines"].items()}
+                continue
+        missing.append((name, source, cache, key))
+    if not missing:
+        return maps
     tree = make_copy(workdir, "coverage")
     rc = tree / ".coveragerc"
     rc.write_text(
         "[run]\ninclude =\n"
-        + "".join(f"    {tree / source}\n" for source in sources)
+        + "".join(f"    {tree / source}\n" for _, source, _, _ in missing)
         + f"data_file = {tree / '.coverage'}\n"
     )
     environment = {**os.environ, "PYTHONPATH": f"{tree / 'src'}{os.pathsep}{tree / 'tests'}"}
-    print("coverage: running the whole suite once, recording which tests run each line ...", flush=True)
+    names = ", ".join(name for name, _, _, _ in missing)
+    print(f"coverage: running the whole suite once, recording which tests run each line of {names} ...", flush=True)
     subprocess.run(
         [
             sys.executable,
@@ -317,18 +326,18 @@ def coverage_map(workdir: Path, modules: list[str], refresh: bool) -> dict[str, 
 
     data = CoverageData(basename=str(tree / ".coverage"))
     data.read()
-    lines: dict[str, dict[int, list[str]]] = {}
-    for source in sources:
+    for _, source, cache, key in missing:
         contexts = data.contexts_by_lineno(str(tree / source))
         # A context is a pytest node id and the phase: "tests/x.py::test_y[1]|run". A
         # test is run with all its parameters (their ids can hold anything).
-        lines[source] = {
+        lines = {
             line: sorted({c.rsplit("|", 1)[0].split("[", 1)[0] for c in found if c.endswith("|run")})
             for line, found in contexts.items()
         }
-    cache.write_text(json.dumps({"key": key, "modules": modules, "lines": lines}))
+        cache.write_text(json.dumps({"key": key, "lines": lines}))
+        maps[source] = lines
     shutil.rmtree(tree, ignore_errors=True)
-    return {source: {int(k): v for k, v in found.items()} for source, found in lines.items()}
+    return maps
 
 
 def run_module(name: str, args: argparse.Namespace, workdir: Path, covered: dict[int, list[str]]) -> ModuleScore:
@@ -383,6 +392,14 @@ def run_module(name: str, args: argparse.Namespace, workdir: Path, covered: dict
                 score.survivors.append(outcome)
     for copy_root in copies:
         shutil.rmtree(copy_root, ignore_errors=True)
+    alive = [s for s in score.survivors if s.killed_by != "equivalent"]
+    print(
+        f"{name}: {score.unit_killed} killed by its unit tests, {score.suite_killed} more by the suite, "
+        f"{score.equivalent} equivalent, {len(alive)} alive",
+        flush=True,
+    )
+    for survivor in alive:
+        print(f"  {survivor.line}: {survivor.description}: {survivor.source_line}", flush=True)
     return score
 
 

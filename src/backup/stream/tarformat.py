@@ -500,7 +500,11 @@ class TarStreamReader:
         long_name = long_link = None
         while True:
             if not self._read_exact(self._block, "header"):
-                if self.count == 0 and not (local or long_name or long_link):
+                if local or long_name or long_link:
+                    # GNU tar 1.34 lists such an archive without a word; the member the
+                    # extended header was for is lost, so it is damage.
+                    raise TarFormatError("unexpected end of data after an extended header")
+                if self.count == 0:
                     raise TarFormatError("empty file")
                 return None  # EOF without end-of-archive blocks: tolerated, as tar does
             if self._block == _ZERO_BLOCK:

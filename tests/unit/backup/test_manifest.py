@@ -522,3 +522,31 @@ def test_the_model_does_no_io() -> None:
     tree = ast.parse(Path(manifest_model.__file__).read_text())
     relative = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
     assert relative <= {"errors", "hashing"}
+
+
+def test_an_empty_backup_has_a_manifest_of_no_files_and_zero_totals() -> None:
+    """A backup of an empty directory (or of nothing but excluded files) is still a
+    backup: its manifest, pretty or compact, is valid JSON listing no files, with
+    totals of zero, and reads back equal."""
+    manifest = BackupManifest(backup_id="b_20240101_000000", created_at="2024-01-01T00:00:00+00:00", source_dir="/s")
+    assert (manifest.file_count, manifest.total_size) == (0, 0)
+    for pretty in (True, False):
+        text = manifest.to_json(pretty=pretty)
+        data = json.loads(text)
+        assert data["files"] == [] and data["file_count"] == 0 and data["total_size"] == 0
+        assert BackupManifest.from_json(text) == manifest
+    assert "".join(manifest.iter_json()) == manifest.to_json()
+
+
+def test_totals_count_regular_files_once_and_given_totals_stand() -> None:
+    files = [
+        ManifestEntry(path="a", size=3, checksum="0" * 64, modified="2024-01-01T00:00:00+00:00", type="file"),
+        ManifestEntry(path="b", size=5, checksum="1" * 64, modified="2024-01-01T00:00:00+00:00", type="file"),
+        ManifestEntry(path="c", size=3, checksum="", modified="2024-01-01T00:00:00+00:00", type="hardlink", link_target="a"),
+        ManifestEntry(path="d", size=0, checksum="", modified="2024-01-01T00:00:00+00:00", type="dir"),
+    ]
+    computed = BackupManifest(backup_id="b", created_at="x", source_dir="/s", files=files)
+    assert (computed.file_count, computed.total_size) == (2, 8)
+    recorded = BackupManifest(backup_id="b", created_at="x", source_dir="/s", files=files, total_size=9, file_count=7)
+    assert (recorded.file_count, recorded.total_size) == (7, 9)  # as the manifest recorded them
+    assert BackupManifest.from_json(recorded.to_json()) == recorded

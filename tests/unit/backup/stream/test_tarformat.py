@@ -38,6 +38,14 @@ def _tarfile_header(name: str, kind: bytes, **fields: object) -> bytes:
         ("한국어.txt", tarfile.REGTYPE, {"size": 3}),
         ("big", tarfile.REGTYPE, {"size": 8**11, "uid": 8**7, "mtime": 8**11}),
         ("l2", tarfile.SYMTYPE, {"linkname": "t" * 150}),
+        # Each field at its ustar limit (still in the header) and one past it (a pax record).
+        ("y" * 99, tarfile.REGTYPE, {}),
+        ("y" * 101, tarfile.REGTYPE, {}),
+        ("l3", tarfile.SYMTYPE, {"linkname": "t" * 100}),
+        ("l4", tarfile.SYMTYPE, {"linkname": "t" * 101}),
+        ("ids", tarfile.REGTYPE, {"uid": 8**7 - 1, "gid": 8**7 - 1, "mode": 8**7 - 1}),
+        ("gid", tarfile.REGTYPE, {"gid": 8**7}),
+        ("times", tarfile.REGTYPE, {"mtime": 8**11 - 1, "size": 8**11 - 1}),
     ],
 )
 def test_encode_header_is_byte_identical_to_tarfile_pax(name: str, kind: bytes, fields: dict[str, object]) -> None:
@@ -191,6 +199,72 @@ def test_truncated_header_and_data() -> None:
     assert member is not None
     with pytest.raises(TarFormatError, match="unexpected end of data"):
         reader.skip_data(member)
+
+
+@pytest.mark.parametrize("kind", ["pax", "gnu long name", "gnu long link"])
+def test_an_archive_that_ends_after_an_extended_header_is_cut_short(kind: str) -> None:
+    """The member an extended header was for is lost: at the end of the data, and at
+    end-of-archive blocks, the archive is damaged, not complete."""
+    first = _archive(tarfile.PAX_FORMAT, [("a", tarfile.REGTYPE, b"1")])[: 2 * BLOCK]
+    if kind == "pax":
+        extended = encode_header("x" * 150, tarfile.REGTYPE, size=3)[: -BLOCK]  # header and records
+    else:
+        fmt = [("n" * 150, tarfile.REGTYPE, b"")] if kind == "gnu long name" else [("l", tarfile.SYMTYPE, "t" * 150)]
+        extended = _archive(tarfile.GNU_FORMAT, fmt)[: 2 * BLOCK]
+        assert extended[156:157] in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+    for tail, message in ((b"", "unexpected end of data after an extended header"), (bytes(2 * BLOCK), "between")):
+        reader = TarStreamReader(io.BytesIO(first + extended + tail))
+        member = reader.next()
+        assert member is not None and member.name == "a"
+        reader.skip_data(member)
+        with pytest.raises(TarFormatError, match=message):
+            reader.next()
+
+
+def test_member_data_cut_at_a_skip_chunks_edge_is_cut_short() -> None:
+    """Data skipped unread is read in 1 MiB chunks: a cut exactly at a chunk's edge,
+    and one byte either side of it, is found, not taken for the archive's end."""
+    size = 3 << 20
+    whole = _archive(tarfile.PAX_FORMAT, [("big", tarfile.REGTYPE, b"q" * size), ("after", tarfile.REGTYPE, b"")])
+    start = whole.index(b"q" * 64)
+    for cut in (start + (1 << 20) - 1, start + (1 << 20), start + (1 << 20) + 1, start + size - 1):
+        reader = TarStreamReader(io.BytesIO(whole[:cut]))
+        member = reader.next()
+        assert member is not None
+        with pytest.raises(TarFormatError, match="unexpected end of data"):
+            reader.skip_data(member)
+            reader.next()
+
+
+def test_pax_uid_and_gid_records_are_read() -> None:
+    """Ids too large for the header's octal field travel in pax records (the header
+    holds 0): they are what the member gets."""
+    header = encode_header("big-ids", tarfile.REGTYPE, uid=8**7, gid=2**31 + 5, mode=0o600)
+    member = TarStreamReader(io.BytesIO(header + bytes(2 * BLOCK))).next()
+    assert member is not None and (member.uid, member.gid) == (8**7, 2**31 + 5)
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar is installed by make setup")
+def test_gnu_tar_reads_every_field_at_and_past_its_limit(tmp_path: Path) -> None:
+    rows = [
+        ("n" * 100, {"uid": 8**7 - 1, "gid": 8**7 - 1, "size": 0}),
+        ("m" * 101, {"uid": 8**7, "gid": 8**7, "size": 0}),
+        ("t1", {"mtime": 8**11 - 1}),
+        ("t2", {"mtime": 8**11}),
+    ]
+    data = b"".join(encode_header(name, tarfile.REGTYPE, **fields) for name, fields in rows) + bytes(2 * BLOCK)  # type: ignore[arg-type]
+    archive = tmp_path / "limits.tar"
+    archive.write_bytes(data)
+    listing = subprocess.run(
+        ["tar", "--numeric-owner", "--full-time", "-tvf", str(archive)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert [line.split()[-1] for line in listing] == [name for name, _ in rows]
+    assert listing[0].split()[1] == f"{8**7 - 1}/{8**7 - 1}" and listing[1].split()[1] == f"{8**7}/{8**7}"
+    ours = TarStreamReader(io.BytesIO(data))
+    read = [ours.next() for _ in rows]
+    assert [(m.name, m.uid, m.mtime) for m in read if m is not None] == [
+        (name, fields.get("uid", 0), fields.get("mtime", 0)) for name, fields in rows
+    ]
 
 
 def test_skip_data_then_next_member() -> None:
