@@ -47,7 +47,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "retention": ("src/backup/retention.py", (f"{UNIT}/test_retention.py",)),
     "safety": ("src/backup/safety.py", (f"{UNIT}/test_safety.py",)),
     "catalog": ("src/backup/catalog.py", (f"{UNIT}/test_catalog.py",)),
-    "listing": ("src/backup/listing.py", (f"{UNIT}/test_listing.py",)),
+    "listing": ("src/backup/listing.py", (f"{UNIT}/test_listing.py", f"{UNIT}/test_listing_encrypted.py")),
     "manifest": ("src/backup/manifest/model.py", (f"{UNIT}/test_manifest.py",)),
     "tarformat": ("src/backup/stream/tarformat.py", (f"{UNIT}/stream/test_tarformat.py",)),
     "storage": ("src/backup/storage/local.py", (f"{UNIT}/storage/test_local.py",)),

@@ -542,7 +542,9 @@ def test_totals_count_regular_files_once_and_given_totals_stand() -> None:
     files = [
         ManifestEntry(path="a", size=3, checksum="0" * 64, modified="2024-01-01T00:00:00+00:00", type="file"),
         ManifestEntry(path="b", size=5, checksum="1" * 64, modified="2024-01-01T00:00:00+00:00", type="file"),
-        ManifestEntry(path="c", size=3, checksum="", modified="2024-01-01T00:00:00+00:00", type="hardlink", link_target="a"),
+        ManifestEntry(
+            path="c", size=3, checksum="", modified="2024-01-01T00:00:00+00:00", type="hardlink", link_target="a"
+        ),
         ManifestEntry(path="d", size=0, checksum="", modified="2024-01-01T00:00:00+00:00", type="dir"),
     ]
     computed = BackupManifest(backup_id="b", created_at="x", source_dir="/s", files=files)
@@ -550,3 +552,49 @@ def test_totals_count_regular_files_once_and_given_totals_stand() -> None:
     recorded = BackupManifest(backup_id="b", created_at="x", source_dir="/s", files=files, total_size=9, file_count=7)
     assert (recorded.file_count, recorded.total_size) == (7, 9)  # as the manifest recorded them
     assert BackupManifest.from_json(recorded.to_json()) == recorded
+
+
+_ENTRY = {"path": "f", "size": 1, "checksum": "0" * 64, "modified": "2024-01-01T00:00:00+00:00", "type": "file"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"path_bytes": "ZmlsZQ==!!"}, "path_bytes is not base64"),  # a strict decoder refuses the junk
+        ({"link_target_bytes": "a b c"}, "link_target_bytes is not base64"),
+        ({"xattrs": ["user.a"]}, "field 'xattrs' is not an object"),
+        ({"xattrs": {"user.a": "not base64 at all"}}, "an xattr value is not base64"),
+        ({"device": [8]}, "field 'device' is not [major, minor]"),
+        ({"device": [8, True]}, "field 'device' is not [major, minor]"),
+    ],
+)
+def test_an_entry_with_a_malformed_encoded_field_is_refused(extra: dict[str, object], message: str) -> None:
+    with pytest.raises(ManifestError) as caught:
+        ManifestEntry.from_dict({**_ENTRY, **extra})
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_encoded_fields_read_back_exactly() -> None:
+    entry = ManifestEntry.from_dict(
+        {**_ENTRY, "path_bytes": "ZmlsZf8=", "xattrs": {"user.k": "AAEC"}, "device": [8, 1]}
+    )
+    assert entry.path == "file\udcff" and entry.xattrs == {"user.k": b"\x00\x01\x02"} and entry.device == (8, 1)
+
+
+def test_to_json_is_pretty_unless_asked_for_compact() -> None:
+    manifest = BackupManifest(backup_id="b", created_at="x", source_dir="/s", files=[ManifestEntry.from_dict(_ENTRY)])
+    pretty, compact = manifest.to_json(), manifest.to_json(pretty=False)
+    assert pretty.startswith('{\n  "') and "\n" not in compact
+    assert json.loads(pretty) == json.loads(compact)
+
+
+def test_save_that_cannot_rename_leaves_no_temporary_file_and_raises(tmp_path: Path) -> None:
+    """(The rename is made to fail by a directory where the manifest should go: the
+    tests run as root, so permissions cannot.)"""
+    target = tmp_path / "m.manifest.json"
+    target.mkdir()
+    (target / "inside").write_text("x")
+    manifest = BackupManifest(backup_id="b", created_at="x", source_dir="/s")
+    with pytest.raises(OSError):
+        manifest.save(target)
+    assert sorted(os.listdir(tmp_path)) == ["m.manifest.json"]

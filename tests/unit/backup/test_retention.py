@@ -733,3 +733,19 @@ def test_property_future_dated_backups_change_nothing_else(
         b.backup_id for b in backups + extra if b.prefix == prefix and b.created_at is not None and b.created_at > now
     }
     assert all(d.reasons == (FUTURE_REASON,) for d in after.future)
+
+
+class _NoOffset(tzinfo):
+    """A time zone that does not know its offset: the time is as naive as none at all."""
+
+    def utcoffset(self, moment: datetime | None) -> None:
+        return None
+
+    def dst(self, moment: datetime | None) -> None:
+        return None
+
+
+@pytest.mark.parametrize("moment", [datetime(2026, 3, 1), datetime(2026, 3, 1, tzinfo=_NoOffset())])
+def test_a_now_without_an_offset_is_refused(moment: datetime) -> None:
+    with pytest.raises(ValueError, match="aware now"):
+        apply_policy([], RetentionPolicy(keep_last=1), UTC, now=moment)

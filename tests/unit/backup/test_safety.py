@@ -501,3 +501,36 @@ def test_checks_are_linear_in_the_depth_of_names() -> None:
     checker.recheck_links()
     escaping = _refused(checker, member(f"{base}/out", "symlink", "up/.."))
     assert "points outside the target" in str(escaping)
+
+
+def test_a_chain_through_an_absolute_link_not_restored_is_refused() -> None:
+    """``etc`` -> /etc is not restored (only ``b`` is asked for), but ``b`` -> etc/passwd
+    leads through it: resolving the chain follows the absolute link out of the target."""
+    checker = MemberChecker(ARCHIVE)
+    checker.check(member("etc", "symlink", "/etc", mode=0o777), writes=False)
+    error = _refused(checker, member("b", "symlink", "etc/passwd"))
+    assert "points outside the target" in str(error)
+
+
+def test_a_chain_through_a_link_in_a_subdirectory_resolves_from_that_directory() -> None:
+    """``d/e/up`` -> ../.. is the target's root, from its own directory: a link through it
+    that climbs once more escapes. Resolved from anywhere else, it would not."""
+    checker = MemberChecker(ARCHIVE)
+    checker.check(member("d", "dir"))
+    checker.check(member("d/e", "dir"))
+    assert checker.check(member("d/e/up", "symlink", "../..")) is not None
+    error = _refused(checker, member("x", "symlink", "d/e/up/.."))
+    assert "points outside the target" in str(error)
+    assert checker.check(member("y", "symlink", "d/e/up/d")) is not None  # through it, and inside
+
+
+@pytest.mark.parametrize(("count", "dots"), [(5, False), (6, True)])
+def test_repeated_members_of_a_foreign_archive_are_named_up_to_five(count: int, dots: bool) -> None:
+    checker = MemberChecker(ARCHIVE, foreign=True)
+    for number in range(count):
+        checker.check(member(f"f{number}"))
+        checker.check(member(f"f{number}"))
+    [warning] = read_warnings(ARCHIVE, checker)
+    assert f"{count} members appear more than once" in warning
+    assert ("'f4' ..." in warning) is dots and "'f5'" not in warning
+    assert all(f"'f{n}'" in warning for n in range(5))

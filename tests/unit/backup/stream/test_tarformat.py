@@ -207,7 +207,7 @@ def test_an_archive_that_ends_after_an_extended_header_is_cut_short(kind: str) -
     end-of-archive blocks, the archive is damaged, not complete."""
     first = _archive(tarfile.PAX_FORMAT, [("a", tarfile.REGTYPE, b"1")])[: 2 * BLOCK]
     if kind == "pax":
-        extended = encode_header("x" * 150, tarfile.REGTYPE, size=3)[: -BLOCK]  # header and records
+        extended = encode_header("x" * 150, tarfile.REGTYPE, size=3)[:-BLOCK]  # header and records
     else:
         fmt = [("n" * 150, tarfile.REGTYPE, b"")] if kind == "gnu long name" else [("l", tarfile.SYMTYPE, "t" * 150)]
         extended = _archive(tarfile.GNU_FORMAT, fmt)[: 2 * BLOCK]
@@ -394,3 +394,32 @@ def test_a_checksum_field_that_is_not_a_number_is_a_bad_checksum() -> None:
     block[148:156] = b"zzzzzz\x00 "
     with pytest.raises(TarFormatError, match=r"^invalid header \(bad checksum\)$"):
         _one_member(bytes(block))
+
+
+@pytest.mark.parametrize(
+    ("sparse_map", "stored", "problem"),
+    [
+        ("0,10,100,10", 20, None),
+        ("100,10,50,10", 20, "overlaps or goes backwards"),  # backwards, every length positive
+        ("0,20,10,5", 25, "overlaps or goes backwards"),
+        ("0,-5,10,5", 0, "overlaps or goes backwards"),  # a negative length, in order
+        ("0,10,990,20", 30, "runs past its real size"),
+        ("0,10,100,10", 25, "holds 20 bytes of data, the member 25"),
+    ],
+)
+def test_a_pax_sparse_map_is_checked_against_itself_and_the_data(
+    sparse_map: str, stored: int, problem: str | None
+) -> None:
+    records = {
+        "GNU.sparse.size": "1000",
+        "GNU.sparse.numblocks": str(sparse_map.count(",") // 2 + 1),
+        "GNU.sparse.map": sparse_map,
+    }
+    data = encode_header("s", tarfile.REGTYPE, size=stored, records=records) + bytes(-(-stored // BLOCK) * BLOCK)
+    reader = TarStreamReader(io.BytesIO(data + bytes(2 * BLOCK)))
+    if problem is None:
+        member = reader.next()
+        assert member is not None and member.sparse_map == [(0, 10), (100, 10)]
+        return
+    with pytest.raises(TarFormatError, match=problem):
+        reader.next()
