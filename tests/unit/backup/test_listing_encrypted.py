@@ -176,3 +176,49 @@ def test_a_manifest_too_large_to_be_one_is_never_read(monkeypatch: pytest.Monkey
     [listed] = list_backups(storage)
     assert listed.manifest is None  # listed by its mark, its manifest not read
     assert listed.problem is not None and "too large to be a manifest" in listed.problem
+
+
+def _plain(storage: MemoryStorage, source: Path, day: int) -> str:
+    source.mkdir(exist_ok=True)
+    (source / "a.txt").write_text("a\n")
+    result = create_backup(BackupConfig(source, Path("/unused")), storage=storage, now=fixed_now(utc(2026, 3, day)))
+    assert result.success, result.error
+    assert result.backup_id is not None
+    return result.backup_id
+
+
+def test_in_an_object_store_an_archive_without_its_manifest_goes_once_old_enough(tmp_path: Path) -> None:
+    """A plain archive whose run was cut off before its manifest (the commit point) is
+    removed by the next clean-up, once older than the grace period; one whose manifest
+    is there, or that is not marked as ours in its first header, stays."""
+    now = [1_800_000_000.0]
+    storage = MemoryStorage(manifest_commits=True, clock=lambda: now[0])
+    storage.grace_seconds = 60.0  # type: ignore[misc]
+    kept, cut = _plain(storage, tmp_path / "s", 1), _plain(storage, tmp_path / "s", 2)
+    storage.delete(f"{cut}.manifest.json")
+    put_object(storage, "backup_20240101_000000.tar.gz", b"not an archive of ours")
+    assert clean_leftovers(storage) == []  # young
+    now[0] += 61
+    assert clean_leftovers(storage) == [f"{cut}.tar.gz"]
+    assert sorted(info.name for info in storage.list_objects()) == sorted(
+        ["backup_20240101_000000.tar.gz", f"{kept}.manifest.json", f"{kept}.tar.gz"]
+    )
+
+
+def test_in_a_directory_a_young_manifest_without_its_archive_stays(tmp_path: Path) -> None:
+    now = [1_800_000_000.0]
+    storage = MemoryStorage(clock=lambda: now[0])
+    storage.grace_seconds = 60.0  # type: ignore[misc]
+    backup_id = _plain(storage, tmp_path / "s", 1)
+    storage.delete(f"{backup_id}.tar.gz")
+    assert clean_leftovers(storage) == []
+    now[0] += 61
+    assert clean_leftovers(storage) == [f"{backup_id}.manifest.json"]
+
+
+def test_only_encrypted_manifests_named_by_an_id_are_looked_at(key: AgeKey, tmp_path: Path) -> None:
+    storage = MemoryStorage(manifest_commits=True)
+    put_object(storage, "notes.manifest.json.age", b"age-encryption.org/v1\n")
+    storage._objects["notes.manifest.json.age"].mark = "notes"  # even marked, it names no backup
+    assert clean_leftovers(storage) == []
+    assert [info.name for info in storage.list_objects()] == ["notes.manifest.json.age"]
