@@ -459,7 +459,12 @@ def main() -> int:
     workdir = Path(args.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     lines = {} if args.unit_only else coverage_map(workdir, names, args.refresh_coverage)
-    scores = [run_module(name, args, workdir, lines.get(MODULES[name][0], {})) for name in names]
+    scores: list[ModuleScore] = []
+    for name in names:
+        scores.append(run_module(name, args, workdir, lines.get(MODULES[name][0], {})))
+        # Kept as each module finishes: a run stopped part way keeps what it measured.
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps([asdict(score) for score in scores], indent=2) + "\n")
 
     print(f"\n{'module':<10} {'mutants':>7} {'unit':>7} {'+suite':>7} {'equiv':>6} {'survive':>7}  score")
     below = []
