@@ -404,3 +404,14 @@ def test_commit_order_puts_the_commit_point_last() -> None:
     assert commit_order(False, "a.tar", ["a.manifest.json"]) == ["a.manifest.json", "a.tar"]
     assert commit_order(True, "a.tar", ["a.manifest.json"]) == ["a.tar", "a.manifest.json"]
     assert commit_order(True, "a.tar", []) == ["a.tar"]
+
+
+def test_ids_that_are_not_ours_sort_as_text_within_their_second(tmp_path: Path) -> None:
+    """Only an id of ours has a claim sequence: "x-10" and "x-2" named by a foreign
+    tool are plain names, ordered as text (not as claims 10 and 2)."""
+    moment = datetime(2024, 1, 1, tzinfo=UTC)
+    storage = LocalStorage(tmp_path)
+    two, ten = backup_info(storage, "x-2", moment), backup_info(storage, "x-10", moment)
+    assert sorted([two, ten], key=oldest_first_key) == [ten, two]
+    ours = [backup_info(storage, f"b_20240101_000000-{n}", moment) for n in (10, 2)]
+    assert [b.backup_id for b in sorted(ours, key=oldest_first_key)] == ["b_20240101_000000-2", "b_20240101_000000-10"]

@@ -749,3 +749,15 @@ class _NoOffset(tzinfo):
 def test_a_now_without_an_offset_is_refused(moment: datetime) -> None:
     with pytest.raises(ValueError, match="aware now"):
         apply_policy([], RetentionPolicy(keep_last=1), UTC, now=moment)
+
+
+def test_an_id_without_a_sequence_counts_as_the_first_claim_of_its_second() -> None:
+    """A backup whose id is not one of ours (a foreign name our manifest vouches for)
+    is the first claim of its second: a "-2" claim of that second is newer, whatever
+    the names' order as text."""
+    moment = datetime(2026, 3, 1, 3, tzinfo=UTC)
+    claimed = info(moment, prefix="b", sequence=2)
+    foreign = info(moment, prefix="b", backup_id="zzz-manual")
+    for backups in ([claimed, foreign], [foreign, claimed]):
+        plan = apply_policy(backups, RetentionPolicy(keep_last=1), UTC, now=moment + timedelta(days=1))
+        assert [d.backup.backup_id for d in plan.keep] == [claimed.backup_id]

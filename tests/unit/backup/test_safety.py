@@ -534,3 +534,10 @@ def test_repeated_members_of_a_foreign_archive_are_named_up_to_five(count: int, 
     assert f"{count} members appear more than once" in warning
     assert ("'f4' ..." in warning) is dots and "'f5'" not in warning
     assert all(f"'f{n}'" in warning for n in range(5))
+
+
+def test_names_are_shown_whole_up_to_120_characters() -> None:
+    from backup.safety import shown_name
+
+    assert shown_name("n" * 120) == repr("n" * 120)
+    assert shown_name("n" * 121) == repr("n" * 60) + "...(121 characters)"
