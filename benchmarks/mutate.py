@@ -89,6 +89,9 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ),
     ("manifest", "handle.flush()", "remove Expr"): _DURABILITY,
     ("manifest", "os.fsync(handle.fileno())", "remove Expr"): _DURABILITY,
+    ("manifest", "temp.unlink(missing_ok=True)", "True -> False"): (
+        "the temporary file is created before anything in the try can fail, so it is always there to remove"
+    ),
 }
 
 _COMPARE_SWAPS: dict[type[ast.cmpop], type[ast.cmpop]] = {

@@ -564,6 +564,7 @@ _ENTRY = {"path": "f", "size": 1, "checksum": "0" * 64, "modified": "2024-01-01T
         ({"link_target_bytes": "a b c"}, "link_target_bytes is not base64"),
         ({"xattrs": ["user.a"]}, "field 'xattrs' is not an object"),
         ({"xattrs": {"user.a": "not base64 at all"}}, "an xattr value is not base64"),
+        ({"xattrs": {"user.a": "AAEC!!"}}, "an xattr value is not base64"),  # base64 once the junk is dropped
         ({"device": [8]}, "field 'device' is not [major, minor]"),
         ({"device": [8, True]}, "field 'device' is not [major, minor]"),
     ],
