@@ -89,6 +89,10 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ),
     ("manifest", "handle.flush()", "remove Expr"): _DURABILITY,
     ("manifest", "os.fsync(handle.fileno())", "remove Expr"): _DURABILITY,
+    ("safety", "mtime_ns: int = 0", "0 -> 1"): "a default no caller uses: the checker passes every member's mtime_ns",
+    ("safety", "init=False, repr=False, compare=False", "False -> True"): (
+        "the flags of Selection's compiled-pattern cache, which nothing constructs, prints or compares by"
+    ),
     ("manifest", "temp.unlink(missing_ok=True)", "True -> False"): (
         "the temporary file is created before anything in the try can fail, so it is always there to remove"
     ),

@@ -541,3 +541,34 @@ def test_names_are_shown_whole_up_to_120_characters() -> None:
 
     assert shown_name("n" * 120) == repr("n" * 120)
     assert shown_name("n" * 121) == repr("n" * 60) + "...(121 characters)"
+
+
+def test_a_chain_through_a_link_to_directories_the_archive_does_not_hold() -> None:
+    """``l1`` -> zz/yy names directories no member declares; ``l2`` -> l1/.. climbs back
+    through it and stays inside."""
+    checker = MemberChecker(ARCHIVE)
+    assert checker.check(member("l1", "symlink", "zz/yy")) is not None
+    assert checker.check(member("l2", "symlink", "l1/..")) is not None
+    checker.recheck_links()
+
+
+def test_allowing_external_links_allows_them_at_the_recheck_too() -> None:
+    checker = MemberChecker(ARCHIVE, allow_external_links=True)
+    assert checker.check(member("a", "symlink", "c/..")) is not None
+    assert checker.check(member("c", "symlink", "..")) is not None
+    checker.recheck_links()  # a escapes through c, as allowed
+
+
+def test_the_symlink_a_member_would_be_written_through_is_named_whole() -> None:
+    checker = MemberChecker(ARCHIVE)
+    checker.check(member("a", "dir"))
+    checker.check(member("a/l", "symlink", "../b"))
+    error = _refused(checker, member("a/l/x/y.txt"))
+    assert str(error).endswith("would be written through the symlink 'a/l'")
+
+
+def test_a_selection_called_without_is_dir_means_a_file() -> None:
+    from backup.safety import Selection
+
+    selection = Selection(include=("logs/",))
+    assert selection("logs", is_dir=True) and not selection("logs")
