@@ -93,6 +93,9 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("safety", "init=False, repr=False, compare=False", "False -> True"): (
         "the flags of Selection's compiled-pattern cache, which nothing constructs, prints or compares by"
     ),
+    ("safety", "return", "remove Return"): (
+        "recheck_links' short-cut when external links are allowed: none was recorded to recheck then"
+    ),
     ("manifest", "temp.unlink(missing_ok=True)", "True -> False"): (
         "the temporary file is created before anything in the try can fail, so it is always there to remove"
     ),
