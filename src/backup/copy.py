@@ -22,7 +22,7 @@ from .create import commit_backup
 from .errors import BackupError
 from .hashing import DEFAULT_ALGORITHM, new_hasher
 from .listing import list_backups
-from .manifest.files import read_sidecar
+from .manifest.files import read_sidecar_bytes
 from .manifest.model import MANIFEST_SUFFIX, ArchiveInfo
 from .manifest.sidecar import Sidecar
 from .progress import ProgressCallback
@@ -120,11 +120,8 @@ def _copy_one(backup: BackupInfo, dst: BackupStorage, progress: ProgressCallback
     if backup.sidecar is not None:
         if backup.manifest is None:
             raise BackupError(f"{backup.problem or backup.archive.label}; not copied", backup.archive.label)
-        sidecar = read_sidecar(backup.sidecar)
-        with backup.sidecar.storage.open_read(backup.sidecar.name) as handle:
-            sealed = handle.read(_MAX_MANIFEST_BYTES + 1), sidecar
-        if Sidecar.from_json(sealed[0]) != sidecar:
-            raise BackupError(f"{backup.sidecar.label}: changed while it was copied", backup.sidecar.label)
+        sidecar, raw_sidecar = read_sidecar_bytes(backup.sidecar)
+        sealed = raw_sidecar, sidecar
         expected, algorithm = sidecar.archive, sidecar.checksum_algorithm
     elif backup.manifest is not None:
         with backup.manifest.storage.open_read(backup.manifest.name) as handle:

@@ -12,6 +12,7 @@ from .files import (
     manifest_name_for,
     read_manifest,
     read_sidecar,
+    read_sidecar_bytes,
     sidecar_for,
 )
 from .model import (
@@ -42,5 +43,6 @@ __all__ = [
     "manifest_name_for",
     "read_manifest",
     "read_sidecar",
+    "read_sidecar_bytes",
     "sidecar_for",
 ]

@@ -25,6 +25,7 @@ __all__ = [
     "manifest_name_for",
     "read_manifest",
     "read_sidecar",
+    "read_sidecar_bytes",
     "sidecar_for",
 ]
 
@@ -59,6 +60,11 @@ def sidecar_for(ref: ObjectRef) -> ObjectRef | None:
 def read_sidecar(ref: ObjectRef) -> Sidecar:
     """Given an encrypted backup's sidecar, return it; raise ManifestError naming it if
     it is missing, unreadable, not a sidecar, or not the one its name gives."""
+    return read_sidecar_bytes(ref)[0]
+
+
+def read_sidecar_bytes(ref: ObjectRef) -> tuple[Sidecar, bytes]:
+    """As ``read_sidecar``, and the bytes it was read from (a copy writes them as they are)."""
     try:
         with ref.storage.open_read(ref.name) as handle:
             raw = handle.read(_MAX_SIDECAR_BYTES + 1)
@@ -74,7 +80,7 @@ def read_sidecar(ref: ObjectRef) -> Sidecar:
         raise ManifestError(f"{ref.label}: {exc}", ref.label) from exc
     if sidecar.backup_id + SIDECAR_SUFFIX != ref.name:
         raise ManifestError(f"{ref.label}: it is the sidecar of {sidecar.backup_id!r}", ref.label)
-    return sidecar
+    return sidecar, raw
 
 
 def check_identities(label: str, recipients: tuple[str, ...], identities: Identities | None) -> Identities:
