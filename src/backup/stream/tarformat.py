@@ -374,9 +374,9 @@ def _parse_header(block: bytes) -> Member:
     )
     member = Member(_text(name))
     if magic == _POSIX_MAGIC and prefix[0]:
-        # A star header keeps times after a 131-byte prefix, as GNU tar recognises it.
-        star = block[475] == 0 and block[487] == 0x20 and block[499] == 0x20 and block[476] in b"01234567"
-        member.name = _text(prefix[:131] if star else prefix) + "/" + member.name
+        # A star header keeps times after a 131-byte prefix whose last byte is a NUL (that
+        # NUL is how GNU tar tells it apart): read up to the NUL, its prefix is the same.
+        member.name = _text(prefix) + "/" + member.name
     what = f"header of {member.name!r}"
     member.mode = _octal_number(mode, what)
     member.uid = _octal_number(uid, what)
@@ -647,14 +647,14 @@ class TarStreamReader:
 
     def _old_gnu_sparse(self, member: Member, header: bytes) -> None:
         """Read an old GNU sparse member's map: in its header, then in extension blocks."""
-        segments = _old_gnu_entries(header[386:482], 4)
+        segments = _old_gnu_entries(header[386:482])
         extended = header[482]
         realsize = _octal_number(header[483:495], "sparse real size")
         while extended:
             block = bytearray(BLOCK)
             if not self._read_exact(block, f"sparse header of {member.name!r}"):
                 raise TarFormatError(f"unexpected end of data in the sparse header of {member.name!r}")
-            segments += _old_gnu_entries(bytes(block[:504]), 21)
+            segments += _old_gnu_entries(bytes(block[:504]))
             extended = block[504]
             if len(segments) > MAX_SPARSE_SEGMENTS:
                 raise TarFormatError(f"sparse member {member.name!r}: its map is too long")
@@ -697,10 +697,12 @@ def _octal_number(field: bytes, what: str) -> int:
     return int(text, 8)
 
 
-def _old_gnu_entries(data: bytes, count: int) -> list[tuple[int, int]]:
+def _old_gnu_entries(data: bytes) -> list[tuple[int, int]]:
+    """Given an old GNU sparse map's slots (24 bytes each: offset, then length), return
+    the entries up to the first empty slot."""
     entries = []
-    for index in range(count):
-        field = data[index * 24 : index * 24 + 24]
+    for start in range(0, len(data), 24):
+        field = data[start : start + 24]
         if not field.strip(b"\x00"):
             break
         entries.append((_octal_number(field[:12], "sparse map"), _octal_number(field[12:], "sparse map")))

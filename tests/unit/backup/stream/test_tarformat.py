@@ -423,3 +423,124 @@ def test_a_pax_sparse_map_is_checked_against_itself_and_the_data(
         return
     with pytest.raises(TarFormatError, match=problem):
         reader.next()
+
+
+def test_a_star_prefix_of_130_bytes_is_read_whole() -> None:
+    """A star header's prefix is 131 bytes ending in a NUL, then two times: its name is
+    the prefix up to that NUL, never the times after it. A POSIX prefix that fills all
+    155 bytes is read whole."""
+    star = bytearray(tarfile.TarInfo("name").tobuf(tarfile.USTAR_FORMAT))
+    star[345:475] = b"p" * 130
+    star[476:500] = b"14000000000 14000000000 "
+    assert _one_member(_with_checksum(star)).name == "p" * 130 + "/name"
+    full = bytearray(tarfile.TarInfo("name").tobuf(tarfile.USTAR_FORMAT))
+    full[345:500] = b"q" * 155
+    assert _one_member(_with_checksum(full)).name == "q" * 155 + "/name"
+
+
+def test_a_gnu_volume_label_and_its_data_are_skipped(tmp_path: Path) -> None:
+    """A volume label (tar -V) names the archive, it is not a member. One that carries
+    data has the data skipped with it, as GNU tar does (checked below)."""
+    label = tarfile.TarInfo("LABEL")
+    label.type, label.size = b"V", 5
+    after = tarfile.TarInfo("f")
+    after.size = 3
+    data = (
+        label.tobuf(tarfile.GNU_FORMAT)
+        + b"hello".ljust(BLOCK, b"\0")
+        + after.tobuf(tarfile.GNU_FORMAT)
+        + b"abc".ljust(BLOCK, b"\0")
+        + bytes(2 * BLOCK)
+    )
+    assert _read_all(data) == [("f", tarfile.REGTYPE, 3, "", b"abc")]
+    if shutil.which("tar"):
+        (tmp_path / "a.tar").write_bytes(data)
+        (tmp_path / "out").mkdir()
+        subprocess.run(["tar", "-xf", tmp_path / "a.tar", "-C", tmp_path / "out"], check=True)
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f"]
+        assert (tmp_path / "out" / "f").read_bytes() == b"abc"
+
+
+@pytest.mark.parametrize("base_256", [False, True], ids=["space-terminated", "base-256"])
+def test_a_pax_header_size_is_read_from_its_whole_field(base_256: bool) -> None:
+    """Old tars end a size field with a space, not a NUL, and a size may be base-256:
+    the field is all twelve bytes, neither more nor fewer."""
+    records = _pax_record("path", "named")
+    member = bytearray(_pax_member(records))
+    member[124:136] = b"\x80" + len(records).to_bytes(11, "big") if base_256 else b"%011o " % len(records)
+    member[136:148] = b"%011o " % 0o1234  # a time right after, which must not be read as size
+    member[:BLOCK] = _with_checksum(bytearray(member[:BLOCK]))
+    assert _one_member(bytes(member)).name == "named"
+
+
+def test_a_number_field_of_nuls_reads_as_zero() -> None:
+    """Some writers leave fields they have no value for as NULs: GNU tar reads them as 0."""
+    block = bytearray(tarfile.TarInfo("f").tobuf(tarfile.USTAR_FORMAT))
+    for start, width in ((100, 8), (108, 8), (116, 8), (136, 12)):
+        block[start : start + width] = bytes(width)
+    member = _one_member(_with_checksum(block))
+    assert (member.mode, member.uid, member.gid, member.mtime) == (0, 0, 0, 0)
+
+
+def test_a_pax_record_without_a_length_says_so() -> None:
+    with pytest.raises(TarFormatError) as caught:
+        TarStreamReader(io.BytesIO(_pax_member(b"path=x\n"))).next()
+    assert str(caught.value) == "malformed pax record (no length)"
+
+
+def _sparse_1_0(count_line: bytes) -> bytes:
+    """A pax sparse 1.0 member whose map, at the start of its one block of data, begins
+    with the given count."""
+    records = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "10"}
+    return encode_header("s", tarfile.REGTYPE, size=BLOCK, records=records) + (count_line + b"\n").ljust(BLOCK, b"\0")
+
+
+def test_a_sparse_map_longer_than_the_limit_is_refused_before_it_is_read() -> None:
+    """The count is checked as soon as it is read: one past the limit is refused by
+    name; one at the limit is read on (here it then runs past the member's data)."""
+    from backup.stream.tarformat import MAX_SPARSE_SEGMENTS
+
+    assert MAX_SPARSE_SEGMENTS == 1 << 20
+    with pytest.raises(TarFormatError) as caught:
+        TarStreamReader(io.BytesIO(_sparse_1_0(b"%d" % (MAX_SPARSE_SEGMENTS + 1)))).next()
+    assert str(caught.value) == f"sparse member 's': a map of {MAX_SPARSE_SEGMENTS + 1} entries is refused"
+    with pytest.raises(TarFormatError) as caught:
+        TarStreamReader(io.BytesIO(_sparse_1_0(b"%d" % MAX_SPARSE_SEGMENTS))).next()
+    assert str(caught.value) == "sparse member 's': its map runs past its data"
+
+
+def _old_gnu_sparse(entries: int) -> bytes:
+    """An old GNU sparse member of ``entries`` one-byte runs: 4 in its header, 21 in
+    each extension block after it."""
+    runs = [(2 * index, 1) for index in range(entries)]
+
+    def slots(chunk: list[tuple[int, int]], width: int) -> bytes:
+        return b"".join(b"%011o\0%011o\0" % run for run in chunk).ljust(width * 24, b"\0")
+
+    header = bytearray(tarfile.TarInfo("s").tobuf(tarfile.GNU_FORMAT))
+    header[156:157] = tarfile.GNUTYPE_SPARSE
+    header[124:136] = b"%011o\0" % entries
+    header[386:482] = slots(runs[:4], 4)
+    header[482] = 1 if entries > 4 else 0
+    header[483:495] = b"%011o\0" % (2 * entries)
+    blocks = [_with_checksum(header)]
+    rest = runs[4:]
+    while rest:
+        chunk, rest = rest[:21], rest[21:]
+        blocks.append(slots(chunk, 21) + bytes([1 if rest else 0]) + bytes(7))
+    return b"".join(blocks) + bytes(-(-entries // BLOCK) * BLOCK) + bytes(2 * BLOCK)
+
+
+def test_an_old_gnu_sparse_map_is_read_across_extension_blocks_up_to_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the limit lowered to 25 entries (the real one takes 25 MB of headers to
+    reach): 25 entries, four in the header and 21 in an extension block, are read; 26
+    are refused."""
+    monkeypatch.setattr("backup.stream.tarformat.MAX_SPARSE_SEGMENTS", 25)
+    member = _one_member(_old_gnu_sparse(25)[: -2 * BLOCK])
+    assert member.sparse_map == [(2 * index, 1) for index in range(25)]
+    assert (member.realsize, member.size, member.type) == (50, 25, tarfile.REGTYPE)
+    with pytest.raises(TarFormatError) as caught:
+        TarStreamReader(io.BytesIO(_old_gnu_sparse(26))).next()
+    assert str(caught.value) == "sparse member 's': its map is too long"
