@@ -96,6 +96,9 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("safety", "return", "remove Return"): (
         "recheck_links' short-cut when external links are allowed: none was recorded to recheck then"
     ),
+    ("listing", "raw = handle.read(limit + 1)", "1 -> 2"): (
+        "reads one byte more of a file already known to be past the limit: the verdict is the same"
+    ),
     ("manifest", "temp.unlink(missing_ok=True)", "True -> False"): (
         "the temporary file is created before anything in the try can fail, so it is always there to remove"
     ),

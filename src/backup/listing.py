@@ -127,15 +127,27 @@ def _encrypted_backup(
     )
 
 
-def _read_own_sidecar(storage: BackupStorage, info: ObjectInfo, backup_id: str) -> tuple[Sidecar | None, str | None]:
-    """Return ``(sidecar, None)`` if the object is our sidecar, else ``(None, why not)``."""
-    if info.size > _MAX_SIDECAR_BYTES:
-        return None, "too large to be a sidecar"
+def _read_small(storage: BackupStorage, info: ObjectInfo, limit: int, what: str) -> tuple[bytes | None, str | None]:
+    """Return ``(the object's bytes, None)``, or ``(None, why not)`` if it cannot be read
+    or is larger than ``limit``: as listed (then it is not read at all), or once read
+    (it grew after the listing; no more than one byte past the limit is read)."""
+    if info.size > limit:
+        return None, f"too large to be a {what}"
     try:
         with storage.open_read(info.name) as handle:
-            raw = handle.read(_MAX_SIDECAR_BYTES + 1)
+            raw = handle.read(limit + 1)
     except OSError as exc:
         return None, f"cannot read it: {exc.strerror or exc}"
+    if len(raw) > limit:
+        return None, f"too large to be a {what}"
+    return raw, None
+
+
+def _read_own_sidecar(storage: BackupStorage, info: ObjectInfo, backup_id: str) -> tuple[Sidecar | None, str | None]:
+    """Return ``(sidecar, None)`` if the object is our sidecar, else ``(None, why not)``."""
+    raw, why_not = _read_small(storage, info, _MAX_SIDECAR_BYTES, "sidecar")
+    if raw is None:
+        return None, why_not
     return own_sidecar(raw, backup_id)
 
 
@@ -147,13 +159,9 @@ def _read_own_manifest(
     storage: BackupStorage, info: ObjectInfo, backup_id: str
 ) -> tuple[BackupManifest | None, str | None]:
     """Return ``(manifest, None)`` if the object is our manifest, else ``(None, why not)``."""
-    if info.size > _MAX_MANIFEST_BYTES:
-        return None, "too large to be a manifest"
-    try:
-        with storage.open_read(info.name) as handle:
-            raw = handle.read()
-    except OSError as exc:
-        return None, f"cannot read it: {exc.strerror or exc}"
+    raw, why_not = _read_small(storage, info, _MAX_MANIFEST_BYTES, "manifest")
+    if raw is None:
+        return None, why_not
     return own_manifest(raw, backup_id)
 
 

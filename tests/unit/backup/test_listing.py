@@ -16,7 +16,7 @@ import io
 import json
 import os
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from backup.catalog import BackupInfo
 from backup.listing import clean_leftovers, list_backups
 from backup.manifest import ArchiveInfo, BackupManifest, ManifestEntry
 from backup.storage import LocalStorage, Location
-from backup.storage.base import BackupStorage
+from backup.storage.base import BackupStorage, ObjectInfo
 from backup.storage.local import partial_name
 from backup.stream.tarformat import writer_comment
 from support.storage import Fault, FaultyStorage, MemoryStorage, put_object, read_object
@@ -388,6 +388,56 @@ def test_list_reports_a_manifest_that_cannot_be_read() -> None:
         "(cannot read it: Input/output error)"
     )
     assert info.manifest is None
+
+
+def test_list_reads_a_manifest_of_the_size_limit_and_refuses_one_byte_more(
+    where: Where, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the limit lowered to this manifest's size, it is read; one byte lower, it is
+    not ours (and the archive is listed by its mark, the manifest's problem said)."""
+    import backup.listing as listing
+
+    add(where, "backup_20240101_000000", manifest=make_manifest("backup_20240101_000000", "2024-01-01T00:00:00Z"))
+    size = len(read_object(where.storage, "backup_20240101_000000.manifest.json"))
+    monkeypatch.setattr(listing, "_MAX_MANIFEST_BYTES", size)
+    (info,) = list_backups(where.location)
+    assert info.problem is None and info.file_count == 2
+    monkeypatch.setattr(listing, "_MAX_MANIFEST_BYTES", size - 1)
+    (info,) = list_backups(where.location)
+    assert info.file_count is None
+    assert info.problem is not None and info.problem.endswith("(too large to be a manifest)")
+
+
+def test_list_refuses_a_manifest_that_grew_past_the_limit_after_the_listing(
+    where: Where, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing said it was small; what is read is one byte more than the limit. It is
+    refused on what was read (not read whole), as if the listing had said so."""
+    import backup.listing as listing
+
+    add(where, "backup_20240101_000000", manifest=make_manifest("backup_20240101_000000", "2024-01-01T00:00:00Z"))
+    size = len(read_object(where.storage, "backup_20240101_000000.manifest.json"))
+    monkeypatch.setattr(listing, "_MAX_MANIFEST_BYTES", size - 1)
+    real_list = where.storage.list_objects
+
+    def stale() -> list[ObjectInfo]:
+        return [replace(info, size=1) for info in real_list()]
+
+    monkeypatch.setattr(where.storage, "list_objects", stale)
+    (info,) = list_backups(where.storage)
+    assert info.file_count is None
+    assert info.problem is not None and info.problem.endswith("(too large to be a manifest)")
+
+
+def test_list_does_not_read_a_manifest_of_more_than_a_gibibyte(directory: Where) -> None:
+    """A file under a manifest's name of 1 GiB and one byte (sparse: it takes no room)
+    is not ours, and is never read: its size alone refuses it."""
+    add(directory, "backup_20240101_000000")
+    assert isinstance(directory.storage, LocalStorage)
+    with open(directory.storage.directory / "backup_20240101_000000.manifest.json", "wb") as handle:
+        handle.truncate((1 << 30) + 1)
+    (info,) = list_backups(directory.location)
+    assert info.problem is not None and info.problem.endswith("(too large to be a manifest)")
 
 
 def test_list_a_location_that_does_not_exist(tmp_path: Path) -> None:

@@ -222,3 +222,19 @@ def test_only_encrypted_manifests_named_by_an_id_are_looked_at(key: AgeKey, tmp_
     storage._objects["notes.manifest.json.age"].mark = "notes"  # even marked, it names no backup
     assert clean_leftovers(storage) == []
     assert [info.name for info in storage.list_objects()] == ["notes.manifest.json.age"]
+
+
+def test_a_sidecar_of_the_size_limit_is_read_and_one_byte_more_is_not(
+    key: AgeKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the limit lowered to this sidecar's size, the backup is listed; one byte
+    lower, its sidecar is not ours and nothing is listed."""
+    import backup.listing as listing
+
+    storage = MemoryStorage()
+    _backup(storage, tmp_path / "s", key, 1)
+    [sidecar] = [info for info in storage.list_objects() if info.name.endswith(".sidecar.json")]
+    monkeypatch.setattr(listing, "_MAX_SIDECAR_BYTES", sidecar.size)
+    assert len(list_backups(storage)) == 1
+    monkeypatch.setattr(listing, "_MAX_SIDECAR_BYTES", sidecar.size - 1)
+    assert list_backups(storage) == []
