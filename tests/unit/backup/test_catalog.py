@@ -415,3 +415,18 @@ def test_ids_that_are_not_ours_sort_as_text_within_their_second(tmp_path: Path) 
     assert sorted([two, ten], key=oldest_first_key) == [ten, two]
     ours = [backup_info(storage, f"b_20240101_000000-{n}", moment) for n in (10, 2)]
     assert [b.backup_id for b in sorted(ours, key=oldest_first_key)] == ["b_20240101_000000-2", "b_20240101_000000-10"]
+
+
+def test_an_id_spelled_with_claim_one_sorts_after_the_plain_id_whatever_the_input_order() -> None:
+    """We never write "-1" (the first claim has no suffix), but another tool or a person
+    may: "x-1" is then a name of its own, after "x" in the same second, not a tie that
+    the input order would settle."""
+    storage = MemoryStorage()
+    moment = datetime(2024, 1, 1, tzinfo=UTC)
+    plain = backup_info(storage, "db_20240101_000000", moment)
+    spelled = backup_info(storage, "db_20240101_000000-1", moment)
+    for given in ([plain, spelled], [spelled, plain]):
+        assert [b.backup_id for b in sorted(given, key=oldest_first_key)] == [
+            "db_20240101_000000",
+            "db_20240101_000000-1",
+        ]

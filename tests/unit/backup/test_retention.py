@@ -392,6 +392,19 @@ def test_non_positive_keep_within_is_refused(within: timedelta) -> None:
         RetentionPolicy(keep_within=within)
 
 
+def test_a_policy_cannot_be_changed_after_it_is_checked() -> None:
+    """A policy is checked when it is made: were it mutable, a negative count could be
+    set afterwards, past the check, and the scheduler holds one policy for all its runs.
+    A policy is a value: equal ones hash alike, so they can key a mapping or a set."""
+    import dataclasses
+
+    policy = RetentionPolicy(keep_daily=7)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        policy.keep_daily = -1  # type: ignore[misc]
+    assert policy.keep_daily == 7
+    assert {policy, RetentionPolicy(keep_daily=7)} == {policy}
+
+
 def test_from_days() -> None:
     assert RetentionPolicy.from_days(7) == RetentionPolicy(keep_within=timedelta(days=7))
     with pytest.raises(ConfigError, match="retention_days"):
