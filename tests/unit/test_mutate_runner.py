@@ -1,0 +1,94 @@
+"""The mutation runner of ``make mutate`` (benchmarks/mutate.py): the mutants it makes,
+and its list of survivors judged equivalent, which must keep naming mutants it still
+makes (a judgement whose line was edited away would otherwise excuse nothing, silently)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import random
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def runner() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mutate_runner", ROOT / "benchmarks" / "mutate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
+SAMPLE = '''"""Docstring: never mutated."""
+import os
+
+__all__ = ["f"]
+
+
+def f(a: int, b: int = 3) -> int:
+    """Nor this."""
+    if a < b and not os.sep:
+        return a + 1
+    return True
+'''
+
+
+def test_each_kind_of_mutant_is_made_once_where_it_applies(runner: ModuleType) -> None:
+    tree = ast.parse(SAMPLE)
+    sites = runner.find_sites(tree)
+    made = {(site.line, site.description): runner.mutate(tree, site) for site in sites}
+    assert sorted(made) == [
+        (7, "3 -> 4"),
+        (9, "And -> Or"),
+        (9, "Lt -> LtE"),
+        (9, "not x -> x"),
+        (9, "remove If"),
+        (10, "1 -> 2"),
+        (10, "Add -> Sub"),
+        (10, "remove Return"),
+        (11, "True -> False"),
+        (11, "remove Return"),
+    ]
+    assert "b: int=4" in made[(7, "3 -> 4")]
+    assert "if a < b or not os.sep:" in made[(9, "And -> Or")]
+    assert "if a <= b and (not os.sep):" in made[(9, "Lt -> LtE")]
+    assert "if a < b and os.sep:" in made[(9, "not x -> x")]
+    assert "return a - 1" in made[(10, "Add -> Sub")]
+    assert "return False" in made[(11, "True -> False")]
+    original = ast.unparse(tree)
+    for mutant in made.values():
+        assert mutant != original
+        compile(mutant, "<mutant>", "exec")
+
+
+@pytest.mark.parametrize("name", ["retention", "safety", "catalog", "listing", "manifest", "tarformat", "storage"])
+def test_every_module_and_its_unit_tests_exist_and_its_mutants_compile(runner: ModuleType, name: str) -> None:
+    source, unit_tests = runner.MODULES[name]
+    assert all((ROOT / test).is_file() for test in unit_tests)
+    tree = ast.parse((ROOT / source).read_text())
+    sites = runner.find_sites(tree)
+    assert len(sites) > 100
+    for site in random.Random(name).sample(sites, 20):
+        compile(runner.mutate(tree, site), source, "exec")
+
+
+def test_every_judged_equivalent_names_a_mutant_still_made(runner: ModuleType) -> None:
+    stale = []
+    for (name, text, description), reason in runner.EQUIVALENT.items():
+        assert reason.strip(), (name, text)
+        source = (ROOT / runner.MODULES[name][0]).read_text()
+        lines = source.splitlines()
+        sites = runner.find_sites(ast.parse(source))
+        if not any(lines[site.line - 1].strip() == text and site.description == description for site in sites):
+            stale.append(f"{name}: {description}: {text}")
+    assert stale == []
