@@ -50,6 +50,7 @@ __all__ = [
 BLOCK = tarfile.BLOCKSIZE
 MAX_METADATA_BYTES = 1 << 20  # a pax or GNU long-name record larger than this is refused
 MAX_SPARSE_SEGMENTS = 1 << 20  # a sparse map longer than this is refused
+SKIP_CHUNK = 1 << 20  # data skipped unread is read this much at a time, at most
 _OCTAL_LIMIT_7 = 8**7
 _OCTAL_LIMIT_11 = 8**11
 _NS = 1_000_000_000
@@ -466,13 +467,13 @@ class TarStreamReader:
         return bytes(data[:size])
 
     def _skip(self, size: int, what: str) -> None:
-        remaining = size + (-size % BLOCK)
-        chunk = bytearray(min(remaining, 1 << 20) or 1)
-        while remaining:
-            piece = memoryview(chunk)[: min(len(chunk), remaining)]
+        """Consume ``size`` bytes unread, in reads of at most ``SKIP_CHUNK`` bytes."""
+        chunk = bytearray(min(size, SKIP_CHUNK))
+        while size:
+            piece = memoryview(chunk)[: min(len(chunk), size)]
             if not self._read_exact(piece, what):
                 raise TarFormatError(f"unexpected end of data in {what}")
-            remaining -= len(piece)
+            size -= len(piece)
 
     def skip_padding(self) -> None:
         """After a member's data has been read, consume its padding to the block boundary."""
@@ -484,13 +485,7 @@ class TarStreamReader:
 
     def skip_data(self, member: tarfile.TarInfo) -> None:
         """Consume a member's data without using it."""
-        remaining = member.size
-        chunk = bytearray(min(remaining, 1 << 20) or 1)
-        while remaining:
-            piece = memoryview(chunk)[: min(len(chunk), remaining)]
-            if not self._read_exact(piece, f"data of {member.name!r}"):
-                raise TarFormatError(f"unexpected end of data in {member.name!r}")
-            remaining -= len(piece)
+        self._skip(member.size, repr(member.name))
         self.skip_padding()
 
     def next(self) -> Member | None:
@@ -533,7 +528,8 @@ class TarStreamReader:
                     long_link = text
                 continue
             if member.type == _GNU_VOLUME:
-                self._skip(member.size, "GNU volume label")  # a label, not a member (tar -V)
+                # A label, not a member (tar -V): skipped with its data, as GNU tar does.
+                self._skip(member.size + -member.size % BLOCK, "GNU volume label")
                 continue
             break
         member._init_extras()
@@ -635,7 +631,7 @@ class TarStreamReader:
             lines = text.split(b"\n")
             if lines and lines[0].strip(b"\x00"):
                 count = _pax_integer(lines[0].decode("ascii", "replace"), "sparse map")
-                if count < 0 or count > MAX_SPARSE_SEGMENTS:
+                if count > MAX_SPARSE_SEGMENTS:  # a count of digits only: never negative
                     raise TarFormatError(f"sparse member {member.name!r}: a map of {count} entries is refused")
                 if len(lines) > 2 * count + 1:
                     numbers = [

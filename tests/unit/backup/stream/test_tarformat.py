@@ -544,3 +544,62 @@ def test_an_old_gnu_sparse_map_is_read_across_extension_blocks_up_to_the_limit(
     with pytest.raises(TarFormatError) as caught:
         TarStreamReader(io.BytesIO(_old_gnu_sparse(26))).next()
     assert str(caught.value) == "sparse member 's': its map is too long"
+
+
+def test_a_sparse_members_header_carries_a_stand_in_name() -> None:
+    """A tar that does not know the sparse format extracts the member, map and all, under
+    the name its ustar header gives: a stand-in in a directory of its own, never the real
+    file's name (which only the pax records give)."""
+    from backup.stream.tarformat import sparse_member_name
+
+    assert sparse_member_name("data/db/file.bin") == "data/db/GNUSparseFile.0/file.bin"
+    assert sparse_member_name("file.bin") == "./GNUSparseFile.0/file.bin"
+
+
+def test_a_sparse_map_of_no_entries_is_a_file_that_is_all_hole() -> None:
+    member = _one_member(_sparse_1_0(b"0"))
+    assert (member.name, member.realsize, member.size, member.sparse_map) == ("s", 10, 0, [])
+
+
+def test_a_pax_sparse_member_without_its_real_size_is_refused() -> None:
+    records = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0"}
+    data = encode_header("s", tarfile.REGTYPE, size=BLOCK, records=records) + b"0\n".ljust(BLOCK, b"\0")
+    with pytest.raises(TarFormatError) as caught:
+        TarStreamReader(io.BytesIO(data + bytes(2 * BLOCK))).next()
+    assert str(caught.value) == "sparse member 's' does not give its real size"
+
+
+def test_pax_records_padded_with_nuls_within_their_size_are_read(tmp_path: Path) -> None:
+    """Some writers count NUL padding in an extended header's size: the records end at
+    the first NUL, as GNU tar reads them (checked below)."""
+    data = _pax_member(_pax_record("path", "named") + bytes(10))
+    assert _one_member(data).name == "named"
+    if shutil.which("tar"):
+        (tmp_path / "p.tar").write_bytes(data)
+        listed = subprocess.run(["tar", "-tf", tmp_path / "p.tar"], check=True, capture_output=True, text=True)
+        assert listed.stdout == "named\n"
+
+
+class _CountingReads(io.BytesIO):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.asked: list[int] = []
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        self.asked.append(memoryview(buffer).nbytes)
+        return super().readinto(buffer)
+
+
+def test_data_skipped_unread_is_read_in_chunks_of_at_most_a_mebibyte() -> None:
+    """Memory stays flat however large a skipped member is, and the skip is a few large
+    reads, not many small ones: 3 MiB and a byte take four reads."""
+    mebibyte = 1 << 20
+    size = 3 * mebibyte + 1
+    stream = _CountingReads(_archive(tarfile.PAX_FORMAT, [("big", tarfile.REGTYPE, b"q" * size)]))
+    reader = TarStreamReader(stream)
+    member = reader.next()
+    assert member is not None
+    stream.asked.clear()
+    reader.skip_data(member)
+    assert stream.asked[:4] == [mebibyte, mebibyte, mebibyte, 1]
+    assert reader.next() is None
