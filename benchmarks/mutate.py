@@ -67,7 +67,9 @@ IMPORT_TIME_TESTS = (
 
 # Survivors judged equivalent: (module, the mutated line's text, mutation) -> why no
 # input tells the mutant from the original. Keyed by text, not number, so that edits
-# elsewhere in the module do not unmoor the judgement.
+# elsewhere in the module do not unmoor the judgement. A text that more than one line
+# of the module holds ("continue") is written "function(): text", the function (or
+# Class.method) the line is in first; each key must name one line's mutants (a test checks).
 _ANNOTATION_ONLY = "a type alias read only in annotations, which are never evaluated (postponed annotations)"
 _INVARIANT = "asserts an invariant the code just before establishes: it never fails, so changing it changes nothing"
 _DURABILITY = "only a power cut between the write and the rename could tell them apart; no test can make one"
@@ -87,7 +89,7 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("tarformat", '__slots__ = ("acls", "mtime_ns", "realsize", "sparse_map", "xattrs")', "remove Assign"): (
         "slots only save memory: without them every attribute is still there"
     ),
-    ("tarformat", "devmajor: int = 0,", "0 -> 1"): (
+    ("tarformat", "_ustar_block(): devmajor: int = 0,", "0 -> 1"): (
         "_ustar_block's default, taken only by pax headers, which are not devices: their device fields stay empty"
     ),
     ("tarformat", "if len(_PAX_HEADERS) < 4096:", "4096 -> 4097"): (
@@ -95,6 +97,9 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ),
     ("tarformat", "return list(zip(numbers[::2], numbers[1::2], strict=True)), consumed", "True -> False"): (
         "the two slices are equal in length by construction (2 x count numbers): strict never has a case to refuse"
+    ),
+    ("listing", "return False  # gone already, or replaced meanwhile: not what was looked at", "remove Return"): (
+        "falls through to None, as false as False to the one caller (if _remove(...))"
     ),
     ("manifest", "handle.flush()", "remove Expr"): _DURABILITY,
     ("manifest", "os.fsync(handle.fileno())", "remove Expr"): _DURABILITY,
@@ -148,6 +153,14 @@ class Site:
     kind: str  # "compare", "binop", "boolop", "not", "constant", "statement"
     description: str
     statement_line: int = 0  # where the statement holding it starts (coverage's line for it)
+    function: str = ""  # the function (or Class.method) it is in; "" at module level
+
+
+def judgement(module: str, site: Site, text: str) -> str | None:
+    """The reason a mutant was judged equivalent, if it was."""
+    return EQUIVALENT.get((module, f"{site.function}(): {text}", site.description)) or EQUIVALENT.get(
+        (module, text, site.description)
+    )
 
 
 @dataclass
@@ -207,11 +220,24 @@ def _skipped(node: ast.AST, parent: ast.AST | None) -> bool:
     return False
 
 
+def _functions(tree: ast.AST, name: str = "") -> dict[int, str]:
+    """Map each node to the qualified name of the function it is in ("" outside any)."""
+    found: dict[int, str] = {}
+    for child in ast.iter_child_nodes(tree):
+        inner = name
+        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            inner = f"{name}.{child.name}" if name else child.name
+        found[id(child)] = inner if not isinstance(child, ast.ClassDef) else name
+        found.update(_functions(child, inner))
+    return found
+
+
 def find_sites(tree: ast.Module) -> list[Site]:
     """Return every mutation site of a module, in a fixed order."""
     sites: list[Site] = []
     skip: set[int] = set()
     statement_of: dict[int, int] = {}
+    function_of = _functions(tree)
     for index, (node, parent) in enumerate(_walk(tree)):
         if isinstance(node, ast.stmt):
             statement_of[id(node)] = node.lineno
@@ -230,7 +256,9 @@ def find_sites(tree: ast.Module) -> list[Site]:
         line = getattr(node, "lineno", 0)
 
         def add(kind: str, description: str, index: int = index, line: int = line, node: ast.AST = node) -> None:
-            sites.append(Site(index, line, kind, description, statement_of.get(id(node), line)))
+            sites.append(
+                Site(index, line, kind, description, statement_of.get(id(node), line), function_of.get(id(node), ""))
+            )
 
         if isinstance(node, ast.Compare) and type(node.ops[0]) in _COMPARE_SWAPS:
             swapped = _COMPARE_SWAPS[type(node.ops[0])]
@@ -416,7 +444,7 @@ def run_module(name: str, args: argparse.Namespace, workdir: Path, covered: dict
             target = copy_root / source_path
             target.write_text(mutate(tree, site))
             shown = lines[site.line - 1].strip() if 0 < site.line <= len(lines) else ""
-            judged = EQUIVALENT.get((name, shown, site.description))
+            judged = judgement(name, site, shown)
             passed, seconds = run_tests(copy_root, list(unit_tests), timeout)
             if not passed:
                 return Outcome(name, site.line, site.description, "unit", seconds, shown)

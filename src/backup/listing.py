@@ -45,14 +45,13 @@ def list_backups(backup_dir: Location, prefix: str | None = None) -> list[Backup
     storage = open_storage(backup_dir)
     objects = {info.name: info for info in storage.list_objects()}
     backups = []
-    for name, info in objects.items():
+    for name in objects:
         sealed = encrypted_archive_name(name)
-        if sealed is not None:
-            found = _encrypted_backup(storage, objects, name, *sealed, prefix)
-            if found is not None:
-                backups.append(found)
-            continue
-        split = own_archive_name(name)
+        found = None if sealed is None else _encrypted_backup(storage, objects, name, *sealed, prefix)
+        if found is not None:
+            backups.append(found)
+    for name, info in objects.items():
+        split = own_archive_name(name)  # never an encrypted archive's name (those end in .age)
         if split is None:
             continue
         backup_id, compression = split

@@ -436,7 +436,9 @@ def test_list_does_not_read_a_manifest_of_more_than_a_gibibyte(directory: Where)
     assert isinstance(directory.storage, LocalStorage)
     with open(directory.storage.directory / "backup_20240101_000000.manifest.json", "wb") as handle:
         handle.truncate((1 << 30) + 1)
-    (info,) = list_backups(directory.location)
+    # Were it opened, the read would fail and say so: its size alone must refuse it.
+    unopened = FaultyStorage(directory.storage, Fault("open_read", 5, names="*.manifest.json"))
+    (info,) = list_backups(unopened)
     assert info.problem is not None and info.problem.endswith("(too large to be a manifest)")
 
 

@@ -238,3 +238,38 @@ def test_a_sidecar_of_the_size_limit_is_read_and_one_byte_more_is_not(
     assert len(list_backups(storage)) == 1
     monkeypatch.setattr(listing, "_MAX_SIDECAR_BYTES", sidecar.size - 1)
     assert list_backups(storage) == []
+
+
+def test_in_a_directory_a_young_sidecar_without_its_archive_stays(key: AgeKey, tmp_path: Path) -> None:
+    """A sidecar is written before the archive lands: inside the grace period, one whose
+    archive is missing may be a writer's that is still at work, and stays."""
+    now = [1_800_000_000.0]
+    storage = MemoryStorage(clock=lambda: now[0])
+    storage.grace_seconds = 60.0  # type: ignore[misc]
+    backup_id = _backup(storage, tmp_path / "s", key, 1)
+    storage.delete(f"{backup_id}.tar.age")
+    assert clean_leftovers(storage) == []
+    now[0] += 61
+    assert sorted(clean_leftovers(storage)) == sorted([f"{backup_id}.sidecar.json", f"{backup_id}.manifest.json.age"])
+
+
+@pytest.mark.parametrize("held", ["manifest", "backup id"])
+def test_in_an_object_store_an_archive_whose_manifest_writer_is_at_work_stays(
+    held: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Old enough to be a leftover, its manifest missing: but a writer holds the
+    manifest's claim, or the backup id's (a writer claims the id before it writes
+    anything), so the manifest may yet land. It stays until the claim is let go."""
+    storage = MemoryStorage(manifest_commits=True)
+    backup_id = _plain(storage, tmp_path / "s", 1)
+    storage.delete(f"{backup_id}.manifest.json")
+    if held == "manifest":
+        writer = storage.begin(f"{backup_id}.manifest.json")
+        assert clean_leftovers(storage) == []
+        writer.abort()
+    else:
+        real_claimed = storage.claimed
+        monkeypatch.setattr(storage, "claimed", lambda key: key == backup_id or real_claimed(key))
+        assert clean_leftovers(storage) == []
+        monkeypatch.setattr(storage, "claimed", real_claimed)
+    assert clean_leftovers(storage) == [f"{backup_id}.tar.gz"]
