@@ -109,3 +109,17 @@ def test_a_judgement_may_name_the_function_its_line_is_in(runner: ModuleType) ->
     tree = ast.parse("def f(x):\n    for y in x:\n        continue\n\nclass C:\n    def g(self):\n        return 1\n")
     by_line = {site.line: site.function for site in runner.find_sites(tree)}
     assert by_line[3] == "f" and by_line[7] == "C.g"
+
+
+def test_a_run_of_tests_passes_fails_or_times_out(runner: ModuleType, tmp_path: Path) -> None:
+    """A hang is told apart from a failure: it counts as a kill, in a column of its own."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text(
+        "import time\n\ndef test_pass():\n    pass\n\ndef test_fail():\n    assert False\n\n"
+        "def test_hang():\n    time.sleep(60)\n"
+    )
+    assert runner.run_tests(tmp_path, ["tests/test_x.py::test_pass"], 60)[0] == "pass"
+    assert runner.run_tests(tmp_path, ["tests/test_x.py::test_fail"], 60)[0] == "fail"
+    verdict, seconds = runner.run_tests(tmp_path, ["tests/test_x.py::test_hang"], 2)
+    assert verdict == "timeout" and seconds < 30
