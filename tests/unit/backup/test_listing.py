@@ -10,6 +10,7 @@ on a directory only.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gzip
 import io
@@ -440,6 +441,25 @@ def test_list_does_not_read_a_manifest_of_more_than_a_gibibyte(directory: Where)
     unopened = FaultyStorage(directory.storage, Fault("open_read", 5, names="*.manifest.json"))
     (info,) = list_backups(unopened)
     assert info.problem is not None and info.problem.endswith("(too large to be a manifest)")
+
+
+def test_backups_pruned_by_another_process_during_the_listing_are_left_out(where: Where) -> None:
+    """Between the listing and the reads, another process removes every backup: each
+    read then finds nothing (ENOENT). Nothing is raised, nothing is listed, and the
+    clean-up removes nothing it could not read."""
+    add(where, "backup_20240101_000000", manifest=make_manifest("backup_20240101_000000", "2024-01-01T00:00:00Z"))
+    add(where, "backup_20240102_000000")  # listed by its mark alone
+    put_object(
+        where.storage,
+        "backup_20240103_000000.manifest.json",
+        make_manifest("backup_20240103_000000", "2024-01-03T00:00:00Z").to_json().encode(),
+    )
+    pruned = FaultyStorage(where.storage, Fault("open_read", errno.ENOENT, repeat=True))
+    assert list_backups(pruned) == []
+    assert clean_leftovers(pruned) == []
+    assert len(where.names()) == 4
+    # Without the other process, the manifest whose archive never landed is a leftover.
+    assert clean_leftovers(where.location) == ["backup_20240103_000000.manifest.json"]
 
 
 def test_list_a_location_that_does_not_exist(tmp_path: Path) -> None:
