@@ -108,6 +108,9 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("safety", "MemberChecker._leads_outside(): return False", "remove Return"): (
         "falls through to None, as false as False to its callers, which only test it (a link loop leads nowhere)"
     ),
+    ("storage", "LocalStorage.read_record(): return None", "remove Return"): (
+        "falls through to the method's end, which returns None as well"
+    ),
     ("manifest", "handle.flush()", "remove Expr"): _DURABILITY,
     ("manifest", "os.fsync(handle.fileno())", "remove Expr"): _DURABILITY,
     ("safety", "mtime_ns: int = 0", "0 -> 1"): "a default no caller uses: the checker passes every member's mtime_ns",

@@ -355,6 +355,10 @@ class _Limited:
     def readable(self) -> bool:
         return True
 
+    @property
+    def closed(self) -> bool:
+        return bool(self._raw.closed)
+
     def close(self) -> None:
         self._raw.close()
 

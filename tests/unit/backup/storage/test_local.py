@@ -5,6 +5,7 @@ symlinks) under an object's name, which are not objects."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import itertools
 import json
@@ -426,3 +427,194 @@ def test_a_record_that_cannot_be_read_is_an_error_not_an_empty_record(tmp_path: 
     with pytest.raises(StorageError, match=r"\.obs-backup-state\.json: cannot read: Is a directory"):
         storage.read_record(".obs-backup-state.json")
     assert storage.read_record(".missing") is None
+
+
+# --- edges the mutation run found unpinned --------------------------------------------------
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_writer_that_loses_its_claim_to_a_cleaner_every_time_gives_up_after_five_tries(
+    store: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each try creates the partial, locks it and finds it was removed meanwhile (forced
+    here: ``_is_still`` removes it and answers no); after five, begin says the claim could not be had,
+    and no descriptor is left open."""
+    tries = []
+
+    def removed_meanwhile(path: Path, fd: int) -> bool:
+        tries.append(fd)
+        path.unlink()  # the cleaner's doing
+        return False
+
+    monkeypatch.setattr(local_module, "_is_still", removed_meanwhile)
+    before = open_fds()
+    with pytest.raises(FileExistsError, match=r"\.obs-backup\.a\.partial: could not be claimed$"):
+        store.begin("a.tar", claim="a")
+    assert len(tries) == 5
+    assert open_fds() == before
+
+
+def test_a_lock_that_fails_in_begin_is_raised_and_closes_its_descriptor(
+    store: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def flock(fd: int, operation: int) -> None:
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(local_module.fcntl, "flock", flock)
+    before = open_fds()
+    with pytest.raises(OSError, match="No locks available"):
+        store.begin("a.tar")
+    assert open_fds() == before
+
+
+def test_a_begin_refused_as_taken_closes_its_descriptor_and_removes_its_partial(store: LocalStorage) -> None:
+    put_object(store, "a.tar", b"theirs")
+    before = open_fds()
+    with pytest.raises(FileExistsError):
+        store.begin("a.tar")
+    assert open_fds() == before
+    assert listdir(store) == ["a.tar"]
+
+
+def test_a_write_that_makes_no_progress_fails_instead_of_spinning(
+    store: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """os.write returning 0 (no error, no byte) would loop forever; it is an I/O error.
+    (As root no device can be made to do it: os.write is replaced for this one write.)"""
+    upload = store.begin("a.tar")
+    monkeypatch.setattr(local_module.os, "write", lambda fd, data: 0)
+    with pytest.raises(OSError) as caught:
+        upload.write(b"data")
+    monkeypatch.undo()
+    assert (caught.value.errno, caught.value.strerror) == (errno.EIO, "write made no progress")
+    assert caught.value.filename == str(store.directory / partial_name("a.tar"))
+    upload.abort()
+
+
+def test_a_commit_whose_directory_fsync_fails_unlinks_what_it_linked(
+    store: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linked but not durable is not committed: the object is removed again, with the
+    partial, and the error raised. (The directory's fsync is replaced: no disk fails on
+    demand.)"""
+
+    def failing(directory: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    upload = store.begin("a.tar", claim="a")
+    upload.write(b"data")
+    monkeypatch.setattr(local_module, "fsync_directory", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        upload.commit()
+    assert listdir(store) == []
+
+
+def test_uploads_and_ranged_reads_are_the_files_io_takes_them_for(store: LocalStorage) -> None:
+    """io's buffered wrappers ask whether a file is writable or readable: an upload and
+    a ranged read must say yes."""
+    import io
+
+    upload = store.begin("a.tar")
+    assert upload.writable() is True
+    with io.BufferedWriter(upload) as buffered:  # type: ignore[arg-type]
+        buffered.write(b"0123456789")
+        buffered.flush()
+        upload.commit()
+    ranged = store.open_read("a.tar", 2, 5)
+    assert ranged.readable() is True
+    assert io.BufferedReader(ranged).read() == b"23456"  # type: ignore[arg-type]
+
+
+def test_a_ranged_read_reads_its_range_and_no_more(store: LocalStorage) -> None:
+    put_object(store, "a.tar", b"0123456789")
+    with store.open_read("a.tar", 3, 4) as ranged:
+        assert ranged.read(0) == b""  # as a file reads nothing when asked for nothing
+        assert ranged.read() == b"3456"
+        assert ranged.read() == b""
+    with store.open_read("a.tar", 3, 4) as ranged:
+        assert ranged.read(3) == b"345"
+        assert ranged.read(3) == b"6"
+
+
+def test_closing_a_ranged_read_closes_its_file(store: LocalStorage) -> None:
+    put_object(store, "a.tar", b"0123456789")
+    before = open_fds()
+    with store.open_read("a.tar", 0, 4) as ranged:
+        ranged.read()
+    assert open_fds() == before
+    ranged = store.open_read("a.tar", 0, 4)
+    ranged.close()
+    assert open_fds() == before
+
+
+def test_opening_a_directory_or_fifo_closes_what_it_opened(odd_entries: LocalStorage) -> None:
+    before = open_fds()
+    with pytest.raises(IsADirectoryError):
+        odd_entries.open_read("dir.tar.gz")
+    with pytest.raises(FileNotFoundError):
+        odd_entries.open_read("fifo.tar.gz")
+    assert open_fds() == before
+
+
+def test_what_is_not_an_object_is_not_found_with_enoent(odd_entries: LocalStorage) -> None:
+    """Callers tell "not there" by errno, as with any file: a FIFO, a symlink, a path
+    with a '/' and an empty name are all ENOENT, never opened."""
+    (odd_entries.directory / "sub").mkdir()
+    (odd_entries.directory / "sub" / "inner.tar").write_bytes(b"not an object of this directory")
+    for name in ("fifo.tar.gz", "link.tar.gz", "sub/inner.tar", ""):
+        with pytest.raises(FileNotFoundError) as caught:
+            odd_entries.open_read(name)
+        assert caught.value.errno == errno.ENOENT, name
+    for name in ("fifo.tar.gz", "dir.tar.gz", "link.tar.gz"):
+        with pytest.raises(FileNotFoundError) as caught:
+            odd_entries.stat(name)
+        assert caught.value.errno == errno.ENOENT, name
+
+
+def test_clean_partials_spares_a_partial_replaced_since_it_was_opened(
+    store: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the cleaner's open and its lock, a new writer may have put its own partial
+    under the name; the lock then holds the old file, and the new one is not removed.
+    (Forced: ``_is_still`` answers no, as it does when the name is another file now.)"""
+    dead = store.directory / partial_name("a")
+    dead.write_bytes(b"half")
+    monkeypatch.setattr(local_module, "_is_still", lambda path, fd: False)
+    assert store.clean_partials() == []
+    assert dead.exists()
+    monkeypatch.undo()
+    assert store.clean_partials() == [partial_name("a")]
+
+
+@pytest.mark.parametrize("name", ["plain", ".a/b", ".", "..", ".a\x00b"])
+def test_a_record_name_is_a_hidden_file_of_the_directory_itself(store: LocalStorage, name: str) -> None:
+    with pytest.raises(StorageError, match=r"a record's name starts with '\.' and has no '/'"):
+        store.write_record(name, b"{}")
+    assert listdir(store) == []
+
+
+def test_two_storages_of_one_directory_are_equal(tmp_path: Path) -> None:
+    assert LocalStorage(tmp_path / "a") == LocalStorage(tmp_path / "a")
+    assert hash(LocalStorage(tmp_path / "a")) == hash(LocalStorage(tmp_path / "a"))
+    assert LocalStorage(tmp_path / "a") != LocalStorage(tmp_path / "b")
+    assert LocalStorage(tmp_path / "a") != str(tmp_path / "a")
+
+
+def test_errors_of_the_directory_give_the_systems_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(The failures are injected: as root, no permission bit makes them.)"""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    storage = LocalStorage(tmp_path / "b")
+    monkeypatch.setattr(local_module, "make_private_dir", refuse)
+    with pytest.raises(StorageError) as caught:
+        storage.ensure()
+    assert str(caught.value) == f"{storage.directory}: cannot create backup directory: Permission denied"
+    monkeypatch.setattr(local_module.os, "listdir", refuse)
+    with pytest.raises(StorageError) as caught:
+        storage.list_objects()
+    assert str(caught.value) == f"{storage.directory}: cannot list backup directory: Permission denied"
