@@ -212,7 +212,9 @@ def test_in_a_directory_a_young_manifest_without_its_archive_stays(tmp_path: Pat
     backup_id = _plain(storage, tmp_path / "s", 1)
     storage.delete(f"{backup_id}.tar.gz")
     assert clean_leftovers(storage) == []
-    now[0] += 61
+    now[0] = 1_800_000_059.5
+    assert clean_leftovers(storage) == []
+    now[0] = 1_800_000_060.0  # exactly the grace period old: young no more
     assert clean_leftovers(storage) == [f"{backup_id}.manifest.json"]
 
 
