@@ -30,7 +30,7 @@ bench: setup
 soak: setup
 	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
 
-# Mutation testing of the pure and format modules (slow: about an hour);
+# Mutation testing of the pure and format modules (slow: about an hour and a half);
 # MUTATE_ARGS="--modules catalog --max-mutants 20" for a quick look.
 mutate: setup
 	$(BIN)/python benchmarks/mutate.py $(MUTATE_ARGS)

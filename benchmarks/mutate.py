@@ -445,7 +445,10 @@ def run_module(name: str, args: argparse.Namespace, workdir: Path, covered: dict
     score = ModuleScore(name, mutants=len(sites))
     copies = [make_copy(workdir, f"{name}-{worker}") for worker in range(args.jobs)]
     free = list(copies)
-    _, baseline = run_tests(copies[0], list(unit_tests), timeout=600)
+    verdict, baseline = run_tests(copies[0], list(unit_tests), timeout=600)
+    if verdict != "pass":
+        # Every mutant would count as killed: a score of 100% that measured nothing.
+        raise SystemExit(f"mutate: {name}: its unit tests do not pass without any mutant ({verdict})")
     timeout = max(30.0, baseline * 5)
     print(f"{name}: {len(sites)} mutants, unit tests take {baseline:.1f}s", flush=True)
 

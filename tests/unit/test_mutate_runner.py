@@ -123,3 +123,25 @@ def test_a_run_of_tests_passes_fails_or_times_out(runner: ModuleType, tmp_path: 
     assert runner.run_tests(tmp_path, ["tests/test_x.py::test_fail"], 60)[0] == "fail"
     verdict, seconds = runner.run_tests(tmp_path, ["tests/test_x.py::test_hang"], 2)
     assert verdict == "timeout" and seconds < 30
+
+
+def test_a_module_whose_unit_tests_fail_unmutated_is_refused_not_scored(
+    runner: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Else every mutant would be "killed" by the failure, and the module would score
+    100% having measured nothing."""
+    import argparse
+    import subprocess
+
+    tree = tmp_path / "tree"
+    (tree / "src").mkdir(parents=True)
+    (tree / "tests").mkdir()
+    (tree / "src" / "tiny.py").write_text("def f(a):\n    return a + 1\n")
+    (tree / "tests" / "test_tiny.py").write_text("def test_broken():\n    assert False\n")
+    subprocess.run(["git", "init", "-q", str(tree)], check=True)
+    subprocess.run(["git", "-C", str(tree), "add", "."], check=True)
+    monkeypatch.setattr(runner, "ROOT", tree)
+    monkeypatch.setitem(runner.MODULES, "tiny", ("src/tiny.py", ("tests/test_tiny.py",)))
+    args = argparse.Namespace(max_mutants=150, seed="1", jobs=1)
+    with pytest.raises(SystemExit, match=r"tiny: its unit tests do not pass without any mutant \(fail\)"):
+        runner.run_module("tiny", args, tmp_path / "work", {})
