@@ -111,6 +111,9 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("storage", "LocalStorage.read_record(): return None", "remove Return"): (
         "falls through to the method's end, which returns None as well"
     ),
+    ("storage", "def read(self, size: int = -1) -> bytes:", "1 -> 2"): (
+        "a default of -2 is as negative as -1: both read all that is left of the range"
+    ),
     ("manifest", "handle.flush()", "remove Expr"): _DURABILITY,
     ("manifest", "os.fsync(handle.fileno())", "remove Expr"): _DURABILITY,
     ("safety", "mtime_ns: int = 0", "0 -> 1"): "a default no caller uses: the checker passes every member's mtime_ns",

@@ -546,14 +546,17 @@ def test_closing_a_ranged_read_closes_its_file(store: LocalStorage) -> None:
         ranged.read()
     assert open_fds() == before
     ranged = store.open_read("a.tar", 0, 4)
+    assert ranged.closed is False
     ranged.close()
+    assert ranged.closed is True
     assert open_fds() == before
 
 
 def test_opening_a_directory_or_fifo_closes_what_it_opened(odd_entries: LocalStorage) -> None:
     before = open_fds()
-    with pytest.raises(IsADirectoryError):
+    with pytest.raises(IsADirectoryError) as caught:
         odd_entries.open_read("dir.tar.gz")
+    assert caught.value.errno == errno.EISDIR
     with pytest.raises(FileNotFoundError):
         odd_entries.open_read("fifo.tar.gz")
     assert open_fds() == before
