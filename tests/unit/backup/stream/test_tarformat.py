@@ -23,6 +23,8 @@ def _tarfile_header(name: str, kind: bytes, **fields: object) -> bytes:
     info.gid = int(fields.get("gid", 0))  # type: ignore[call-overload]
     info.uname = info.gname = ""
     info.linkname = str(fields.get("linkname", ""))
+    info.devmajor = int(fields.get("devmajor", 0))  # type: ignore[call-overload]
+    info.devminor = int(fields.get("devminor", 0))  # type: ignore[call-overload]
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
@@ -46,6 +48,8 @@ def _tarfile_header(name: str, kind: bytes, **fields: object) -> bytes:
         ("ids", tarfile.REGTYPE, {"uid": 8**7 - 1, "gid": 8**7 - 1, "mode": 8**7 - 1}),
         ("gid", tarfile.REGTYPE, {"gid": 8**7}),
         ("times", tarfile.REGTYPE, {"mtime": 8**11 - 1, "size": 8**11 - 1}),
+        ("null", tarfile.CHRTYPE, {"devmajor": 1, "devminor": 3}),
+        ("sda", tarfile.BLKTYPE, {"devmajor": 8**7 - 1, "devminor": 0}),
     ],
 )
 def test_encode_header_is_byte_identical_to_tarfile_pax(name: str, kind: bytes, fields: dict[str, object]) -> None:
@@ -603,3 +607,110 @@ def test_data_skipped_unread_is_read_in_chunks_of_at_most_a_mebibyte() -> None:
     reader.skip_data(member)
     assert stream.asked[:4] == [mebibyte, mebibyte, mebibyte, 1]
     assert reader.next() is None
+
+
+def test_a_device_number_that_does_not_fit_is_refused_either_one() -> None:
+    for major, minor in ((8**7, 0), (0, 8**7), (-1, 0), (0, -1)):
+        with pytest.raises(ValueError, match=f"device numbers {major},{minor} do not fit a tar header"):
+            encode_header("dev", tarfile.CHRTYPE, devmajor=major, devminor=minor, uname="\u00e9")
+
+
+def test_a_pax_mtime_past_a_64_bit_clock_is_warned_of_and_the_header_time_kept() -> None:
+    """2**63 - 1 seconds is the last time a 64-bit time_t holds; 2**63 is past any clock."""
+    for seconds, problem in ((2**63 - 1, None), (2**63, "is beyond any clock")):
+        data = _pax_member(_pax_record("mtime", str(seconds)))
+        reader = TarStreamReader(io.BytesIO(data))
+        member = reader.next()
+        assert member is not None
+        if problem is None:
+            assert member.mtime == seconds and reader.warnings == []
+        else:
+            assert member.mtime == 0 and problem in reader.warnings[0]
+
+
+def test_a_pax_number_of_more_than_40_digits_is_refused() -> None:
+    with pytest.raises(TarFormatError) as caught:
+        TarStreamReader(io.BytesIO(_pax_member(_pax_record("uid", "1" * 41)))).next()
+    assert str(caught.value) == "number of 41 digits in pax record 'uid' is out of range"
+    member = _one_member(_pax_member(_pax_record("uid", "0" * 39 + "7"))[: -2 * BLOCK])
+    assert member.uid == 7
+
+
+def test_a_pax_header_is_checked_like_any_header() -> None:
+    """Its checksum, its size (a negative one, in base-256, is refused; an empty one is
+    a header of no records)."""
+    damaged = bytearray(_pax_member(_pax_record("path", "named")))
+    damaged[10] ^= 1  # in the pax header's own name
+    with pytest.raises(TarFormatError, match=r"^invalid header \(bad checksum\)$"):
+        TarStreamReader(io.BytesIO(bytes(damaged))).next()
+    negative = bytearray(_pax_member(b""))
+    negative[124:136] = b"\xff" * 12
+    with pytest.raises(TarFormatError, match=r"^malformed header: a pax header has a negative size$"):
+        TarStreamReader(io.BytesIO(_with_checksum(negative[:BLOCK]) + bytes(negative[BLOCK:]))).next()
+    empty = _pax_member(b"")
+    assert _one_member(empty[: -2 * BLOCK]).name == "f"
+
+
+def test_an_archive_cut_in_a_members_padding_is_cut_short() -> None:
+    """Right after the member's data (no padding byte at all) and inside the padding:
+    neither is taken for an archive that simply ends."""
+    whole = _archive(tarfile.PAX_FORMAT, [("f", tarfile.REGTYPE, b"abc")])
+    start = whole.index(b"abc")
+    for cut in (start + 3, start + 100):
+        reader = TarStreamReader(io.BytesIO(whole[:cut]))
+        member = reader.next()
+        assert member is not None
+        reader._stream.read(3)  # type: ignore[attr-defined]
+        with pytest.raises(TarFormatError, match=r"^unexpected end of data in member padding$"):
+            reader.next()
+
+
+def test_an_archive_cut_in_a_sparse_map_is_cut_short() -> None:
+    records = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "10"}
+    header = encode_header("s", tarfile.REGTYPE, size=2 * BLOCK, records=records)
+    with pytest.raises(TarFormatError) as caught:
+        TarStreamReader(io.BytesIO(header)).next()
+    assert str(caught.value) == "unexpected end of data in the sparse map of 's'"
+
+
+def test_a_sparse_map_whose_last_number_crosses_a_block_is_read_whole() -> None:
+    """A map is read a block at a time: a number cut by the block's end is not a number
+    yet. Here the last length (1, written with 30 digits) starts before byte 512 and
+    ends after it."""
+    entries = [(10 * index, 1) for index in range(12)]
+    lines = [b"12"] + [b"%020d\n%020d" % entry for entry in entries[:-1]]
+    last = b"%020d\n%030d" % entries[-1]
+    text = b"\n".join([*lines, last]) + b"\n"
+    start = text.rindex(b"\n", 0, len(text) - 1) + 1
+    assert start < BLOCK < len(text) - 1  # the last number crosses the block's end
+    stored = len(entries)
+    records = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "120"}
+    data = encode_header("s", tarfile.REGTYPE, size=2 * BLOCK + stored, records=records)
+    data += text.ljust(2 * BLOCK, b"\0") + b"x" * stored + bytes(BLOCK - stored)
+    member = _one_member(data)
+    assert member.sparse_map == entries and member.size == stored
+
+
+def test_old_gnu_sparse_slots_of_twelve_digits_each_are_read() -> None:
+    """A slot's two numbers may fill their twelve bytes with no NUL between them."""
+    header = bytearray(_old_gnu_sparse(2)[:BLOCK])
+    header[386:434] = b"%012o%012o%012o%012o" % (0, 1, 2, 1)
+    member = _one_member(_with_checksum(header) + bytes(BLOCK))
+    assert member.sparse_map == [(0, 1), (2, 1)]
+
+
+def test_a_fractional_mtime_alone_takes_the_short_way_once_its_header_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The most common extended header, a member's nanoseconds, is made from a cached
+    block once one of its size exists: the same bytes, without the general path."""
+    import backup.stream.tarformat as tarformat
+
+    first = encode_header("f", tarfile.REGTYPE, mtime_ns=1_700_000_000_123_456_789)
+    general = []
+    real = tarformat._pax_block
+    monkeypatch.setattr(tarformat, "_pax_block", lambda *args: general.append(args) or real(*args))
+    again = encode_header("f", tarfile.REGTYPE, mtime_ns=1_700_000_000_123_456_789)
+    assert again == first and general == []
+    member = _one_member(again + bytes(BLOCK))
+    assert member.mtime_ns == 1_700_000_000_123_456_789
