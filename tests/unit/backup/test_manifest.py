@@ -599,3 +599,19 @@ def test_save_that_cannot_rename_leaves_no_temporary_file_and_raises(tmp_path: P
     with pytest.raises(OSError):
         manifest.save(target)
     assert sorted(os.listdir(tmp_path)) == ["m.manifest.json"]
+
+
+def test_an_empty_manifests_pretty_text_is_what_json_writes_non_ascii_kept() -> None:
+    """With no files, the streamed text is exactly json.dumps(indent=2) of the whole,
+    and names outside ASCII are written as they are, not as escapes."""
+    manifest = BackupManifest(backup_id="b_20240101_000000", created_at="2024-01-01T00:00:00Z", source_dir="/데이터")
+    text = manifest.to_json()
+    assert text == json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False)
+    assert "/데이터" in text
+
+
+def test_totals_missing_from_a_manifest_read_as_zero() -> None:
+    data = BackupManifest(backup_id="b_20240101_000000", created_at="2024-01-01T00:00:00Z", source_dir="/s").to_dict()
+    del data["total_size"], data["file_count"]
+    manifest = BackupManifest.from_dict(data)
+    assert (manifest.total_size, manifest.file_count) == (0, 0)
